@@ -1,0 +1,141 @@
+"""Benchmark stage 2 (compute_cld_scores.py) at CIFAR-100 and ImageNet scale.
+
+Writes synthetic loss files of the real shapes (our format, via utils.formats.save_losses) into a
+temporary folder, runs ``compute_cld_scores.py`` on each as a separate process, and prints the
+whole-process wall time (imports included) and peak resident memory.
+
+    python bench/bench_scores.py            # CIFAR-100 (45,000 x 164) and ImageNet (1,268,000 x 90)
+    python bench/bench_scores.py --small    # a tiny file, seconds on any CPU (used by the tests)
+
+Measured on the 2-core CPU development machine (numpy 2.4, warm page cache) -- see README:
+CIFAR-100 scale ~0.5 s / ~90 MB, ImageNet scale ~3 s / ~0.6 GB; targets 1 s / 300 MB and
+15 s / 3 GB. The paper's script took 8.8 s and 3.0 GB at CIFAR-100 scale on the same machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from utils.formats import save_losses  # noqa: E402  (after the path fix above)
+
+# name: (n_train, n_epochs, n_classes, n_val, wall target s, peak RSS target MB)
+SCALES = {
+    "small": (2_000, 12, 10, 200, None, None),
+    "cifar100": (45_000, 164, 100, 5_000, 1.0, 300.0),
+    "imagenet": (1_268_000, 90, 1_000, 12_800, 15.0, 3072.0),
+}
+
+
+def _trajectories(rng: np.random.Generator, n_epochs: int, n: int, noisy: np.ndarray | None = None) -> np.ndarray:
+    """(E, n) float32 losses that fall like a training run's, with noise; ``noisy`` columns rise."""
+    out = np.empty((n_epochs, n), dtype=np.float32)
+    start = rng.uniform(3.0, 5.0, n).astype(np.float32)
+    rate = rng.uniform(0.02, 0.08, n).astype(np.float32)
+    for t in range(n_epochs):  # row by row: the generator itself stays within ~2 copies
+        row = start * np.exp(-rate * t, dtype=np.float32)
+        row += rng.standard_normal(n, dtype=np.float32) * np.float32(0.05)
+        if noisy is not None:
+            row[noisy] = start[noisy] + np.float32(0.01 * t)
+        np.abs(row, out=out[t])
+    return out
+
+
+def write_loss_file(path: str, n_train: int, n_epochs: int, n_classes: int, n_val: int, seed: int = 0) -> None:
+    """A synthetic loss file of the given shape (5% of training examples behave mislabeled)."""
+    rng = np.random.default_rng(seed)
+    noisy = rng.random(n_train) < 0.05
+    losses = {
+        "dataset": "Synthetic", "model_arch": "none", "manual_seed": seed, "num_classes": n_classes,
+        "config": {"bench": True},
+        "epoch": np.arange(n_epochs, dtype=np.int64),
+        "tr_loss": _trajectories(rng, n_epochs, n_train, noisy),
+        "val_loss": _trajectories(rng, n_epochs, n_val),
+        "tr_lbl": np.arange(n_train, dtype=np.int64) % n_classes,
+        "val_lbl": np.arange(n_val, dtype=np.int64) % n_classes,
+        "train_indices": rng.permutation(n_train + n_val)[:n_train].astype(np.int64),
+        "val_indices": np.arange(n_train + n_val, n_train + 2 * n_val, dtype=np.int64),
+    }
+    save_losses(path, losses)
+
+
+def run_stage2(loss_path: str, out_path: str) -> tuple[float, float, int]:
+    """Run compute_cld_scores.py on ``loss_path``; return (wall s, peak RSS MB, exit status)."""
+    cmd = [sys.executable, os.path.join(ROOT, "compute_cld_scores.py"), "--loss_path", loss_path,
+           "--output_path", out_path, "--overwrite"]
+    gnu_time = shutil.which("time") or ("/usr/bin/time" if os.path.exists("/usr/bin/time") else None)
+    if gnu_time:
+        cmd = [gnu_time, "-v"] + cmd
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+    peak_mb = float("nan")
+    found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr) if gnu_time else None
+    if found:
+        peak_mb = int(found.group(1)) / 1024
+    else:  # largest child so far; children run one at a time, each bigger than the last
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return wall, peak_mb, proc.returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", action="store_true", help="tiny CPU mode (tests): only the 'small' scale")
+    parser.add_argument("--scales", default="cifar100,imagenet", help="comma-separated: " + ", ".join(SCALES))
+    parser.add_argument("--repeat", type=int, default=1, help="runs per scale; the table shows the best")
+    parser.add_argument("--workdir", default="", help="folder for the synthetic files (default: a temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the synthetic files")
+    args = parser.parse_args(argv)
+    names = ["small"] if args.small else [s.strip() for s in args.scales.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SCALES]
+    if unknown:
+        parser.error(f"unknown scale(s) {', '.join(unknown)}; choose from {', '.join(SCALES)}")
+
+    work = args.workdir or tempfile.mkdtemp(prefix="bench_scores_")
+    os.makedirs(work, exist_ok=True)
+    rows, failed = [], False
+    try:
+        for name in names:
+            n_train, n_epochs, n_classes, n_val, t_target, m_target = SCALES[name]
+            loss_path = os.path.join(work, f"{name}_losses.pickle")
+            t0 = time.perf_counter()
+            write_loss_file(loss_path, n_train, n_epochs, n_classes, n_val)
+            print(f"[{name}] wrote {os.path.getsize(loss_path) / 2**20:.0f} MB loss file in "
+                  f"{time.perf_counter() - t0:.1f} s", flush=True)
+            runs = [run_stage2(loss_path, os.path.join(work, f"{name}_scores.pickle")) for _ in range(args.repeat)]
+            if any(rc != 0 for _, _, rc in runs):
+                print(f"[{name}] compute_cld_scores.py failed", file=sys.stderr)
+                return 1
+            wall, peak = min(r[0] for r in runs), min(r[1] for r in runs)
+            ok = (t_target is None or wall <= t_target) and (m_target is None or peak <= m_target)
+            failed |= not ok
+            target = "-" if t_target is None else f"<= {t_target:g} s, <= {m_target:g} MB"
+            rows.append((name, f"{n_train:,} x {n_epochs}", n_classes, f"{wall:.2f}", f"{peak:.0f}", target,
+                         "ok" if ok else "MISSED"))
+    finally:
+        if not args.keep and not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+    header = ("scale", "train x epochs", "classes", "wall s", "peak MB", "target", "")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    for r in [header] + rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+    print(f"({os.cpu_count()} CPUs; whole process incl. Python start-up and imports; warm page cache)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

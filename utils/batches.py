@@ -1,0 +1,225 @@
+"""Batch sources for training and per-example evaluation.
+
+Two sources share one interface:
+
+* :class:`TensorBatches` keeps a small dataset (CIFAR, digits) resident on the device as uint8 and
+  does random-crop (zero padding 4) + horizontal flip and normalisation there, as
+  KellerJordan/cifar10-airbench does: no worker processes, no host-to-device copy per step.
+  The crop/flip distribution is torchvision's ``RandomCrop(32, padding=4)`` +
+  ``RandomHorizontalFlip()``: offsets uniform in 0..8 per axis, flip with probability 1/2.
+* :class:`FolderBatches` reads an ImageFolder (ImageNet) through a DataLoader with workers,
+  pinned memory and persistent workers.
+
+Both draw an epoch's randomness from a generator seeded by ``(seed, epoch)`` alone, so epoch k of
+a resumed run sees exactly the batches of an uninterrupted run. Both shard an epoch for
+DistributedDataParallel as ``DistributedSampler`` does (pad by wrapping around, then every
+``world``-th example), and evaluation batches carry the *slots* (positions in the evaluated index
+list) that their results belong to, so that results can be gathered by example.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils.data import ArrayDataset, DatasetInfo
+
+CROP_PADDING = 4
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch's shuffle and augmentation: a function of (seed, epoch) only."""
+    return torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
+
+
+def shard_positions(n: int, rank: int, world: int) -> np.ndarray:
+    """Positions 0..n-1 that rank ``rank`` of ``world`` handles, as DistributedSampler pads them.
+
+    The list is padded by wrapping around to a multiple of ``world`` so that every rank gets the
+    same number of examples; the duplicates are resolved when results are gathered.
+    """
+    if world == 1:
+        return np.arange(n)
+    total = -(-n // world) * world
+    padded = np.resize(np.arange(n), total)  # np.resize repeats from the start
+    return padded[rank::world]
+
+
+def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int = CROP_PADDING) -> torch.Tensor:
+    """Random-crop with zero padding and horizontal flip of a batch, in one gather.
+
+    Args:
+        images: (B, H, W, C) uint8 (NHWC, the layout the data is stored in).
+        offsets: (B, 2) int top/left corner of the crop in the padded image, each in 0..2*padding.
+        flips: (B,) bool, flip the crop left-right.
+
+    Returns:
+        (B, H, W, C) uint8: ``hflip(crop(pad(image, padding), top, left, H, W))`` where flipped.
+    """
+    b, h, w, _ = images.shape
+    padded = F.pad(images, (0, 0, padding, padding, padding, padding))
+    ar_h = torch.arange(h, device=images.device)
+    ar_w = torch.arange(w, device=images.device)
+    rows = offsets[:, :1] + ar_h
+    cols = offsets[:, 1:] + torch.where(flips[:, None], (w - 1) - ar_w, ar_w)
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return padded[batch, rows[:, :, None], cols[:, None, :]]
+
+
+class TensorBatches:
+    """An in-memory dataset resident on ``device`` as uint8 NHWC.
+
+    Batches come out as float NCHW tensors in channels_last memory format, normalised with the
+    dataset's own mean/std.
+    """
+
+    def __init__(self, data: ArrayDataset, info: DatasetInfo, device: torch.device):
+        self.device = device
+        self.labels = np.asarray(data.labels, dtype=np.int64)
+        self.images = torch.from_numpy(np.ascontiguousarray(data.images)).to(device)
+        self.targets = torch.from_numpy(self.labels).to(device)
+        self.mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(info.std, device=device).view(1, 3, 1, 1) * 255.0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _normalise(self, nhwc: torch.Tensor) -> torch.Tensor:
+        # permute gives an NCHW view of NHWC storage, i.e. channels_last, with no copy.
+        return (nhwc.permute(0, 3, 1, 2).float() - self.mean) / self.std
+
+    def train_epoch(self, indices: np.ndarray, batch_size: int, seed: int, epoch: int,
+                    rank: int = 0, world: int = 1, augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled, augmented batches of the examples ``indices`` for one epoch (last batch partial)."""
+        g = epoch_generator(seed, epoch)
+        n = len(indices)
+        perm = torch.randperm(n, generator=g)
+        offsets = torch.randint(0, 2 * CROP_PADDING + 1, (n, 2), generator=g)
+        flips = torch.rand(n, generator=g) < 0.5
+        mine = torch.from_numpy(shard_positions(n, rank, world))
+        order = torch.as_tensor(np.asarray(indices, dtype=np.int64))[perm[mine]].to(self.device)
+        offsets, flips = offsets[mine].to(self.device), flips[mine].to(self.device)
+        for start in range(0, len(order), batch_size):
+            sel = order[start:start + batch_size]
+            images = self.images[sel]
+            if augment:
+                images = crop_flip(images, offsets[start:start + batch_size], flips[start:start + batch_size])
+            yield self._normalise(images), self.targets[sel]
+
+    def eval_batches(self, indices: np.ndarray, batch_size: int, rank: int = 0,
+                     world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Unaugmented batches of ``indices`` in order, with the slots (positions in ``indices``)."""
+        slots = torch.from_numpy(shard_positions(len(indices), rank, world)).to(self.device)
+        order = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=self.device)[slots]
+        for start in range(0, len(order), batch_size):
+            sel = order[start:start + batch_size]
+            yield self._normalise(self.images[sel]), self.targets[sel], slots[start:start + batch_size]
+
+
+class _SeededSample(torch.utils.data.Dataset):
+    """An ImageFolder view whose random transform is seeded per (epoch seed, example).
+
+    The sampler yields ``(index, seed)`` pairs; seeding the transform from them makes augmentation
+    independent of worker count and scheduling, so resumed epochs are the same epochs.
+    """
+
+    def __init__(self, folder, transform):
+        self.folder = folder
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, item):
+        index, seed = item
+        path, label = self.folder.samples[index]
+        image = self.folder.loader(path)
+        if seed is not None:
+            torch.manual_seed(seed)
+        return self.transform(image), label, index
+
+
+class _EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(dataset index, per-example seed)`` for the epoch set by :meth:`set_epoch`."""
+
+    def __init__(self, indices: np.ndarray, seed: int, rank: int, world: int, shuffle: bool):
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.seed, self.rank, self.world, self.shuffle = seed, rank, world, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(shard_positions(len(self.indices), self.rank, self.world))
+
+    def __iter__(self):
+        n = len(self.indices)
+        mine = shard_positions(n, self.rank, self.world)
+        if not self.shuffle:
+            return iter([(int(self.indices[p]), None) for p in mine])
+        g = epoch_generator(self.seed, self.epoch)
+        perm = torch.randperm(n, generator=g).numpy()
+        seeds = torch.randint(0, 2**62, (n,), generator=g).numpy()
+        return iter([(int(self.indices[perm[p]]), int(seeds[p])) for p in mine])
+
+
+class FolderBatches:
+    """An ImageFolder dataset read through DataLoaders (one per index list, workers kept alive)."""
+
+    def __init__(self, folder, info: DatasetInfo, device: torch.device, workers: int, image_size: int = 224):
+        from torchvision import transforms
+
+        normalise = transforms.Normalize(info.mean, info.std)
+        self.train_tf = transforms.Compose([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
+                                            transforms.ToTensor(), normalise])
+        resize = int(round(image_size * 256 / 224))
+        self.eval_tf = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(image_size),
+                                           transforms.ToTensor(), normalise])
+        self.folder, self.device, self.workers = folder, device, workers
+        self.labels = np.asarray(folder.targets, dtype=np.int64)
+        self._loaders: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _loader(self, key, indices, batch_size, seed, rank, world, train):
+        if key not in self._loaders:
+            sampler = _EpochSampler(indices, seed, rank, world, shuffle=train)
+            dataset = _SeededSample(self.folder, self.train_tf if train else self.eval_tf)
+            self._loaders[key] = torch.utils.data.DataLoader(
+                dataset, batch_size=batch_size, sampler=sampler, num_workers=self.workers,
+                pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0)
+        return self._loaders[key]
+
+    def train_epoch(self, indices, batch_size, seed, epoch, rank=0, world=1, augment=True):
+        loader = self._loader(("train", _fingerprint(indices), batch_size, augment), indices, batch_size, seed, rank, world, augment)
+        loader.sampler.set_epoch(epoch)
+        for x, y, _ in loader:
+            yield (x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last),
+                   y.to(self.device, non_blocking=True))
+
+    def eval_batches(self, indices, batch_size, rank=0, world=1):
+        loader = self._loader(("eval", _fingerprint(indices), batch_size), indices, batch_size, 0, rank, world, False)
+        slots = torch.from_numpy(shard_positions(len(indices), rank, world))
+        start = 0
+        for x, y, _ in loader:
+            stop = start + len(y)
+            yield (x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last),
+                   y.to(self.device, non_blocking=True), slots[start:stop].to(self.device))
+            start = stop
+
+
+def _fingerprint(indices: np.ndarray) -> tuple[int, int]:
+    """A key for an index list, so that each list keeps its own loader (and workers)."""
+    arr = np.ascontiguousarray(indices, dtype=np.int64)
+    return len(arr), hash(arr.tobytes())
+
+
+def make_batches(part, info: DatasetInfo, device: torch.device, workers: int = 4):
+    """The batch source for one part (train or test) of a loaded dataset."""
+    if isinstance(part, ArrayDataset):
+        return TensorBatches(part, info, device)
+    return FolderBatches(part, info, device, workers)

@@ -1,0 +1,70 @@
+"""Run-state checkpoints: plain dicts of tensors and numbers, saved atomically, loaded without code.
+
+A checkpoint is what pytorch/examples' ImageNet script saves (epoch, arch, state_dict, optimizer,
+scheduler, best metric), plus what an exact resume needs (RNG states, the log so far, and for
+stage 1 the loss trajectories recorded so far), plus an *identity* (dataset, model, seed, split,
+...) that a resume must match. Loading uses ``torch.load(weights_only=True)``: a checkpoint with a
+pickled callable is refused and nothing in it runs.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any, Mapping
+
+import torch
+
+from utils.cli import UserError
+from utils.formats import atomic_write
+
+RUN_FORMAT = "cld-run/1"
+
+
+def save_checkpoint(path: str, state: Mapping[str, Any]) -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace``."""
+    record = dict(state)
+    record["format"] = RUN_FORMAT
+    atomic_write(path, lambda f: torch.save(record, f))
+
+
+def load_checkpoint(path: str, what: str = "checkpoint") -> dict:
+    """Load a checkpoint of this project; every failure is one user error naming the file."""
+    if not path or not os.path.isfile(path):
+        raise UserError(f"{what} {path or '(none given)'} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{what} {path} holds objects other than tensors and plain data, so it was not "
+                        f"loaded (loading it could run code): {first[:200]}") from None
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{what} {path} is truncated or corrupt ({first[:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
+        raise UserError(f"{path} is not a checkpoint of this project (no '{RUN_FORMAT}' format tag)")
+    return state
+
+
+def check_identity(saved: Mapping[str, Any], expected: Mapping[str, Any], path: str) -> None:
+    """Refuse a checkpoint that belongs to another run, naming every field that differs."""
+    diffs = [f"{key}: checkpoint has {saved.get(key)!r}, this run has {value!r}"
+             for key, value in expected.items() if saved.get(key) != value]
+    if diffs:
+        raise UserError(f"checkpoint {path} belongs to another run ({'; '.join(diffs)}); "
+                        "resume with the flags it was made with, or start a new run")
+
+
+def rng_state() -> dict:
+    """The global RNG states that training draws from (dropout, cuDNN-free ops)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = list(state["cuda"])
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)

@@ -1,0 +1,37 @@
+"""Entry-point helper shared by every script.
+
+A user error (bad flag, missing file, foreign pickle) is reported as a single line
+``error: <what is wrong and what to do>`` on stderr with exit status 2, never as a traceback.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line and exit status 2."""
+
+
+def run_cli(main: Callable[..., Any]) -> None:
+    """Run ``main`` under Fire; turn :class:`UserError` into ``error: ...`` and exit 2.
+
+    The return value of ``main`` is not printed (the scripts print their own summaries and
+    return values only for callers that import them).
+    """
+    import fire  # imported here so that library modules stay importable without it
+
+    try:
+        fire.Fire(main, serialize=lambda _result: None)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted; the last completed epoch's checkpoint is kept", file=sys.stderr)
+        sys.exit(130)
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise :class:`UserError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise UserError(message)

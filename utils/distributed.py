@@ -1,0 +1,98 @@
+"""torchrun + DistributedDataParallel helpers (never DataParallel).
+
+``torchrun`` sets RANK, WORLD_SIZE and LOCAL_RANK; without them a script runs as one process and
+every helper here is the identity. NCCL serves CUDA, gloo the CPU.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from utils.cli import UserError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in the job."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group torchrun describes; returns the process's place and device.
+
+    On CUDA each process drives the GPU ``cuda:LOCAL_RANK``.
+    """
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        return DistInfo(), device
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    if device.type == "cuda":
+        if info.local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {info.local_rank} but only {torch.cuda.device_count()} GPUs on this node; "
+                            "lower --nproc_per_node")
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return info, device
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over processes (identity in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def merge_by_slot(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Combine per-example results that each rank wrote into its own slots, every example once.
+
+    The evaluation shards pad like DistributedSampler: rank r handles positions r, r+W, r+2W, ...
+    and the padding repeats positions from the start. Position i therefore has exactly one owner,
+    rank ``i % W``; every rank zeroes what it does not own and a sum restores the full array
+    exactly (x + 0 == x, so no rounding).
+    """
+    if not info.enabled:
+        return values
+    owned = (torch.arange(len(values), device=values.device) % info.world) == info.rank
+    if values.dtype == torch.bool:
+        return all_reduce_sum((values & owned).to(torch.int32)).bool()
+    return all_reduce_sum(torch.where(owned, values, torch.zeros_like(values)))
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Make batch-norm running statistics identical on every rank (rank 0's) before evaluation.
+
+    DDP broadcasts buffers at the start of each forward in training, so after the last step of an
+    epoch the ranks' running statistics differ by that step's update; evaluation must not.
+    """
+    if dist.is_available() and dist.is_initialized():
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)

@@ -1,0 +1,138 @@
+"""The epoch loop shared by stage 1 (loss collection) and stage 3 (coreset training).
+
+Each epoch, in the paper code's order: train one epoch with augmentation, evaluate the test set,
+step the LR scheduler, then run the stage's own per-epoch work (stage 1 records per-example
+losses). After every epoch the run state is checkpointed atomically (``*_last.pth``), the best
+model by test accuracy is kept (``*_best.pth``, as the paper code chooses it), and the per-epoch
+CSV log is rewritten from the rows held in the checkpoint, so log and checkpoint never disagree
+after a crash.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+
+from utils.checkpoint import check_identity, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from utils.cli import UserError
+from utils.formats import atomic_write
+from utils.training import Recipe, Trainer
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where one run keeps its checkpoints and log."""
+    last: str
+    best: str
+    log: str
+
+
+class TrainingRun:
+    """Owns a model's training state and runs epochs of it.
+
+    Args:
+        raw_model: the unwrapped model (what is saved).
+        trainer: runs training epochs and evaluation passes (may hold a DDP/compiled wrapper).
+        scheduler: the LR scheduler of ``trainer.optimizer``.
+        recipe: epochs and batch sizes.
+        files: checkpoint and log paths.
+        identity: what a resumed run must match (dataset, model, seed, split, ...).
+        config: every flag, saved for the record.
+        is_main: only the main process writes files and prints.
+    """
+
+    def __init__(self, raw_model: torch.nn.Module, trainer: Trainer, scheduler, recipe: Recipe,
+                 files: RunFiles, identity: dict, config: dict, is_main: bool = True):
+        self.raw_model, self.trainer, self.scheduler = raw_model, trainer, scheduler
+        self.recipe, self.files, self.identity, self.config = recipe, files, identity, config
+        self.is_main = is_main
+        self.epoch = 0  # epochs completed
+        self.best_acc = 0.0
+        self.rows: list[dict] = []
+
+    # ------------------------------------------------------------------ state
+
+    def state(self, extra: dict | None = None) -> dict:
+        return {
+            "identity": self.identity, "config": self.config, "epoch": self.epoch,
+            "model": self.raw_model.state_dict(), "optimizer": self.trainer.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.trainer.scaler.state_dict(),
+            "rng": rng_state(), "best_acc": self.best_acc, "log": self.rows, "extra": extra or {},
+        }
+
+    def resume(self, path: str) -> dict:
+        """Restore everything from a ``*_last.pth``; returns the stage's own saved extras."""
+        state = load_checkpoint(path, "checkpoint to resume")
+        check_identity(state.get("identity", {}), self.identity, path)
+        if state["epoch"] >= self.recipe.epochs:
+            raise UserError(f"checkpoint {path} already holds {state['epoch']} epochs (this run asks for "
+                            f"{self.recipe.epochs}); raise --epochs to continue training")
+        self.raw_model.load_state_dict(state["model"])
+        self.trainer.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.trainer.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.best_acc, self.rows = int(state["epoch"]), float(state["best_acc"]), list(state["log"])
+        return state.get("extra", {})
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self, train_batches: Callable[[int], Iterator], test_eval: Callable[[], tuple[float, float]],
+            after_epoch: Callable[[int], dict] | None = None,
+            extra_state: Callable[[], dict] | None = None, log: Callable[[str], None] = print) -> None:
+        """Run the remaining epochs.
+
+        Args:
+            train_batches: epoch -> batches of that epoch.
+            test_eval: () -> (test loss, test accuracy %).
+            after_epoch: epoch -> extra CSV columns (stage 1 records losses here).
+            extra_state: () -> what the stage adds to the checkpoint (stage 1: trajectories).
+            log: prints the one-line epoch summary.
+        """
+        for epoch in range(self.epoch, self.recipe.epochs):
+            lr = self.trainer.optimizer.param_groups[0]["lr"]
+            t0 = time.perf_counter()
+            train_loss, train_acc = self.trainer.train_epoch(train_batches(epoch))
+            t1 = time.perf_counter()
+            test_loss, test_acc = test_eval()
+            t2 = time.perf_counter()
+            self.scheduler.step()
+            row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+                   "test_loss": test_loss, "test_acc": test_acc}
+            if after_epoch is not None:
+                row.update(after_epoch(epoch))
+            t3 = time.perf_counter()
+            bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+            if bad:
+                kept = f"the last good checkpoint is {self.files.last}" if self.epoch else "no checkpoint was written"
+                raise UserError(f"{', '.join(bad)} became {row[bad[0]]} in epoch {epoch + 1}; training "
+                                f"diverged ({kept}); lower --learning_rate or use --precision fp32")
+            row.update(seconds_train=t1 - t0, seconds_test=t2 - t1, seconds_collect=t3 - t2)
+            self.rows.append(row)
+            self.epoch = epoch + 1
+            improved = test_acc > self.best_acc
+            self.best_acc = max(self.best_acc, test_acc)
+            if self.is_main:
+                if improved:
+                    save_checkpoint(self.files.best, {"identity": self.identity, "config": self.config,
+                                                      "epoch": self.epoch, "model": self.raw_model.state_dict(),
+                                                      "acc": test_acc, "best_acc": self.best_acc})
+                save_checkpoint(self.files.last, self.state(extra_state() if extra_state else None))
+                write_csv(self.files.log, self.rows)
+                log(f"epoch {epoch + 1}/{self.recipe.epochs}  lr {lr:.4g}  train loss {train_loss:.4f} "
+                    f"acc {train_acc:.2f}%  test loss {test_loss:.4f} acc {test_acc:.2f}%  "
+                    f"({t1 - t0:.1f}s train, {t2 - t1:.1f}s test, {t3 - t2:.1f}s collect)")
+
+
+def write_csv(path: str, rows: list[dict[str, Any]]) -> None:
+    """Rewrite the whole per-epoch log atomically (it is small; a crash never leaves half a row)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["epoch"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))

@@ -1,0 +1,99 @@
+"""What stages 1 and 3 set up alike: device, processes, data, model, optimiser, trainer.
+
+Everything is resolved once here and passed down (no ``.cuda()`` anywhere else).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils import distributed
+from utils.batches import make_batches
+from utils.cli import UserError
+from utils.data import LoadedDataset, load_dataset
+from utils.distributed import DistInfo
+from utils.training import Recipe, Trainer, build_optimizer, build_scheduler, resolve_device, resolve_precision
+
+
+@dataclass
+class Session:
+    """A model ready to train on a dataset, on one device, in one process of the job."""
+    dist: DistInfo
+    device: torch.device
+    precision: str
+    data: LoadedDataset
+    train_source: Any  # TensorBatches | FolderBatches over the training set
+    test_source: Any
+    model: torch.nn.Module  # unwrapped
+    trainer: Trainer
+    scheduler: Any
+    recipe: Recipe
+
+    def test_eval(self) -> tuple[float, float]:
+        """(mean loss, accuracy %) on the whole test set."""
+        out = self.evaluate(self.test_source, np.arange(len(self.test_source)))
+        return float(out["loss"].double().mean()), 100.0 * float(out["correct"].double().mean())
+
+    def evaluate(self, source, indices: np.ndarray, signals: bool = False) -> dict[str, torch.Tensor]:
+        """Per-example results for ``indices`` of ``source``, complete on every process."""
+        distributed.broadcast_buffers(self.model)
+        batches = source.eval_batches(indices, self.recipe.test_batch_size, self.dist.rank, self.dist.world)
+        out = self.trainer.evaluate(batches, len(indices), signals=signals)
+        return {key: distributed.merge_by_slot(value, self.dist) for key, value in out.items()}
+
+    def train_batches(self, indices: np.ndarray, seed: int):
+        """epoch -> that epoch's shuffled, augmented batches of ``indices`` for this process."""
+        return lambda epoch: self.train_source.train_epoch(indices, self.recipe.batch_size, seed, epoch,
+                                                           self.dist.rank, self.dist.world)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global RNGs (model initialisation, dropout); batches have their own generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(model_arch: str, num_classes: int, dataset: str) -> torch.nn.Module:
+    """A registry model, or a one-line user error listing the valid names."""
+    import models
+
+    try:
+        return models.get_model(model_arch, num_classes, dataset)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def open_session(*, dataset: str, data_path: str, model_arch: str, device: str, precision: str,
+                 compile: bool, recipe: Recipe, manual_seed: int, workers: int, download: bool = True,
+                 num_classes: int | None = None) -> Session:
+    """Resolve device and precision, join the process group, load the data, build the model."""
+    recipe.validate()
+    torch_device = resolve_device(device)
+    resolved_precision = resolve_precision(precision, torch_device)
+    if workers < 0:
+        raise UserError(f"workers must be >= 0, got {workers}")
+    dist_info, torch_device = distributed.setup(torch_device)
+    data = load_dataset(dataset, data_path, download=download)
+    if num_classes is not None and num_classes != data.num_classes:
+        raise UserError(f"{data.info.name} has {data.num_classes} classes but the input was made for {num_classes}")
+    seed_everything(manual_seed)
+    model = build_model(model_arch, data.num_classes, data.info.name).to(torch_device)
+    if torch_device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    wrapped = model
+    if dist_info.enabled:
+        ids = [torch_device.index] if torch_device.type == "cuda" else None
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    optimizer = build_optimizer(model, recipe, torch_device)
+    trainer = Trainer(wrapped, optimizer, torch_device, resolved_precision, compile=compile,
+                      all_reduce=distributed.all_reduce_sum)
+    return Session(dist_info, torch_device, resolved_precision, data,
+                   make_batches(data.train, data.info, torch_device, workers),
+                   make_batches(data.test, data.info, torch_device, workers),
+                   model, trainer, build_scheduler(optimizer, recipe), recipe)
