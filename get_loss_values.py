@@ -14,14 +14,13 @@ import numpy as np
 import torch
 
 from utils import distributed, paths
-from utils.checkpoint import check_identity, load_checkpoint
 from utils.cli import UserError, run_cli
 from utils.data import dataset_info
 from utils.formats import check_output_free, ensure_dir, load_split, save_losses, save_split
 from utils.run import RunFiles, TrainingRun
-from utils.setup import open_session
+from utils.setup import evaluate_checkpoint, open_session
 from utils.splits import stratified_split
-from utils.training import Recipe, parse_schedule
+from utils.training import Recipe
 
 # Per-example signals kept beside the losses for the baselines; float16 halves their size and
 # is ample for averages over epochs.
@@ -94,9 +93,9 @@ def main(
     """
     config = {k: v for k, v in locals().items()}
     info = dataset_info(dataset)
-    recipe = Recipe(epochs=int(epochs), batch_size=int(batch_size), test_batch_size=int(test_batch_size),
-                    learning_rate=float(learning_rate), momentum=float(momentum), weight_decay=float(weight_decay),
-                    nesterov=not disable_nesterov, schedule=parse_schedule(schedule), gamma=float(gamma))
+    recipe = Recipe.from_flags(epochs=epochs, batch_size=batch_size, test_batch_size=test_batch_size,
+                               learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
+                               disable_nesterov=disable_nesterov, schedule=schedule, gamma=gamma)
     config["schedule"] = list(recipe.schedule)
     ratio = info.val_split_ratio if val_split_ratio is None else float(val_split_ratio)
     config["val_split_ratio"] = ratio
@@ -107,7 +106,8 @@ def main(
                      best=os.path.join(checkpoint_path, f"{name}_best.pth"),
                      log=os.path.join(logpath, f"{name}.csv"))
     if evaluate_only:
-        return _evaluate_only(resume_path, info.name, model_arch, data_path, device, precision, recipe, workers, download)
+        return evaluate_checkpoint(resume_path, dataset=info.name, data_path=data_path, model_arch=model_arch,
+                                   device=device, precision=precision, recipe=recipe, workers=workers, download=download)
     for folder in (checkpoint_path, logpath, scores_dir, splits_dir):
         ensure_dir(folder)
     if not resume_path:
@@ -197,23 +197,6 @@ def _write_split(path: str, train_idx: np.ndarray, val_idx: np.ndarray, dataset:
         return
     save_split(path, {"dataset": dataset, "model_arch": model_arch, "manual_seed": int(seed),
                       "val_split_ratio": ratio, "train_indices": train_idx, "val_indices": val_idx})
-
-
-def _evaluate_only(resume_path, dataset, model_arch, data_path, device, precision, recipe, workers, download) -> str:
-    """Evaluate a checkpoint's model on the test set (the paper's ``evaluate_only``)."""
-    if not resume_path:
-        raise UserError("evaluate_only needs --resume_path with the checkpoint to evaluate")
-    state = load_checkpoint(resume_path)
-    check_identity(state.get("identity", {}), {"dataset": dataset, "model_arch": model_arch}, resume_path)
-    session = open_session(dataset=dataset, data_path=data_path, model_arch=model_arch, device=device,
-                           precision=precision, compile=False, recipe=recipe, manual_seed=0, workers=workers,
-                           download=download)
-    session.model.load_state_dict(state["model"])
-    loss, acc = session.test_eval()
-    if session.dist.is_main:
-        print(f"{resume_path} (epoch {state.get('epoch')}): test loss {loss:.4f}, test accuracy {acc:.2f}%")
-    distributed.teardown()
-    return ""
 
 
 if __name__ == "__main__":

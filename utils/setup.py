@@ -13,6 +13,7 @@ import torch
 
 from utils import distributed
 from utils.batches import make_batches
+from utils.checkpoint import check_identity, load_checkpoint
 from utils.cli import UserError
 from utils.data import LoadedDataset, load_dataset
 from utils.distributed import DistInfo
@@ -97,3 +98,18 @@ def open_session(*, dataset: str, data_path: str, model_arch: str, device: str, 
                    make_batches(data.train, data.info, torch_device, workers),
                    make_batches(data.test, data.info, torch_device, workers),
                    model, trainer, build_scheduler(optimizer, recipe), recipe)
+
+
+def evaluate_checkpoint(resume_path: str, *, dataset: str, model_arch: str, **session_flags: Any) -> str:
+    """Evaluate a checkpoint's model on the test set and print the result (``evaluate_only``)."""
+    if not resume_path:
+        raise UserError("evaluate_only needs --resume_path with the checkpoint to evaluate")
+    state = load_checkpoint(resume_path)
+    check_identity(state.get("identity", {}), {"dataset": dataset, "model_arch": model_arch}, resume_path)
+    session = open_session(dataset=dataset, model_arch=model_arch, compile=False, manual_seed=0, **session_flags)
+    session.model.load_state_dict(state["model"])
+    loss, acc = session.test_eval()
+    if session.dist.is_main:
+        print(f"{resume_path} (epoch {state.get('epoch')}): test loss {loss:.4f}, test accuracy {acc:.2f}%")
+    distributed.teardown()
+    return ""

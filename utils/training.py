@@ -34,6 +34,16 @@ class Recipe:
     schedule: tuple[int, ...] = (81, 121)
     gamma: float = 0.1
 
+    @classmethod
+    def from_flags(cls, *, epochs, batch_size, test_batch_size, learning_rate, momentum, weight_decay,
+                   disable_nesterov, schedule, gamma) -> "Recipe":
+        """The recipe from the scripts' flags (the paper's names), validated."""
+        recipe = cls(epochs=int(epochs), batch_size=int(batch_size), test_batch_size=int(test_batch_size),
+                     learning_rate=float(learning_rate), momentum=float(momentum), weight_decay=float(weight_decay),
+                     nesterov=not disable_nesterov, schedule=parse_schedule(schedule), gamma=float(gamma))
+        recipe.validate()
+        return recipe
+
     def validate(self) -> None:
         checks = [
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
