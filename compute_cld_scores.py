@@ -70,7 +70,7 @@ def _summary(record: dict, out: str, seconds: float) -> str:
     sizes = np.array([v.size for v in record["indices"].values()])
     all_scores = np.concatenate(list(record["scores"].values()))
     ep = record["epochs_used"]
-    k = max(1, int(round(0.1 * sizes.min())))
+    k = max(1, int(np.floor(0.1 * sizes.min() + 0.5)))
     lines = [
         f"method        {record['method']}  (top of each ranking = {S.TOP_MEANS[record['method']]})",
         f"run           {record['dataset']} / {record['model_arch']} / seed {record['manual_seed']}",
@@ -133,6 +133,8 @@ def main(loss_path: str = '', dataset: str = 'CIFAR100', model_arch: str = 'resn
     losses = load_losses(loss_path, split_path)
     ds, arch, run_seed, n_cls = _run_metadata(losses, loss_path, dataset, model_arch)
     out = output_path or default_output_path(loss_path, method, ds, arch, run_seed)
+    require(os.path.abspath(out) != os.path.abspath(loss_path),
+            f"--output_path {out} is the loss file itself; choose another output path")
     check_output_free(out, overwrite)
     S.check_signals(losses, method)
     S.check_labels(losses, n_cls)

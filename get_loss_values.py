@@ -108,21 +108,26 @@ def main(
     if evaluate_only:
         return evaluate_checkpoint(resume_path, dataset=info.name, data_path=data_path, model_arch=model_arch,
                                    device=device, precision=precision, recipe=recipe, workers=workers, download=download)
-    for folder in (checkpoint_path, logpath, scores_dir, splits_dir):
-        ensure_dir(folder)
-    if not resume_path:
-        check_output_free(loss_file, overwrite)
-        check_output_free(files.last, overwrite, flag=f"--resume_path {files.last} to continue it, or --overwrite")
+
+    def prepare_outputs() -> None:
+        # The main process alone: the others write nothing, so they create no folders either.
+        for folder in (checkpoint_path, logpath, scores_dir, splits_dir):
+            ensure_dir(folder)
+        if not resume_path:
+            check_output_free(loss_file, overwrite)
+            check_output_free(files.last, overwrite, flag=f"--resume_path {files.last} to continue it, or --overwrite")
 
     session = open_session(dataset=info.name, data_path=data_path, model_arch=model_arch, device=device,
                            precision=precision, compile=compile, recipe=recipe, manual_seed=manual_seed,
-                           workers=workers, download=download)
+                           workers=workers, download=download, prepare=prepare_outputs)
     is_main = session.dist.is_main
     say = print if is_main else (lambda *a, **k: None)
     labels = session.data.train_labels
     train_idx, val_idx = stratified_split(labels, ratio, manual_seed, session.data.num_classes)
-    if is_main:
-        _write_split(split_file, train_idx, val_idx, info.name, model_arch, manual_seed, ratio, overwrite or bool(resume_path))
+    with distributed.fail_together():
+        if is_main:
+            _write_split(split_file, train_idx, val_idx, info.name, model_arch, manual_seed, ratio,
+                         overwrite or bool(resume_path))
 
     identity = {"stage": "losses", "dataset": info.name, "model_arch": model_arch, "manual_seed": int(manual_seed),
                 "val_split_ratio": ratio, "num_train": int(len(train_idx)), "num_val": int(len(val_idx)),
@@ -144,17 +149,19 @@ def main(
 
     run.fit(session.train_batches(train_idx, manual_seed), session.test_eval, after_epoch=collect,
             extra_state=lambda: traj.state(run.epoch), log=say)
-    if is_main:
-        save_losses(loss_file, {
-            "dataset": info.name, "model_arch": model_arch, "manual_seed": int(manual_seed),
-            "num_classes": session.data.num_classes, "config": config,
-            "epoch": np.arange(recipe.epochs, dtype=np.int64),
-            "tr_loss": traj.tr_loss, "val_loss": traj.val_loss,
-            "tr_lbl": labels[train_idx], "val_lbl": labels[val_idx],
-            "train_indices": train_idx, "val_indices": val_idx, **traj.signals,
-        })
-        say(f"best test accuracy {run.best_acc:.2f}%; losses of {recipe.epochs} epochs saved to {loss_file}")
-        say(f"next: python compute_cld_scores.py --loss_path {loss_file}")
+    # Every process returns only once the loss file exists (or raises if writing it failed).
+    with distributed.fail_together():
+        if is_main:
+            save_losses(loss_file, {
+                "dataset": info.name, "model_arch": model_arch, "manual_seed": int(manual_seed),
+                "num_classes": session.data.num_classes, "config": config,
+                "epoch": np.arange(recipe.epochs, dtype=np.int64),
+                "tr_loss": traj.tr_loss, "val_loss": traj.val_loss,
+                "tr_lbl": labels[train_idx], "val_lbl": labels[val_idx],
+                "train_indices": train_idx, "val_indices": val_idx, **traj.signals,
+            })
+    say(f"best test accuracy {run.best_acc:.2f}%; losses of {recipe.epochs} epochs saved to {loss_file}")
+    say(f"next: python compute_cld_scores.py --loss_path {loss_file}")
     distributed.teardown()
     return loss_file
 

@@ -173,6 +173,7 @@ def main(
         "epochs": recipe.epochs, "best_test_acc": round(run.best_acc, 4),
         "final_test_acc": round(float(run.rows[-1]["test_acc"]), 4),
         "seconds": round(seconds_before + time.perf_counter() - start, 2), "name": name, "config": config,
+        "coreset_indices": coreset.tolist(),
     }
     if session.dist.is_main:
         write_result(results_dir, name, result)

@@ -2,16 +2,25 @@
 
 ``torchrun`` sets RANK, WORLD_SIZE and LOCAL_RANK; without them a script runs as one process and
 every helper here is the identity. NCCL serves CUDA, gloo the CPU.
+
+A process that stops on an error while the others go on to a collective leaves them waiting for
+it until the collective times out (and, across nodes, torchrun does not always end them sooner).
+Work that can fail on some processes only (reading or writing files, a download) therefore runs
+inside :func:`fail_together`, which makes every process raise when any one of them did.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from typing import Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from utils.cli import UserError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -96,3 +105,54 @@ def broadcast_buffers(model: torch.nn.Module) -> None:
     if dist.is_available() and dist.is_initialized():
         for buf in model.buffers():
             dist.broadcast(buf, src=0)
+
+
+def _group_active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def fail_together() -> Iterator[None]:
+    """Run a block on every process; if it raised on any process, raise on all of them.
+
+    The process that failed re-raises its own exception; the others raise a :class:`UserError`
+    carrying the first failure's message (a user error) or a ``RuntimeError`` naming the process
+    (anything else). Every process must enter the block (it ends in one collective, so it is also
+    a barrier). Without a process group it is a plain block.
+    """
+    if not _group_active():
+        yield
+        return
+    error: Exception | None = None
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 -- re-raised below, after the others have heard of it
+        error = exc
+    report = None if error is None else (isinstance(error, UserError), str(error) or type(error).__name__)
+    reports: list = [None] * dist.get_world_size()
+    dist.all_gather_object(reports, report)
+    if error is not None:
+        raise error
+    failed = [(rank, r) for rank, r in enumerate(reports) if r is not None]
+    if failed:
+        rank, (is_user, message) = failed[0]
+        if is_user:
+            raise UserError(message)
+        raise RuntimeError(f"process {rank} of the job failed: {message}")
+
+
+def in_turn(info: DistInfo, work: Callable[[], T]) -> T:
+    """``work()`` on every process: the main process first, then the first process of every other
+    node, then the rest; a failure anywhere stops every process alike.
+
+    For work that fills a cache on disk (a dataset download): the first process on a filesystem
+    fills it and the others find it filled, instead of several processes writing the same files.
+    """
+    if not info.enabled:
+        return work()
+    result = None
+    for turn in (info.rank == 0, info.rank != 0 and info.local_rank == 0, info.local_rank != 0):
+        with fail_together():
+            if turn:
+                result = work()
+    return result

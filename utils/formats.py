@@ -124,6 +124,11 @@ def load_pickle(path: str, what: str, encoding: str = "ASCII") -> Any:
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             MemoryError, UnicodeDecodeError, OverflowError) as exc:
         raise UserError(f"{what} {path} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path} ({exc.strerror or exc})") from None
+    except Exception as exc:  # noqa: BLE001 - corrupt bytes reach odd parsers (e.g. SyntaxError from
+        # a damaged protocol-0 integer); only data classes can be built, so any failure is corruption
+        raise UserError(f"{what} {path} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
 
 
 # ----------------------------------------------------------------------------- loss files
@@ -138,7 +143,10 @@ def _as_array(value: Any, dtype: Any, path: str, key: str, ndim: int) -> np.ndar
     if dtype is not None:
         if np.dtype(dtype).kind in "iu" and arr.size and arr.dtype.kind not in "iub":
             raise UserError(f"loss file {path}: {key!r} must hold integers, found {arr.dtype}")
-        arr = arr.astype(dtype, copy=False)
+        try:
+            arr = arr.astype(dtype, copy=False)
+        except (ValueError, TypeError):
+            raise UserError(f"loss file {path}: {key!r} holds {arr.dtype} values, not numbers") from None
     return arr
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from utils import distributed
 from utils.checkpoint import check_identity, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from utils.cli import UserError
 from utils.formats import atomic_write
@@ -66,9 +67,26 @@ class TrainingRun:
         }
 
     def resume(self, path: str) -> dict:
-        """Restore everything from a ``*_last.pth``; returns the stage's own saved extras."""
+        """Restore everything from a ``*_last.pth``; returns the stage's own saved extras.
+
+        Every process reads the checkpoint (each needs the optimizer state too); a failure on any
+        process stops all of them.
+        """
+        with distributed.fail_together():
+            return self._resume(path)
+
+    def _resume(self, path: str) -> dict:
         state = load_checkpoint(path, "checkpoint to resume")
-        check_identity(state.get("identity", {}), self.identity, path)
+        saved = state.get("identity", {})
+        if "world_size" in self.identity and saved.get("world_size", self.identity["world_size"]) != self.identity["world_size"]:
+            # Each process's share of every batch depends on the number of processes, so another
+            # number would continue a different run.
+            was, now = int(saved["world_size"]), int(self.identity["world_size"])
+            raise UserError(f"checkpoint {path} was written by a job of {was} process{'es' if was != 1 else ''} "
+                            f"(world size {was}) but this job has {now} (world size {now}); resume it with "
+                            f"{was} process{'es' if was != 1 else ''} (torchrun: nodes x nproc_per_node = {was}"
+                            f"{'; or without torchrun' if was == 1 else ''}), or start a new run")
+        check_identity(saved, self.identity, path)
         if state["epoch"] >= self.recipe.epochs:
             raise UserError(f"checkpoint {path} already holds {state['epoch']} epochs (this run asks for "
                             f"{self.recipe.epochs}); raise --epochs to continue training")
@@ -117,16 +135,22 @@ class TrainingRun:
             self.epoch = epoch + 1
             improved = test_acc > self.best_acc
             self.best_acc = max(self.best_acc, test_acc)
+            with distributed.fail_together():  # a failed write (disk full) stops every process
+                if self.is_main:
+                    self._write_epoch(improved, test_acc, extra_state)
             if self.is_main:
-                if improved:
-                    save_checkpoint(self.files.best, {"identity": self.identity, "config": self.config,
-                                                      "epoch": self.epoch, "model": self.raw_model.state_dict(),
-                                                      "acc": test_acc, "best_acc": self.best_acc})
-                save_checkpoint(self.files.last, self.state(extra_state() if extra_state else None))
-                write_csv(self.files.log, self.rows)
                 log(f"epoch {epoch + 1}/{self.recipe.epochs}  lr {lr:.4g}  train loss {train_loss:.4f} "
                     f"acc {train_acc:.2f}%  test loss {test_loss:.4f} acc {test_acc:.2f}%  "
                     f"({t1 - t0:.1f}s train, {t2 - t1:.1f}s test, {t3 - t2:.1f}s collect)")
+
+    def _write_epoch(self, improved: bool, test_acc: float, extra_state: Callable[[], dict] | None) -> None:
+        """The main process's files after an epoch: best model, run state, CSV log."""
+        if improved:
+            save_checkpoint(self.files.best, {"identity": self.identity, "config": self.config,
+                                              "epoch": self.epoch, "model": self.raw_model.state_dict(),
+                                              "acc": test_acc, "best_acc": self.best_acc})
+        save_checkpoint(self.files.last, self.state(extra_state() if extra_state else None))
+        write_csv(self.files.log, self.rows)
 
 
 def write_csv(path: str, rows: list[dict[str, Any]]) -> None:

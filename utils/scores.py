@@ -29,7 +29,8 @@ whose low end is where loss rises while the class's validation loss falls / wher
 stays negative, i.e. likely mislabeled examples.
 
 Memory: the loss matrix (E, N) float32 is the one big array. Scorers never materialise an
-(E-1, N) float64 copy; they walk over column chunks of a few MB (ImageNet scale: 1.27M x 90).
+(E-1, N) float64 copy; they walk over column chunks of ~0.5 MB (ImageNet scale: 1.27M x 90 in
+about a second, peak memory ~1.2x the loss file).
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ MIN_EPOCHS = 3                 # CLD needs >= 2 loss differences to correlate
 DEFAULT_EL2N_EPOCHS = 20       # Data Diet scores early in training (epoch 20 of 200)
 DEFAULT_DYN_UNC_WINDOW = 10    # He et al. 2023, J = 10
 # A vector whose std is below this fraction of its root-mean-square is constant up to rounding
-# (e.g. equal steps whose mean is not exactly representable); it correlates with nothing.
+# of its mean; like an exactly constant one (the paper's zero std) it correlates with nothing.
+# Differences of float32 losses vary by >= 1e-8 of their size, far above this.
 _ZERO_STD_RTOL = 1e-10
 # Column chunk (elements of one float64 work array) for the streaming scorers: 512 KB, so that
 # the few temporaries of a chunk stay in cache (measured: 2x faster than 8 MB chunks).

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -71,15 +71,25 @@ def build_model(model_arch: str, num_classes: int, dataset: str) -> torch.nn.Mod
 
 def open_session(*, dataset: str, data_path: str, model_arch: str, device: str, precision: str,
                  compile: bool, recipe: Recipe, manual_seed: int, workers: int, download: bool = True,
-                 num_classes: int | None = None) -> Session:
-    """Resolve device and precision, join the process group, load the data, build the model."""
+                 num_classes: int | None = None, prepare: Callable[[], None] | None = None) -> Session:
+    """Resolve device and precision, join the process group, load the data, build the model.
+
+    ``prepare`` runs on the main process alone, once the processes have joined and before any data
+    is loaded: the place to create output folders and refuse existing outputs, so that other
+    processes (maybe on other nodes, with other disks) neither create folders nor look at files
+    the main process writes. An error there stops every process alike.
+    """
     recipe.validate()
     torch_device = resolve_device(device)
     resolved_precision = resolve_precision(precision, torch_device)
     if workers < 0:
         raise UserError(f"workers must be >= 0, got {workers}")
     dist_info, torch_device = distributed.setup(torch_device)
-    data = load_dataset(dataset, data_path, download=download)
+    with distributed.fail_together():
+        if prepare is not None and dist_info.is_main:
+            prepare()
+    # One process per filesystem downloads what is missing; the others then read it.
+    data = distributed.in_turn(dist_info, lambda: load_dataset(dataset, data_path, download=download))
     if num_classes is not None and num_classes != data.num_classes:
         raise UserError(f"{data.info.name} has {data.num_classes} classes but the input was made for {num_classes}")
     seed_everything(manual_seed)
