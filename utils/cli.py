@@ -5,6 +5,7 @@ A user error (bad flag, missing file, foreign pickle) is reported as a single li
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable
 
@@ -26,6 +27,10 @@ def run_cli(main: Callable[..., Any]) -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: not an error of ours, and no traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted; the last completed epoch's checkpoint is kept", file=sys.stderr)
         sys.exit(130)

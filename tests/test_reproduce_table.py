@@ -1,0 +1,182 @@
+"""reproduce_table.py / utils/grid.py: a tiny grid end to end on a fake CIFAR-10, its table, its
+resumption after a kill, its dry run and its emitted script."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+
+import pytest
+import torch
+
+import reproduce_table
+from fakedata import write_fake_cifar
+from utils import grid
+from utils.cli import UserError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def grid_flags(root: str) -> dict:
+    """2 methods x 2 sizes x 2 seeds, 3 scoring epochs (CLD needs 3), 1 training epoch."""
+    return dict(
+        dataset="CIFAR10", score_model_arch="resnet20", model_archs="resnet20", methods=["cld", "loss"],
+        orders="top", samples_per_class=[2, 4], seeds=[0, 1], score_epochs=3, epochs=1, schedule=[],
+        data_path=os.path.join(root, "data"), device="cpu", precision="fp32", batch_size=32, test_batch_size=64,
+        workers=0, scores_dir=os.path.join(root, "Scores"), splits_dir=os.path.join(root, "Splits"),
+        checkpoint_path=os.path.join(root, "Checkpoint"), logpath=os.path.join(root, "Logs"),
+        results_dir=os.path.join(root, "Results"),
+    )
+
+
+class Counter:
+    """Wraps grid.run_in_process and remembers every (stage, flags) it ran."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, dict]] = []
+
+    def __call__(self, step, flags):
+        self.calls.append((step.stage, dict(flags)))
+        grid.stage_main(step.stage)(**flags)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The grid run once; an unrelated earlier run sits in the same results folder."""
+    root = str(tmp_path_factory.mktemp("grid"))
+    write_fake_cifar(os.path.join(root, "data"), "CIFAR10", per_class=10, test_per_class=3)
+    flags = grid_flags(root)
+    stray = os.path.join(flags["results_dir"], "runs", "CIFAR10_resnet20_coreset_cld_top_k2_seed7.json")
+    os.makedirs(os.path.dirname(stray))
+    with open(stray, "w") as f:
+        json.dump({"method": "cld", "order": "top", "score_model_arch": "resnet20", "model_arch": "resnet20",
+                   "samples_per_class": 2, "fraction": None, "coreset_size": 20, "final_test_acc": 99.0,
+                   "best_test_acc": 99.0}, f)
+    counter = Counter()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(grid, "run_in_process", counter)
+        rows = reproduce_table.main(**flags)
+    return root, flags, rows, counter
+
+
+def read_table(results_dir: str) -> list[dict]:
+    with open(os.path.join(results_dir, "table.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_runs_each_stage_once_per_cell(finished):
+    _, _, _, counter = finished
+    stages = [s for s, _ in counter.calls]
+    assert stages == [1, 2, 2] + [3] * 8  # stage 1 once, stage 2 per method, stage 3 per cell
+    assert {f["manual_seed"] for s, f in counter.calls if s == 3} == {0, 1}
+
+
+def test_table_matches_the_run_results(finished):
+    _, flags, rows, _ = finished
+    table = read_table(flags["results_dir"])
+    assert len(table) == 4 and len(rows) == 4  # 2 methods x 2 sizes (the stray seed-7 run stays out)
+    assert tuple(table[0]) == grid.TABLE_COLUMNS
+    runs_dir = os.path.join(flags["results_dir"], "runs")
+    for row in table:
+        assert row["n_seeds"] == "2" and row["order"] == "top" and row["fraction"] == ""
+        accs, sizes = [], set()
+        for seed in (0, 1):
+            name = f"CIFAR10_resnet20_coreset_{row['method']}_top_k{row['samples_per_class']}_seed{seed}"
+            with open(os.path.join(runs_dir, name + ".json")) as f:
+                result = json.load(f)
+            accs.append(result["final_test_acc"])
+            sizes.add(result["coreset_size"])
+        assert float(row["mean_test_acc"]) == pytest.approx(statistics.mean(accs), abs=1e-4)
+        assert float(row["std_test_acc"]) == pytest.approx(statistics.stdev(accs), abs=1e-4)  # ddof=1
+        assert sizes == {int(row["coreset_size"])} == {10 * int(row["samples_per_class"])}
+    assert [(r["method"], r["samples_per_class"]) for r in table] == [("cld", "2"), ("cld", "4"), ("loss", "2"), ("loss", "4")]
+
+
+def test_markdown_and_plot(finished):
+    _, flags, _, _ = finished
+    with open(os.path.join(flags["results_dir"], "table.md")) as f:
+        md = f.read()
+    assert "| cld (top) |" in md and "| loss (top) |" in md and "±" in md and "k=2 (20)" in md
+    with open(os.path.join(flags["results_dir"], "accuracy_vs_size.png"), "rb") as f:
+        png = f.read()
+    assert png.startswith(PNG_MAGIC) and len(png) > 1000
+
+
+def test_killed_grid_reruns_only_the_missing_run(finished, capsys):
+    _, flags, _, _ = finished
+    missing = os.path.join(flags["results_dir"], "runs", "CIFAR10_resnet20_coreset_loss_top_k4_seed1.json")
+    os.remove(missing)
+    counter = Counter()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(grid, "run_in_process", counter)
+        reproduce_table.main(**flags)
+    assert [(s, f["name"]) for s, f in counter.calls] == [(3, "CIFAR10_resnet20_coreset_loss_top_k4_seed1")]
+    # Its *_last.pth already held every epoch (killed before the result was written): start over.
+    assert counter.calls[0][1].get("overwrite") is True and "resume_path" not in counter.calls[0][1]
+    assert os.path.exists(missing) and len(read_table(flags["results_dir"])) == 4
+
+
+def test_dry_run_prints_and_runs_nothing(finished, tmp_path, capsys):
+    flags = grid_flags(str(tmp_path))
+    counter = Counter()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(grid, "run_in_process", counter)
+        assert reproduce_table.main(**flags, dry_run=True) == []
+    out = capsys.readouterr().out.splitlines()
+    commands = [line for line in out if line.startswith("python ")]
+    assert len(commands) == 1 + 2 + 8 and commands[0].startswith("python get_loss_values.py")
+    assert counter.calls == [] and os.listdir(tmp_path) == []
+    # On the finished grid every step is reported done.
+    reproduce_table.main(**finished[1], dry_run=True)
+    assert sum(line.startswith("# skip") for line in capsys.readouterr().out.splitlines()) == 11
+
+
+def test_printed_commands_parse_back_to_the_same_flags(tmp_path):
+    flags = grid_flags(str(tmp_path))
+    spec = reproduce_table._spec(**{**flags, "fractions": None, "score_seed": None, "score_schedule": [1],
+                                    "learning_rate": 0.05, "compile": False, "tag": "t1"})
+    for step in grid.plan(spec):
+        assert grid.parse_command_flags(grid.command(step)) == step.flags
+    odd = {"name": "1234", "data_path": "a,b", "schedule": [], "orders": ["top", "None"], "overwrite": True}
+    assert grid.parse_command_flags(grid.command("x.py", odd)) == odd
+
+
+def test_resume_decision(tmp_path):
+    last = str(tmp_path / "run_last.pth")
+    step = grid.Step(3, {"name": "run"}, output=str(tmp_path / "run.json"), last=last, epochs=5)
+    assert grid.decide(step) == ("run", {"name": "run"})
+    torch.save({"epoch": 2}, last)
+    assert grid.decide(step) == ("resume", {"name": "run", "resume_path": last})
+    torch.save({"epoch": 5}, last)
+    assert grid.decide(step) == ("restart", {"name": "run", "overwrite": True})
+    (tmp_path / "run.json").write_text("{}")
+    assert grid.decide(step)[0] == "skip"
+
+
+def test_emit_script(tmp_path):
+    flags = grid_flags(str(tmp_path))
+    path = str(tmp_path / "grid.sh")
+    reproduce_table.main(**flags, emit_script=path)
+    with open(path) as f:
+        lines = f.read().splitlines()
+    tags = [line.rsplit("# ", 1)[1] for line in lines if not line.startswith("#") and "  # " in line]
+    assert tags == ["stage1"] + ["stage2"] * 2 + ["stage3"] * 8 + ["table"]
+    assert lines[-1].startswith("python reproduce_table.py --dataset CIFAR10")
+    assert subprocess.run(["bash", "-n", path]).returncode == 0
+    assert not os.path.exists(flags["results_dir"])
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"fractions": [0.1]}, "one of them"),
+    ({"samples_per_class": None}, "one of them"),
+    ({"methods": ["nope"]}, "unknown method"),
+    ({"orders": ["sideways"]}, "unknown order"),
+    ({"model_archs": ["resnet7"]}, "unknown model"),
+    ({"score_epochs": 2}, "at least 3"),
+    ({"seeds": [-1]}, "non-negative"),
+])
+def test_bad_flags_are_user_errors(tmp_path, change, message):
+    with pytest.raises(UserError, match=message):
+        reproduce_table.main(**{**grid_flags(str(tmp_path)), **change}, dry_run=True)
