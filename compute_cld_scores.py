@@ -16,30 +16,27 @@ import time
 
 import numpy as np
 
-from utils import scores as S
-from utils.cli import UserError, require, run_cli
+from utils import paths, scores as S
+from utils.cli import UserError, is_int, require, run_cli
 from utils.formats import check_output_free, load_losses, save_scores
 
 LEGACY_DEFAULT_SEED = 1234  # the paper code's default manual_seed
 
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _validate_flags(method: str, first_epochs: int, epoch_stride: int, el2n_epochs: int,
                     dyn_unc_window: int, seed: int | None) -> None:
     require(isinstance(method, str) and method.lower() in S.METHODS,
             f"unknown --method {method!r}; choose one of {', '.join(S.METHODS)}")
-    require(_is_int(first_epochs) and first_epochs >= 0,
+    require(is_int(first_epochs) and first_epochs >= 0,
             f"--first_epochs must be a non-negative integer (0 = all epochs), got {first_epochs!r}")
-    require(_is_int(epoch_stride) and epoch_stride >= 1,
+    require(is_int(epoch_stride) and epoch_stride >= 1,
             f"--epoch_stride must be a positive integer, got {epoch_stride!r}")
-    require(_is_int(el2n_epochs) and el2n_epochs >= 1,
+    require(is_int(el2n_epochs) and el2n_epochs >= 1,
             f"--el2n_epochs must be a positive integer, got {el2n_epochs!r}")
-    require(_is_int(dyn_unc_window) and dyn_unc_window >= 2,
+    require(is_int(dyn_unc_window) and dyn_unc_window >= 2,
             f"--dyn_unc_window must be an integer >= 2, got {dyn_unc_window!r}")
-    require(seed is None or (_is_int(seed) and seed >= 0),
+    require(seed is None or (is_int(seed) and seed >= 0),
             f"--seed must be a non-negative integer, got {seed!r}")
 
 
@@ -55,15 +52,9 @@ def _run_metadata(losses: dict, loss_path: str, dataset: str, model_arch: str) -
     n_cls = losses.get("num_classes")
     if n_cls is None:
         n_cls = int(max(losses["tr_lbl"].max(initial=-1), losses["val_lbl"].max(initial=-1))) + 1
-    require(_is_int(seed), f"loss file {loss_path}: manual_seed {seed!r} is not an integer")
-    require(_is_int(n_cls) and n_cls > 0, f"loss file {loss_path}: num_classes {n_cls!r} is not a positive integer")
+    require(is_int(seed), f"loss file {loss_path}: manual_seed {seed!r} is not an integer")
+    require(is_int(n_cls) and n_cls > 0, f"loss file {loss_path}: num_classes {n_cls!r} is not a positive integer")
     return str(ds), str(arch), int(seed), int(n_cls)
-
-
-def default_output_path(loss_path: str, method: str, dataset: str, model_arch: str, seed: int) -> str:
-    """`{METHOD}_{dataset}_{arch}_seed{seed}_scores.pickle` beside the loss file."""
-    name = f"{method.upper()}_{dataset}_{model_arch}_seed{seed}_scores.pickle"
-    return os.path.join(os.path.dirname(loss_path), name)
 
 
 def _summary(record: dict, out: str, seconds: float) -> str:
@@ -127,12 +118,12 @@ def main(loss_path: str = '', dataset: str = 'CIFAR100', model_arch: str = 'resn
         require(isinstance(value, str), f"--{name} must be a string, got {value!r}")
     if output_path:
         check_output_free(output_path, overwrite)  # before reading a possibly large loss file
-    loss_path = loss_path or os.path.join("Scores", f"{dataset}_{model_arch}_seed1234_losses.pickle")
+    loss_path = loss_path or paths.loss_path("Scores", dataset, model_arch, LEGACY_DEFAULT_SEED)
     started = time.perf_counter()
 
     losses = load_losses(loss_path, split_path)
     ds, arch, run_seed, n_cls = _run_metadata(losses, loss_path, dataset, model_arch)
-    out = output_path or default_output_path(loss_path, method, ds, arch, run_seed)
+    out = output_path or paths.score_path(os.path.dirname(loss_path), method, ds, arch, run_seed)
     require(os.path.abspath(out) != os.path.abspath(loss_path),
             f"--output_path {out} is the loss file itself; choose another output path")
     check_output_free(out, overwrite)

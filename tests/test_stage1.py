@@ -106,19 +106,26 @@ def test_evaluate_only_reports_test_accuracy(stage1_run, cifar100_root):
 
 
 @pytest.mark.parametrize("flags,fragments", [
-    (["--model_arch", "resnet7"], ["unknown model", "resnet20"]),
-    (["--dataset", "CIFAR1000"], ["unknown dataset", "CIFAR100"]),
-    (["--data_path", "/nonexistent/data"], ["cifar-100-python", "/nonexistent/data/cifar"]),
-    (["--precision", "fp8"], ["unknown precision"]),
-    (["--val_split_ratio", "1.5"], ["val_split_ratio"]),
+    ({"model_arch": "resnet7"}, ["unknown model", "resnet20"]),
+    ({"dataset": "CIFAR1000"}, ["unknown dataset", "CIFAR100"]),
+    ({"data_path": "/nonexistent/data"}, ["cifar-100-python", "/nonexistent/data/cifar"]),
+    ({"precision": "fp8"}, ["unknown precision"]),
+    ({"val_split_ratio": 1.5}, ["val_split_ratio"]),
+    ({"schedule": "eighty"}, ["schedule must be a list of epochs"]),
 ])
-def test_bad_input_is_one_error_line(flags, fragments, cifar100_root, tmp_path):
-    args = ["--data_path", cifar100_root[0], "--model_arch", "resnet20", "--epochs", "1", "--device", "cpu",
-            "--download", "False", "--scores_dir", str(tmp_path / "s"), "--splits_dir", str(tmp_path / "sp"),
-            "--checkpoint_path", str(tmp_path / "c"), "--logpath", str(tmp_path / "l")]
-    proc = run_script("get_loss_values.py", *args, *flags)
-    assert_user_error(proc, *fragments)
-    assert not os.path.exists(tmp_path / "s") or os.listdir(tmp_path / "s") == []
+def test_bad_input_is_a_user_error_and_writes_nothing(flags, fragments, cifar100_root, tmp_path):
+    with pytest.raises(UserError) as err:
+        get_loss_values.main(**{**FAST, "data_path": cifar100_root[0], "epochs": 1, **out_dirs(tmp_path), **flags})
+    for fragment in fragments:
+        assert fragment in str(err.value)
+    assert not any(files for _, _, files in os.walk(tmp_path))
+
+
+def test_bad_flag_from_the_shell_is_one_error_line(tmp_path):
+    proc = run_script("get_loss_values.py", "--model_arch", "resnet7", "--dataset", "digits", "--device", "cpu",
+                      "--scores_dir", str(tmp_path / "s"), "--splits_dir", str(tmp_path / "sp"),
+                      "--checkpoint_path", str(tmp_path / "c"), "--logpath", str(tmp_path / "l"))
+    assert_user_error(proc, "unknown model 'resnet7'")
 
 
 def test_unwritable_output_folder_is_refused(cifar100_root, tmp_path):

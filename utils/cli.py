@@ -40,3 +40,10 @@ def require(condition: bool, message: str) -> None:
     """Raise :class:`UserError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise UserError(message)
+
+
+def is_int(value: object) -> bool:
+    """An integer flag value (Fire gives int; numpy ints count; True/False do not)."""
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from utils.cli import UserError, require
+from utils.cli import UserError, is_int, require
 from utils.formats import SIGNAL_KEYS
 
 MIN_EPOCHS = 3                 # CLD needs >= 2 loss differences to correlate
@@ -82,9 +82,6 @@ HARD_END: dict[str, str] = {
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _chunk_size(n_rows: int) -> int:
@@ -148,9 +145,9 @@ def select_epochs(losses: Mapping[str, Any], first_epochs: int = 0, epoch_stride
     arrays are row *views* (no copy of the loss matrix).
     """
     n_rec = int(losses["tr_loss"].shape[0])
-    require(_is_int(first_epochs) and first_epochs >= 0,
+    require(is_int(first_epochs) and first_epochs >= 0,
             f"--first_epochs must be a non-negative integer (0 = all epochs), got {first_epochs!r}")
-    require(_is_int(epoch_stride) and epoch_stride >= 1,
+    require(is_int(epoch_stride) and epoch_stride >= 1,
             f"--epoch_stride must be a positive integer, got {epoch_stride!r}")
     require(first_epochs <= n_rec, f"--first_epochs {first_epochs} asks for more epochs than the loss file "
                                    f"records ({n_rec})")
@@ -251,7 +248,7 @@ def loss(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
 def el2n(losses: Mapping[str, Any], el2n_epochs: int = DEFAULT_EL2N_EPOCHS, **_: Any) -> np.ndarray:
     """Mean ||softmax - onehot||_2 over the first ``el2n_epochs`` used epochs (all if fewer)."""
     check_signals(losses, "el2n")
-    require(_is_int(el2n_epochs) and el2n_epochs >= 1,
+    require(is_int(el2n_epochs) and el2n_epochs >= 1,
             f"--el2n_epochs must be a positive integer, got {el2n_epochs!r}")
     check_finite(losses, "tr_el2n", rows=el2n_epochs)
     return losses["tr_el2n"][:el2n_epochs].mean(axis=0, dtype=np.float64)
@@ -281,7 +278,7 @@ def dyn_unc(losses: Mapping[str, Any], dyn_unc_window: int = DEFAULT_DYN_UNC_WIN
     """Dynamic uncertainty: mean over all windows of J consecutive epochs of the sample std
     (ddof=1, as the authors' torch.std) of p_t[y] = exp(-l_t). J = min(window, E)."""
     check_signals(losses, "dyn_unc")
-    require(_is_int(dyn_unc_window) and dyn_unc_window >= 2,
+    require(is_int(dyn_unc_window) and dyn_unc_window >= 2,
             f"--dyn_unc_window must be an integer >= 2, got {dyn_unc_window!r}")
     check_finite(losses, "tr_loss")
     tr = losses["tr_loss"]

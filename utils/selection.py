@@ -25,14 +25,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from utils.cli import UserError, require
+from utils.cli import UserError, is_int, require
 
 ORDERS = ("top", "bottom", "middle", "random", "ccs")
 CCS_STRATA = 50
 
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def class_budgets(pool_sizes: Mapping[int, int], samples_per_class: int | None = None,
@@ -50,7 +47,7 @@ def class_budgets(pool_sizes: Mapping[int, int], samples_per_class: int | None =
     require((samples_per_class is None) != (fraction is None),
             "give exactly one budget: --samples_per_class K or --fraction F")
     if samples_per_class is not None:
-        require(_is_int(samples_per_class) and samples_per_class >= 1,
+        require(is_int(samples_per_class) and samples_per_class >= 1,
                 f"--samples_per_class must be a positive integer, got {samples_per_class!r}")
         budgets = {int(c): int(samples_per_class) for c in pool_sizes}
     else:
@@ -174,7 +171,7 @@ def select_coreset(ranked: Mapping[int, np.ndarray], scores: Mapping[int, np.nda
         int64 dataset indices of the coreset, sorted ascending.
     """
     require(order in ORDERS, f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
-    require(_is_int(seed) and seed >= 0, f"--seed must be a non-negative integer, got {seed!r}")
+    require(is_int(seed) and seed >= 0, f"--seed must be a non-negative integer, got {seed!r}")
     require(isinstance(ccs_beta, (int, float, np.floating)) and not isinstance(ccs_beta, bool)
             and 0 <= ccs_beta < 1, f"--ccs_beta must be a number in [0, 1), got {ccs_beta!r}")
     require(hard_end in ("top", "bottom"), f"hard_end must be 'top' or 'bottom', got {hard_end!r}")
