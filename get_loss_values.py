@@ -16,8 +16,8 @@ import torch
 from utils import distributed, paths
 from utils.cli import UserError, run_cli
 from utils.data import dataset_info
-from utils.formats import check_output_free, ensure_dir, load_split, save_losses, save_split
-from utils.run import RunFiles, TrainingRun
+from utils.formats import ensure_dir, load_split, save_losses, save_split
+from utils.run import RunFiles, TrainingRun, claim_files
 from utils.setup import evaluate_checkpoint, open_session
 from utils.splits import stratified_split
 from utils.training import Recipe
@@ -104,7 +104,7 @@ def main(
     split_file = paths.split_path(splits_dir, info.name, model_arch, manual_seed)
     files = RunFiles(last=os.path.join(checkpoint_path, f"{name}_last.pth"),
                      best=os.path.join(checkpoint_path, f"{name}_best.pth"),
-                     log=os.path.join(logpath, f"{name}.csv"))
+                     log=os.path.join(logpath, f"{name}.csv"), output=loss_file)
     if evaluate_only:
         return evaluate_checkpoint(resume_path, dataset=info.name, data_path=data_path, model_arch=model_arch,
                                    device=device, precision=precision, recipe=recipe, workers=workers, download=download)
@@ -113,9 +113,8 @@ def main(
         # The main process alone: the others write nothing, so they create no folders either.
         for folder in (checkpoint_path, logpath, scores_dir, splits_dir):
             ensure_dir(folder)
-        if not resume_path:
-            check_output_free(loss_file, overwrite)
-            check_output_free(files.last, overwrite, flag=f"--resume_path {files.last} to continue it, or --overwrite")
+        for note in claim_files(files, resume_path, overwrite):
+            print(note)
 
     session = open_session(dataset=info.name, data_path=data_path, model_arch=model_arch, device=device,
                            precision=precision, compile=compile, recipe=recipe, manual_seed=manual_seed,
@@ -124,19 +123,17 @@ def main(
     say = print if is_main else (lambda *a, **k: None)
     labels = session.data.train_labels
     train_idx, val_idx = stratified_split(labels, ratio, manual_seed, session.data.num_classes)
-    with distributed.fail_together():
-        if is_main:
-            _write_split(split_file, train_idx, val_idx, info.name, model_arch, manual_seed, ratio,
-                         overwrite or bool(resume_path))
-
     identity = {"stage": "losses", "dataset": info.name, "model_arch": model_arch, "manual_seed": int(manual_seed),
                 "val_split_ratio": ratio, "num_train": int(len(train_idx)), "num_val": int(len(val_idx)),
                 "world_size": session.dist.world}
     run = TrainingRun(session.model, session.trainer, session.scheduler, recipe, files, identity, config, is_main)
     traj = _Trajectories(recipe.epochs, len(train_idx), len(val_idx))
-    if resume_path:
-        traj.restore(run.resume(resume_path), run.epoch)
+    if resume_path:  # before the split file is written: a refused resume writes nothing
+        traj.restore(run.resume(resume_path, overwrite, log=say), run.epoch)
         say(f"resumed {resume_path} after epoch {run.epoch}")
+    with distributed.fail_together():
+        if is_main:
+            _write_split(split_file, train_idx, val_idx, info.name, model_arch, manual_seed, ratio, overwrite)
     say(f"{info.name}: {len(train_idx)} training / {len(val_idx)} validation / {len(session.test_source)} test "
         f"examples; {model_arch} ({sum(p.numel() for p in session.model.parameters()) / 1e6:.2f}M parameters) "
         f"on {session.device} in {session.precision}")
@@ -178,8 +175,11 @@ class _Trajectories:
         # One device-to-host copy per array per epoch.
         self.tr_loss[epoch] = tr["loss"].cpu().numpy()
         self.val_loss[epoch] = val["loss"].cpu().numpy()
-        for key in self.signals:
-            self.signals[key][epoch] = tr[key[3:]].cpu().numpy()
+        for key, row in self.signals.items():
+            values = tr[key[3:]].cpu().numpy()
+            if row.dtype == np.float16:  # a diverging run's margins can leave float16's range
+                values = np.clip(values, -np.finfo(np.float16).max, np.finfo(np.float16).max)
+            row[epoch] = values
 
     def state(self, done: int) -> dict:
         arrays = {"tr_loss": self.tr_loss, "val_loss": self.val_loss, **self.signals}

@@ -64,7 +64,9 @@ def main(
         methods: scores of stage 2: cld, random, loss, el2n, forgetting, aum, dyn_unc. The
             random baseline is best run as order 'random' (uniform within each class, drawn anew
             for every training seed); method 'random' is one fixed draw made by the scoring seed.
-        orders: ends of each ranking kept by stage 3: top, middle, bottom, random, ccs.
+        orders: what stage 3 keeps of each ranking: top (the end each method's authors keep),
+            middle, bottom, random, ccs. Order 'random' (uniform within each class's pool) does
+            not depend on the method, so it runs once, over the first method's score file.
         samples_per_class: budgets k per class (give this or fractions).
         fractions: budgets as a share of each class (give this or samples_per_class).
         seeds: stage-3 seeds (initialisation, batches, random draws); the table averages over them.
@@ -79,8 +81,9 @@ def main(
         checkpoint_path, logpath: checkpoints and per-epoch logs of stages 1 and 3.
         results_dir: stage 3's run JSONs and results.csv; the table, markdown and plot go here.
         tag: appended to every stage-3 run name, to keep grids with other recipes apart.
-        launcher: how the printed commands start a stage: python (runs run in this process) or
-            e.g. 'torchrun --nproc_per_node 8' (every run is started as that command).
+        launcher: how the commands of stages 1 and 3 start: python (they run inside this
+            process) or e.g. 'torchrun --nproc_per_node 8' (each is started as that command).
+            Stage 2 always runs as python.
         dry_run: print the commands that would run now and run nothing.
         emit_script: write every command of the grid to this bash script (one per line, each
             skipping a finished run) and run nothing.
@@ -100,10 +103,9 @@ def main(
         return []
     if dry_run:
         print(f"# grid: {n[1]} stage-1, {n[2]} stage-2, {n[3]} stage-3 runs; commands that would run now:")
-        grid.execute(steps, None, launcher)
+        grid.execute(steps, launcher, dry_run=True)
         return []
-    runner = grid.run_in_process if launcher == "python" else grid.make_subprocess_runner(launcher)
-    counts = grid.execute(steps, runner, launcher)
+    counts = grid.execute(steps, launcher)
     print(f"\ngrid done: ran {sum(counts['ran'].values())} runs, skipped {sum(counts['skipped'].values())} "
           f"finished ones")
     return grid.write_outputs(spec, steps)

@@ -17,9 +17,9 @@ import numpy as np
 from utils import distributed, paths
 from utils.cli import UserError, require, run_cli
 from utils.data import dataset_info
-from utils.formats import check_output_free, ensure_dir, load_scores
+from utils.formats import ensure_dir, load_scores
 from utils.results import run_json_path, write_result
-from utils.run import RunFiles, TrainingRun
+from utils.run import RunFiles, TrainingRun, claim_files
 from utils.selection import ORDERS, check_indices, class_budgets, select_coreset
 from utils.setup import evaluate_checkpoint, open_session
 from utils.training import Recipe
@@ -120,21 +120,24 @@ def main(
     budget_token = f"k{samples_per_class}" if samples_per_class is not None else f"f{fraction:g}"
     source = method if score_arch in (model_arch, "unknown") else f"{method}-{score_arch}"
     name = name or f"{info.name}_{model_arch}_coreset_{source}_{order}_{budget_token}_seed{manual_seed}"
+    result_file = run_json_path(results_dir, name)
     files = RunFiles(last=os.path.join(checkpoint_path, f"{name}_last.pth"),
                      best=os.path.join(checkpoint_path, f"{name}_best.pth"),
-                     log=os.path.join(logpath, f"{name}.csv"))
+                     log=os.path.join(logpath, f"{name}.csv"), output=result_file)
     if evaluate_only:
         return {"evaluated": evaluate_checkpoint(resume_path, dataset=info.name, data_path=data_path,
                                                  model_arch=model_arch, device=device, precision=precision,
                                                  recipe=recipe, workers=workers, download=download)}
-    result_file = run_json_path(results_dir, name)
-    if not resume_path:
-        check_output_free(result_file, overwrite)
-        check_output_free(files.last, overwrite, flag=f"--resume_path {files.last} to continue it, or --overwrite")
+
+    def prepare_outputs() -> None:  # main process, before any data is loaded
+        for note in claim_files(files, resume_path, overwrite):
+            print(note)
 
     session = open_session(dataset=info.name, data_path=data_path, model_arch=model_arch, device=device,
                            precision=precision, compile=compile, recipe=recipe, manual_seed=manual_seed,
-                           workers=workers, download=download, num_classes=scores.get("num_classes"))
+                           workers=workers, download=download, num_classes=scores.get("num_classes"),
+                           num_classes_of=f"score file {score_path}",
+                           prepare=prepare_outputs)
     say = print if session.dist.is_main else (lambda *a, **k: None)
     ranked = scores["indices"]
     check_indices(ranked, len(session.train_source))
@@ -158,7 +161,7 @@ def main(
                       session.dist.is_main)
     seconds_before = 0.0
     if resume_path:
-        seconds_before = float(run.resume(resume_path).get("seconds", 0.0))
+        seconds_before = float(run.resume(resume_path, overwrite, log=say).get("seconds", 0.0))
         say(f"resumed {resume_path} after epoch {run.epoch}")
     say(f"coreset of {len(coreset)} {info.name} examples ({order} of {method} scores by {score_arch}, "
         f"{'k=' if samples_per_class is not None else 'fraction='}{budget_token[1:]} per class); training {model_arch} on "

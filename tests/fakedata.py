@@ -1,50 +1,8 @@
-"""Tiny fake CIFAR datasets written in torchvision's exact on-disk layout.
+"""Tiny fake CIFAR datasets in torchvision's exact on-disk layout.
 
-Images carry a class-dependent colour so that a model can learn something in a few epochs, and
-labels are written as Python lists, as in the real pickles.
+The writer lives in ``bench/fake_cifar.py`` (the training benchmark writes a full-size one with
+it); this module re-exports it under the name the tests have always imported.
 """
-from __future__ import annotations
+from bench.fake_cifar import LAYOUT, fake_images, write_fake_cifar  # noqa: F401
 
-import os
-import pickle
-
-import numpy as np
-
-LAYOUT = {
-    "CIFAR10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "labels", 10),
-    "CIFAR100": ("cifar-100-python", ["train"], "test", "fine_labels", 100),
-}
-
-
-def fake_images(labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
-    """uint8 (N, 3072) rows (CIFAR's channel-major layout) with a colour per class plus noise."""
-    base = (np.arange(num_classes)[:, None] * np.array([[37, 91, 53]]) % 256).astype(np.float64)
-    pixels = base[labels][:, :, None] + rng.normal(0, 40, size=(len(labels), 3, 1024))
-    return np.clip(pixels, 0, 255).astype(np.uint8).reshape(len(labels), 3072)
-
-
-def write_fake_cifar(data_path: str, dataset: str = "CIFAR10", per_class: int = 20, test_per_class: int = 5,
-                     num_classes: int | None = None, seed: int = 0) -> dict:
-    """Write a fake CIFAR under ``{data_path}/cifar/``; returns the labels written.
-
-    Args:
-        per_class / test_per_class: examples per class in the training / test parts.
-        num_classes: how many of the dataset's classes get examples (all by default).
-    """
-    folder, train_files, test_file, label_key, total_classes = LAYOUT[dataset]
-    num_classes = num_classes or total_classes
-    rng = np.random.default_rng(seed)
-    root = os.path.join(data_path, "cifar", folder)
-    os.makedirs(root, exist_ok=True)
-    train_labels = rng.permutation(np.repeat(np.arange(num_classes), per_class))
-    test_labels = rng.permutation(np.repeat(np.arange(num_classes), test_per_class))
-    chunks = np.array_split(np.arange(len(train_labels)), len(train_files))
-    for name, chunk in zip(train_files, chunks):
-        _dump(os.path.join(root, name), fake_images(train_labels[chunk], num_classes, rng), train_labels[chunk], label_key)
-    _dump(os.path.join(root, test_file), fake_images(test_labels, num_classes, rng), test_labels, label_key)
-    return {"train": train_labels, "test": test_labels}
-
-
-def _dump(path: str, data: np.ndarray, labels: np.ndarray, label_key: str) -> None:
-    with open(path, "wb") as f:
-        pickle.dump({"data": data, label_key: [int(x) for x in labels]}, f, protocol=2)
+__all__ = ["LAYOUT", "fake_images", "write_fake_cifar"]

@@ -143,6 +143,15 @@ def test_printed_commands_parse_back_to_the_same_flags(tmp_path):
     assert grid.parse_command_flags(grid.command("x.py", odd)) == odd
 
 
+def test_random_order_runs_once_for_all_methods(tmp_path):
+    flags = {**grid_flags(str(tmp_path)), "orders": ["top", "random"], "fractions": None, "score_seed": None,
+             "score_schedule": None, "learning_rate": 0.1, "compile": False, "tag": ""}
+    runs = [(s.flags["score_path"], s.flags.get("order", "top")) for s in grid.plan(reproduce_table._spec(**flags))
+            if s.stage == 3]
+    assert len(runs) == (2 + 1) * 2 * 2  # (cld top, loss top, one random) x 2 sizes x 2 seeds
+    assert {p for p, o in runs if o == "random"} == {p for p, _ in runs if "CLD_" in p}
+
+
 def test_resume_decision(tmp_path):
     last = str(tmp_path / "run_last.pth")
     step = grid.Step(3, {"name": "run"}, output=str(tmp_path / "run.json"), last=last, epochs=5)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import zipfile
 from typing import Any, Mapping
 
 import torch
@@ -18,6 +20,7 @@ from utils.cli import UserError
 from utils.formats import atomic_write
 
 RUN_FORMAT = "cld-run/1"
+_SCRIPTS = {"losses": "get_loss_values.py (stage 1)", "coreset": "train_on_coresets.py (stage 3)"}
 
 
 def save_checkpoint(path: str, state: Mapping[str, Any]) -> None:
@@ -28,25 +31,60 @@ def save_checkpoint(path: str, state: Mapping[str, Any]) -> None:
 
 
 def load_checkpoint(path: str, what: str = "checkpoint") -> dict:
-    """Load a checkpoint of this project; every failure is one user error naming the file."""
+    """Load a checkpoint of this project; every failure is one user error naming the file.
+
+    The archive's CRC-32 checksums are verified first (``torch.load`` does not check them), so a
+    damaged checkpoint is refused instead of loading garbage weights.
+    """
     if not path or not os.path.isfile(path):
         raise UserError(f"{what} {path or '(none given)'} not found")
+    _check_archive(path, what)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # torch's long message names the global
+        detail = f"it refers to {found.group(1)}" if found else "torch's weights-only loader refused it"
         raise UserError(f"{what} {path} holds objects other than tensors and plain data, so it was not "
-                        f"loaded (loading it could run code): {first[:200]}") from None
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{what} {path} is truncated or corrupt ({first[:200]})") from None
+                        f"loaded (loading it could run code; {detail})") from None
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError, TypeError,
+            UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path} is truncated or corrupt ({_first_line(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
         raise UserError(f"{path} is not a checkpoint of this project (no '{RUN_FORMAT}' format tag)")
     return state
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _check_archive(path: str, what: str) -> None:
+    """Refuse a file that is not a whole zip archive (what ``torch.save`` writes) with intact CRCs."""
+    magic = b"PK\x03\x04"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head != magic:
+            if magic.startswith(head):
+                raise UserError(f"{what} {path} is truncated ({os.path.getsize(path)} bytes)")
+            kind = " (it looks like a pickle: a loss, score or split file?)" if head[:1] == b"\x80" else ""
+            raise UserError(f"{what} {path} is not a checkpoint of this project: not a PyTorch zip archive{kind}")
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as exc:
+        raise UserError(f"{what} {path} is truncated or corrupt ({_first_line(exc)})") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path} ({exc.strerror or exc})") from None
+    if bad is not None:
+        raise UserError(f"{what} {path} is corrupt (checksum mismatch in {bad})")
+
+
 def check_identity(saved: Mapping[str, Any], expected: Mapping[str, Any], path: str) -> None:
     """Refuse a checkpoint that belongs to another run, naming every field that differs."""
+    if "stage" in expected and saved.get("stage") != expected["stage"]:
+        raise UserError(f"checkpoint {path} was written by {_SCRIPTS.get(saved.get('stage'), 'another program')}, "
+                        f"not by {_SCRIPTS.get(expected['stage'], 'this script')}; resume with a *_last.pth of this script")
     diffs = [f"{key}: checkpoint has {saved.get(key)!r}, this run has {value!r}"
              for key, value in expected.items() if saved.get(key) != value]
     if diffs:

@@ -25,7 +25,8 @@ def run_cli(main: Callable[..., Any]) -> None:
     try:
         fire.Fire(main, serialize=lambda _result: None)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # One line, whatever a message quotes (library errors sometimes span several).
+        print("error: " + " ".join(part.strip() for part in str(exc).splitlines() if part.strip()), file=sys.stderr)
         sys.exit(2)
     except BrokenPipeError:
         # Output piped into `head` and closed early: not an error of ours, and no traceback.

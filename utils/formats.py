@@ -9,9 +9,13 @@ This module imports numpy only (no torch): stage 2 runs without torch.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import glob
 import io
 import os
 import pickle
+import sys
 import tempfile
 from typing import Any, Callable, Mapping
 
@@ -32,23 +36,74 @@ SIGNAL_KEYS = ("tr_correct", "tr_margin", "tr_el2n")
 def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
     """Write ``path`` through ``write(fileobj)`` so that readers see the old file or the new one.
 
-    The data goes to a temporary file in the same folder (same filesystem, so ``os.replace`` is
-    atomic), is flushed and fsynced, and only then replaces ``path``. A crash at any moment leaves
-    no truncated file under ``path``.
+    The data goes to a temporary file ``.<name>.<random>.tmp`` in the same folder (same
+    filesystem, so ``os.replace`` is atomic), is flushed and fsynced, and only then replaces
+    ``path``. A crash at any moment leaves no truncated file under ``path``; a killed writer may
+    leave its temporary file, which the next write of ``path`` removes (:func:`remove_stale_temps`).
+    The writer holds an ``flock`` on its temporary file until it has been renamed, which is how a
+    later writer tells a stale one from one still being written. The file gets the usual
+    permissions (0666 less the umask), not ``mkstemp``'s private 0600.
     """
     folder = os.path.dirname(os.path.abspath(path))
     ensure_dir(folder)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
+            _try_lock(f.fileno())
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # still locked: a concurrent cleaner never takes it for stale
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _temp_prefix(path: str) -> str:
+    return "." + os.path.basename(path) + "."
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive flock without waiting; False if it is held elsewhere or unsupported."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def remove_stale_temps(path: str) -> list[str]:
+    """Remove the temporary files that killed writers of ``path`` left; returns their paths.
+
+    A temporary file is stale when no process holds its lock (the writer died before renaming
+    it). Where the filesystem offers no locks, nothing is removed.
+    """
+    removed = []
+    pattern = os.path.join(glob.escape(os.path.dirname(os.path.abspath(path))),
+                           glob.escape(_temp_prefix(path)) + "*.tmp")
+    for tmp in glob.glob(pattern):
+        try:
+            with open(tmp, "rb") as f:
+                if _try_lock(f.fileno()):
+                    os.unlink(tmp)
+                    removed.append(tmp)
+        except OSError:
+            continue  # gone meanwhile, or not ours to read: leave it
+    return removed
+
+
+_UMASK: list[int] = []
+
+
+def _umask() -> int:
+    if not _UMASK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        _UMASK.append(mask)
+    return _UMASK[0]
 
 
 def atomic_pickle(path: str, obj: Any) -> None:
@@ -115,20 +170,44 @@ def load_pickle(path: str, what: str, encoding: str = "ASCII") -> Any:
         raise UserError(f"{what} {path} not found")
     try:
         with open(path, "rb") as f:
-            return SafeUnpickler(f, encoding=encoding).load()
+            if f.read(4) == b"PK\x03\x04":
+                raise UserError(f"{what} {path} is a zip archive (a PyTorch checkpoint?), not a pickle")
+            f.seek(0)
+            with _quiet_excepthook():
+                return SafeUnpickler(f, encoding=encoding).load()
     except pickle.UnpicklingError as exc:
         if "refusing to load" in str(exc):
             raise UserError(f"{what} {path} holds Python objects other than data ({exc}); "
                             "it was not loaded, since loading it could run code") from None
-        raise UserError(f"{what} {path} is corrupt or not a pickle ({exc})") from None
+        raise UserError(f"{what} {path} is truncated, corrupt or not a pickle ({exc})") from None
+    except MemoryError:
+        raise UserError(f"{what} {path} is truncated or corrupt (a length field asks for more memory "
+                        "than there is)") from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            MemoryError, UnicodeDecodeError, OverflowError) as exc:
+            UnicodeDecodeError, OverflowError) as exc:
         raise UserError(f"{what} {path} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
     except OSError as exc:
         raise UserError(f"cannot read {what} {path} ({exc.strerror or exc})") from None
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - corrupt bytes reach odd parsers (e.g. SyntaxError from
         # a damaged protocol-0 integer); only data classes can be built, so any failure is corruption
         raise UserError(f"{what} {path} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
+
+
+@contextlib.contextmanager
+def _quiet_excepthook():
+    """Silence CPython's stray ``SystemError: deallocated bytearray object has exported buffers``.
+
+    When a corrupt length field makes the unpickler's bytearray allocation fail, CPython prints
+    that line through ``sys.excepthook`` before raising MemoryError (which becomes a user error).
+    """
+    hook = sys.excepthook
+    sys.excepthook = lambda *args: None
+    try:
+        yield
+    finally:
+        sys.excepthook = hook
 
 
 # ----------------------------------------------------------------------------- loss files

@@ -118,6 +118,10 @@ def plan(spec: GridSpec) -> list[Step]:
             score = paths.score_path(os.path.dirname(loss), method, spec.dataset, score_arch, spec.score_seed)
             twos.append(Step(2, {"loss_path": loss, "method": method}, output=score))
             for order in spec.orders:
+                if order == "random" and method != spec.methods[0]:
+                    # A uniform draw within each class's pool does not depend on the method's
+                    # ranking: one random baseline (over the first method's file) serves them all.
+                    continue
                 for size in spec.sizes:
                     for model_arch in spec.model_archs:
                         for seed in spec.seeds:
@@ -142,11 +146,17 @@ def stage_main(stage: int) -> Callable[..., Any]:
     return importlib.import_module(SCRIPTS[stage][:-3]).main
 
 
+# Flags every printed command names even at their default values, so that a command says which
+# run it is at a glance.
+_ALWAYS = ("dataset", "model_arch", "epochs", "manual_seed", "loss_path", "method", "score_path",
+           "samples_per_class", "fraction", "order", "name")
+
+
 def _drop_defaults(stage: int, flags: dict) -> dict:
-    return drop_defaults(stage_main(stage), flags, SCRIPTS[stage])
+    return drop_defaults(stage_main(stage), flags, SCRIPTS[stage], keep=_ALWAYS)
 
 
-def drop_defaults(fn: Callable[..., Any], flags: dict, script: str) -> dict:
+def drop_defaults(fn: Callable[..., Any], flags: dict, script: str, keep: Sequence[str] = ()) -> dict:
     """Keep the flags that differ from ``fn``'s defaults (shorter commands, same meaning)."""
     import inspect
 
@@ -160,7 +170,7 @@ def drop_defaults(fn: Callable[..., Any], flags: dict, script: str) -> dict:
             return list(a) == list(b)
         return type(a) is type(b) and a == b or (a is None and b is None)
 
-    return {k: v for k, v in flags.items() if not same(v, defaults[k])}
+    return {k: v for k, v in flags.items() if k in keep or not same(v, defaults[k])}
 
 
 # ----------------------------------------------------------------------------- resuming
@@ -219,10 +229,16 @@ def _literal(v: Any) -> str:
     return str(v)
 
 
+def launcher_of(stage: int, launcher: str) -> str:
+    """Stages 1 and 3 train (and may be distributed); stage 2 is one process on one machine."""
+    return "python" if stage == 2 else launcher
+
+
 def command(step_or_script: Step | str, flags: dict | None = None, launcher: str = "python") -> str:
-    """The shell command that runs ``main(**flags)`` of a script."""
+    """The shell command that runs ``main(**flags)`` of a script (a step: with its own flags)."""
     if isinstance(step_or_script, Step):
         script, flags = step_or_script.script, step_or_script.flags if flags is None else flags
+        launcher = launcher_of(step_or_script.stage, launcher)
     else:
         script = step_or_script
     words = [launcher, script]
@@ -288,40 +304,42 @@ def run_in_process(step: Step, flags: dict) -> None:
     stage_main(step.stage)(**flags)
 
 
-def make_subprocess_runner(launcher: str) -> Callable[[Step, dict], None]:
-    """Run each step as ``launcher script flags`` (e.g. torchrun); the exact printed command."""
-    def run(step: Step, flags: dict) -> None:
-        cmd = command(step.script, flags, launcher=launcher)
-        status = subprocess.call(shlex.split(cmd))
-        if status != 0:
-            raise UserError(f"stage {step.stage} failed (exit status {status}): {cmd}")
-    return run
+def run_subprocess(step: Step, cmd: str) -> None:
+    """Run the printed command itself (e.g. under torchrun)."""
+    status = subprocess.call(shlex.split(cmd))
+    if status != 0:
+        raise UserError(f"stage {step.stage} failed (exit status {status}): {cmd}")
 
 
-def execute(steps: Sequence[Step], run: Callable[[Step, dict], None] | None, launcher: str = "python",
+def execute(steps: Sequence[Step], launcher: str = "python", dry_run: bool = False,
             say: Callable[[str], None] = print) -> dict:
-    """Run (or with ``run=None`` only print) every step not yet done, in order.
+    """Run (or with ``dry_run`` only print) every step not yet done, in order.
 
-    Returns counts of skipped / run steps per stage.
+    Steps whose command starts with ``python`` run inside this process (``main(**flags)``, the
+    same call the command makes, without a new interpreter each time); others (a ``--launcher``
+    such as torchrun) run as the printed command. Returns counts of skipped / run steps per stage.
     """
     counts = {"skipped": {1: 0, 2: 0, 3: 0}, "ran": {1: 0, 2: 0, 3: 0}}
     todo = sum(1 for s in steps if not os.path.exists(s.output))
     position = 0
+    note = {"resume": "  # continues a killed run", "restart": "  # its checkpoint holds every epoch; starts over"}
     for step in steps:
         action, flags = decide(step)
         if action == "skip":
             counts["skipped"][step.stage] += 1
             say(f"# skip stage {step.stage} (done): {step.output}")
             continue
-        cmd = command(step.script, flags, launcher=launcher)
-        note = {"resume": "  # continues a killed run", "restart": "  # its checkpoint holds every epoch; starts over"}
-        if run is None:
+        cmd = command(step, flags, launcher)
+        if dry_run:
             say(cmd + note.get(action, ""))
             continue
         position += 1
         say(f"\n=== [{position}/{todo}] stage {step.stage}{note.get(action, '')}\n$ {cmd}")
         started = time.perf_counter()
-        run(step, flags)
+        if launcher_of(step.stage, launcher) == "python":
+            run_in_process(step, flags)
+        else:
+            run_subprocess(step, cmd)
         counts["ran"][step.stage] += 1
         if not os.path.exists(step.output):
             raise UserError(f"stage {step.stage} finished without writing {step.output}: {cmd}")
@@ -453,8 +471,11 @@ def plot(path: str, rows: Sequence[dict], spec: GridSpec) -> None:
     seeds = len(spec.seeds)
     ax.set_title(f"{spec.dataset}: accuracy vs coreset size ({seeds} seed{'s' if seeds > 1 else ''}, "
                  f"mean ± std)")
-    if not by_fraction and max(spec.samples_per_class) / max(1, min(spec.samples_per_class)) >= 8:
+    ticks = sorted({100 * f for f in spec.fractions} if by_fraction else set(spec.samples_per_class))
+    if ticks[-1] / max(ticks[0], 1e-9) >= 4:  # budgets usually grow geometrically
         ax.set_xscale("log")
+        ax.minorticks_off()
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()

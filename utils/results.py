@@ -13,6 +13,7 @@ import json
 import os
 from typing import Any, Mapping
 
+from utils.cli import UserError
 from utils.formats import atomic_write, ensure_dir
 
 RESULT_COLUMNS = ("dataset", "model_arch", "score_path", "method", "score_model_arch", "order",
@@ -41,6 +42,15 @@ def append_row(csv_path: str, row: Mapping[str, Any]) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             new = not os.path.exists(csv_path) or os.path.getsize(csv_path) == 0
+            if not new:
+                try:
+                    with open(csv_path, newline="") as f:
+                        header = next(csv.reader(f), [])
+                except (csv.Error, UnicodeDecodeError):
+                    header = ["(unreadable)"]
+                if tuple(header) != RESULT_COLUMNS:
+                    raise UserError(f"{csv_path} has other columns than this version writes ({', '.join(header)}); "
+                                    f"move it away (this run's result is in {os.path.dirname(csv_path)}/runs/)")
             with open(csv_path, "a", newline="") as f:
                 if new:
                     f.write(",".join(RESULT_COLUMNS) + "\r\n")

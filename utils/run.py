@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -21,16 +22,41 @@ import torch
 from utils import distributed
 from utils.checkpoint import check_identity, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from utils.cli import UserError
-from utils.formats import atomic_write
+from utils.formats import atomic_write, check_output_free
 from utils.training import Recipe, Trainer
 
 
 @dataclass(frozen=True)
 class RunFiles:
-    """Where one run keeps its checkpoints and log."""
+    """Where one run keeps its checkpoints and log, and the file it produces when it finishes."""
     last: str
     best: str
     log: str
+    output: str = ""  # stage 1: the loss file; stage 3: the run's results JSON
+
+
+def claim_files(files: RunFiles, resume_path: str, overwrite: bool) -> list[str]:
+    """Before a run starts (main process): refuse to replace an earlier run's files silently.
+
+    A fresh run (no ``resume_path``) is refused when its output, its ``*_last.pth`` (hint: resume
+    it) or its CSV log exists (a log without the checkpoint it came from: an earlier run whose
+    checkpoint was removed); a ``*_best.pth`` alone is what a run killed during its first
+    checkpoint leaves, and is removed. ``overwrite`` starts over whatever exists. A resumed run's
+    files are checked against its checkpoint in :meth:`TrainingRun.resume`. Returns the notes to print.
+    """
+    if overwrite or resume_path:
+        return []
+    if files.output:
+        check_output_free(files.output, overwrite)
+    check_output_free(files.last, overwrite, flag=f"--resume_path {files.last} to continue it, or --overwrite")
+    if os.path.exists(files.log):
+        raise UserError(f"log {files.log} of an earlier run exists, but not its checkpoint {files.last}, so that "
+                        "run cannot be resumed; pass --overwrite to start over (replacing the log), or choose "
+                        "another --logpath")
+    if os.path.exists(files.best):
+        os.remove(files.best)
+        return [f"note: removed {files.best}, left by an earlier run that stopped before its first checkpoint"]
+    return []
 
 
 class TrainingRun:
@@ -66,16 +92,18 @@ class TrainingRun:
             "rng": rng_state(), "best_acc": self.best_acc, "log": self.rows, "extra": extra or {},
         }
 
-    def resume(self, path: str) -> dict:
+    def resume(self, path: str, overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
         """Restore everything from a ``*_last.pth``; returns the stage's own saved extras.
 
-        Every process reads the checkpoint (each needs the optimizer state too); a failure on any
-        process stops all of them.
+        A checkpoint that holds every epoch of this run (killed after its last epoch, while its
+        output was written) resumes to writing that output, unless the output exists (the run is
+        complete; ``overwrite`` writes it again). Every process reads the checkpoint (each needs
+        the optimizer state too); a failure on any process stops all of them.
         """
         with distributed.fail_together():
-            return self._resume(path)
+            return self._resume(path, overwrite, log)
 
-    def _resume(self, path: str) -> dict:
+    def _resume(self, path: str, overwrite: bool, log: Callable[[str], None]) -> dict:
         state = load_checkpoint(path, "checkpoint to resume")
         saved = state.get("identity", {})
         if "world_size" in self.identity and saved.get("world_size", self.identity["world_size"]) != self.identity["world_size"]:
@@ -87,15 +115,25 @@ class TrainingRun:
                             f"{was} process{'es' if was != 1 else ''} (torchrun: nodes x nproc_per_node = {was}"
                             f"{'; or without torchrun' if was == 1 else ''}), or start a new run")
         check_identity(saved, self.identity, path)
-        if state["epoch"] >= self.recipe.epochs:
-            raise UserError(f"checkpoint {path} already holds {state['epoch']} epochs (this run asks for "
+        done, output = int(state["epoch"]), self.files.output
+        if done > self.recipe.epochs:
+            raise UserError(f"checkpoint {path} already holds {done} epochs (this run asks for "
                             f"{self.recipe.epochs}); raise --epochs to continue training")
+        exists = self.is_main and bool(output) and os.path.exists(output)
+        if done == self.recipe.epochs and exists and not overwrite:
+            raise UserError(f"checkpoint {path} holds all {done} epochs and {output} exists: the run is "
+                            "complete; raise --epochs to continue training, or pass --overwrite to write "
+                            "its output again")
+        if exists:
+            log(f"note: {output} is replaced when this run finishes")
         self.raw_model.load_state_dict(state["model"])
         self.trainer.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.trainer.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.epoch, self.best_acc, self.rows = int(state["epoch"]), float(state["best_acc"]), list(state["log"])
+        if self.is_main:  # a kill between checkpoint and log leaves the log an epoch behind
+            write_csv(self.files.log, self.rows)
         return state.get("extra", {})
 
     # ------------------------------------------------------------------ loop

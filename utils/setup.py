@@ -17,7 +17,8 @@ from utils.checkpoint import check_identity, load_checkpoint
 from utils.cli import UserError
 from utils.data import LoadedDataset, load_dataset
 from utils.distributed import DistInfo
-from utils.training import Recipe, Trainer, build_optimizer, build_scheduler, resolve_device, resolve_precision
+from utils.training import (Recipe, Trainer, build_optimizer, build_scheduler, resolve_compile, resolve_device,
+                            resolve_precision)
 
 
 @dataclass
@@ -70,18 +71,24 @@ def build_model(model_arch: str, num_classes: int, dataset: str) -> torch.nn.Mod
 
 
 def open_session(*, dataset: str, data_path: str, model_arch: str, device: str, precision: str,
-                 compile: bool, recipe: Recipe, manual_seed: int, workers: int, download: bool = True,
-                 num_classes: int | None = None, prepare: Callable[[], None] | None = None) -> Session:
+                 compile: bool | str, recipe: Recipe, manual_seed: int, workers: int, download: bool = True,
+                 num_classes: int | None = None, num_classes_of: str = "the input",
+                 prepare: Callable[[], None] | None = None) -> Session:
     """Resolve device and precision, join the process group, load the data, build the model.
 
     ``prepare`` runs on the main process alone, once the processes have joined and before any data
     is loaded: the place to create output folders and refuse existing outputs, so that other
     processes (maybe on other nodes, with other disks) neither create folders nor look at files
     the main process writes. An error there stops every process alike.
+
+    ``compile`` is False, True (inductor with CUDA graphs on one GPU, plain inductor otherwise) or
+    a torch.compile mode (:func:`utils.training.resolve_compile`); a bad value fails here, before
+    any data is loaded.
     """
     recipe.validate()
     torch_device = resolve_device(device)
     resolved_precision = resolve_precision(precision, torch_device)
+    resolve_compile(compile, torch_device)  # validate the flag early
     if workers < 0:
         raise UserError(f"workers must be >= 0, got {workers}")
     dist_info, torch_device = distributed.setup(torch_device)
@@ -91,7 +98,7 @@ def open_session(*, dataset: str, data_path: str, model_arch: str, device: str, 
     # One process per filesystem downloads what is missing; the others then read it.
     data = distributed.in_turn(dist_info, lambda: load_dataset(dataset, data_path, download=download))
     if num_classes is not None and num_classes != data.num_classes:
-        raise UserError(f"{data.info.name} has {data.num_classes} classes but the input was made for {num_classes}")
+        raise UserError(f"{data.info.name} has {data.num_classes} classes but {num_classes_of} was made for {num_classes}")
     seed_everything(manual_seed)
     model = build_model(model_arch, data.num_classes, data.info.name).to(torch_device)
     if torch_device.type == "cuda":
@@ -102,8 +109,9 @@ def open_session(*, dataset: str, data_path: str, model_arch: str, device: str, 
         ids = [torch_device.index] if torch_device.type == "cuda" else None
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     optimizer = build_optimizer(model, recipe, torch_device)
-    trainer = Trainer(wrapped, optimizer, torch_device, resolved_precision, compile=compile,
-                      all_reduce=distributed.all_reduce_sum)
+    trainer = Trainer(wrapped, optimizer, torch_device, resolved_precision,
+                      compile=resolve_compile(compile, torch_device, distributed=dist_info.enabled),
+                      all_reduce=distributed.all_reduce_sum, eval_batch_size=recipe.test_batch_size)
     return Session(dist_info, torch_device, resolved_precision, data,
                    make_batches(data.train, data.info, torch_device, workers),
                    make_batches(data.test, data.info, torch_device, workers),

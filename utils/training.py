@@ -1,9 +1,30 @@
 """The training step and the per-example evaluation pass shared by stages 1 and 3.
 
-Device and precision are resolved once (:func:`resolve_device`, :func:`resolve_precision`) and
-passed down. On CUDA the fast path is bf16 autocast, channels_last, fused SGD and optionally
-``torch.compile``; per-step results stay on the device and the host synchronises once per
-epoch. fp32 keeps the paper's numerics and makes CPU runs bit-for-bit repeatable.
+Device, precision and compilation are resolved once (:func:`resolve_device`,
+:func:`resolve_precision`, :func:`resolve_compile`) and passed down. On CUDA the fast path is
+bf16 autocast, channels_last, fused SGD and optionally ``torch.compile``; per-step results stay
+on the device and the host synchronises once per epoch. fp32 keeps the paper's numerics and
+makes CPU runs bit-for-bit repeatable.
+
+Compilation (``compile=True`` or a mode; see :func:`resolve_compile`) compiles two small modules
+around the model, each with static shapes (``dynamic=False``):
+
+* the training step's forward pass and loss (AOTAutograd compiles its backward too); the
+  optimizer step stays outside (fused SGD is one kernel launch already);
+* the evaluation forward pass with every per-example signal. Its batches are padded to the
+  evaluation batch size (padding rows are dropped; eval-mode batch norm treats rows
+  independently), so every evaluation pass - train split, validation split, test set - runs one
+  graph.
+
+The training step gets one graph for full batches and one for the epoch's last, partial batch
+(its size is the same every epoch); nothing recompiles after the first epoch. With CUDA graphs
+(the ``reduce-overhead`` mode, the default on a single GPU) each step starts a new CUDA-graph
+generation (``cudagraph_mark_step_begin``): a replay may reuse the memory of the previous
+step's outputs, so every output is consumed (accumulated, indexed into the preallocated result
+tensors) before the next step, gradients are set to None before the forward pass, and the
+optimizer updates parameters in place (they are static graph inputs). Batch-norm running
+statistics are module buffers, which dynamo marks as static inputs, so their in-place update
+does not make CUDA graphs fall back.
 """
 from __future__ import annotations
 
@@ -110,6 +131,58 @@ def autocast(precision: str, device: torch.device) -> Callable[[], contextlib.Ab
     return lambda: torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
+# torch.compile's inductor modes, and two debugging backends (no code generation: they check
+# graph capture and recompilation cheaply, e.g. on a CPU in the tests).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_BACKENDS = ("eager", "aot_eager")
+_FALSE = ("", "0", "false", "no", "off", "none")
+_TRUE = ("1", "true", "yes", "on", "auto")
+
+
+@dataclass(frozen=True)
+class CompileSpec:
+    """How to compile: a torch.compile backend and, for inductor, its mode."""
+    backend: str = "inductor"
+    mode: str | None = "default"
+
+    @property
+    def cudagraphs(self) -> bool:
+        """Whether the compiled code replays CUDA graphs (inductor's reduce-overhead / max-autotune)."""
+        return self.backend == "inductor" and self.mode in ("reduce-overhead", "max-autotune")
+
+    def __str__(self) -> str:
+        return self.mode if self.backend == "inductor" else self.backend
+
+
+def resolve_compile(compile, device: torch.device, distributed: bool = False) -> CompileSpec | None:
+    """The ``--compile`` flag: False (eager), True/'auto', an inductor mode, or a debug backend.
+
+    True picks ``reduce-overhead`` (inductor + CUDA graphs: one launch per graph instead of one
+    per kernel, which is what a small model at batch 128 is bound by) on a single CUDA device,
+    and ``default`` otherwise: on a CPU there are no CUDA graphs, and under DDP the graph is split
+    at gradient-bucket boundaries with the all-reduces between the pieces, where CUDA graphs are
+    not worth their risk. Any mode may still be asked for by name.
+    """
+    if isinstance(compile, CompileSpec) or compile is None:
+        return compile
+    if isinstance(compile, bool) or (isinstance(compile, int) and compile in (0, 1)):
+        compile = "auto" if compile else ""
+    name = str(compile).strip().lower()
+    if name in _FALSE:
+        return None
+    if name in _TRUE:
+        single_gpu = device.type == "cuda" and not distributed
+        return CompileSpec("inductor", "reduce-overhead" if single_gpu else "default")
+    if name == "inductor":
+        return CompileSpec("inductor", "default")
+    if name in COMPILE_MODES:
+        return CompileSpec("inductor", name)
+    if name in COMPILE_BACKENDS:
+        return CompileSpec(name, None)
+    raise UserError(f"unknown compile setting {compile!r}; use False, True (auto), one of the modes "
+                    f"{', '.join(COMPILE_MODES)}, or a debug backend ({', '.join(COMPILE_BACKENDS)})")
+
+
 def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
     """SGD as in the paper; the fused CUDA kernel where available (one launch for all parameters)."""
     return torch.optim.SGD(model.parameters(), lr=recipe.learning_rate, momentum=recipe.momentum,
@@ -121,6 +194,50 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe) -> torch.o
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(recipe.schedule), gamma=recipe.gamma)
 
 
+class _LossStep(nn.Module):
+    """The part of a training step that is compiled: forward pass, loss and the step's totals.
+
+    Returns the mean loss (to back-propagate) and ``[loss sum, correct]`` of the batch (float64),
+    so that nothing of the forward pass is read after the backward pass.
+    """
+
+    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype | None):
+        super().__init__()
+        self.model = model
+        self.device_type, self.dtype = device_type, dtype
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(self.device_type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y)
+        totals = torch.stack([loss.detach().double() * y.shape[0], (logits.argmax(1) == y).sum().double()])
+        return loss, totals
+
+
+class _EvalStep(nn.Module):
+    """The evaluation forward pass and per-example signals (fp32 logits) of one batch."""
+
+    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype | None):
+        super().__init__()
+        self.model = model
+        self.device_type, self.dtype = device_type, dtype
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, signals: bool = True) -> dict[str, torch.Tensor]:
+        with torch.autocast(self.device_type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+            logits = self.model(x)
+        return example_signals(logits.float(), y, signals)
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``t`` with zero rows appended up to ``rows``, in ``t``'s memory format (static graph strides)."""
+    channels_last = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    out = torch.zeros((rows, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    if channels_last:
+        out = out.contiguous(memory_format=torch.channels_last)
+    out[:t.shape[0]] = t
+    return out
+
+
 class Trainer:
     """Runs training epochs and per-example evaluation passes of one model.
 
@@ -129,20 +246,43 @@ class Trainer:
         optimizer: its optimizer.
         device: where the batches live.
         precision: 'bf16', 'fp16' or 'fp32' (resolved).
-        compile: compile the model with ``torch.compile``.
+        compile: False, True, a mode or a :class:`CompileSpec` (see :func:`resolve_compile`).
         all_reduce: sums a tensor over processes (identity without DDP).
+        eval_batch_size: the evaluation batch size; compiled evaluation pads every batch to it
+            (default: to the largest batch seen so far).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-                 precision: str, compile: bool = False,
-                 all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t):
+                 precision: str, compile: bool | str | CompileSpec | None = False,
+                 all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+                 eval_batch_size: int | None = None):
         self.model = model
-        self.forward = torch.compile(model) if compile else model
         self.optimizer = optimizer
         self.device = device
         self.autocast = autocast(precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.all_reduce = all_reduce
+        distributed = isinstance(model, nn.parallel.DistributedDataParallel)
+        self.compile_spec = resolve_compile(compile, device, distributed)
+        dtype = _AUTOCAST_DTYPES.get(precision)
+        self._loss_step: Callable = _LossStep(model, device.type, dtype)
+        self._eval_step: Callable = _EvalStep(model, device.type, dtype)
+        self._eval_rows = int(eval_batch_size or 0)  # compiled evaluation pads smaller batches to this
+        if self.compile_spec is not None:
+            options = dict(backend=self.compile_spec.backend, dynamic=False)
+            if self.compile_spec.backend == "inductor":
+                options["mode"] = self.compile_spec.mode
+            self._loss_step = torch.compile(self._loss_step, **options)
+            self._eval_step = torch.compile(self._eval_step, **options)
+
+    @property
+    def compiled(self) -> bool:
+        return self.compile_spec is not None
+
+    def _new_step(self) -> None:
+        """Start a CUDA-graph generation: the previous step's graph outputs are dead from here on."""
+        if self.compile_spec is not None and self.compile_spec.cudagraphs and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
 
     def train_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
         """One epoch of SGD; returns (mean training loss, accuracy in %) over the batches seen."""
@@ -150,16 +290,15 @@ class Trainer:
         totals = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss sum, correct
         count = 0
         for x, y in batches:
-            with self.autocast():
-                logits = self.forward(x)
-                loss = F.cross_entropy(logits, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)  # before the forward: no graph output outlives its step
+            self._new_step()
+            loss, step_totals = self._loss_step(x, y)
             # Accumulate on the device: no .item() per step, one synchronisation per epoch.
-            totals += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double()])
-            count += len(y)
+            totals += step_totals
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)  # fused SGD takes the fp16 scaler's state on the device
+            self.scaler.update()
+            count += y.shape[0]
         totals = torch.cat([totals, totals.new_tensor([float(count)])])
         loss_sum, correct, count = self.all_reduce(totals).tolist()
         return loss_sum / max(count, 1.0), 100.0 * correct / max(count, 1.0)
@@ -179,11 +318,19 @@ class Trainer:
             out["margin"] = torch.zeros(n, device=self.device)
             out["el2n"] = torch.zeros(n, device=self.device)
         for x, y, slots in batches:
-            with self.autocast():
-                logits = self.forward(x)
-            values = example_signals(logits.float(), y, signals)
-            for key, value in values.items():
-                out[key][slots] = value
+            b = x.shape[0]
+            if self.compiled:
+                # One static graph for every pass: all signals, batches padded to one size.
+                self._eval_rows = max(self._eval_rows, b)
+                if b < self._eval_rows:
+                    x, y = _pad_rows(x, self._eval_rows), _pad_rows(y, self._eval_rows)
+                self._new_step()
+                values = self._eval_step(x, y)
+            else:
+                values = self._eval_step(x, y, signals)
+            for key in out:
+                # Consumed at once (before the next step may replay over a CUDA graph's outputs).
+                out[key][slots] = values[key][:b]
         return out
 
 
