@@ -9,7 +9,6 @@ import statistics
 import subprocess
 
 import pytest
-import torch
 
 import reproduce_table
 from fakedata import write_fake_cifar
@@ -104,18 +103,25 @@ def test_markdown_and_plot(finished):
     assert png.startswith(PNG_MAGIC) and len(png) > 1000
 
 
-def test_killed_grid_reruns_only_the_missing_run(finished, capsys):
+def test_killed_grid_reruns_only_the_missing_run(finished):
     _, flags, _, _ = finished
-    missing = os.path.join(flags["results_dir"], "runs", "CIFAR10_resnet20_coreset_loss_top_k4_seed1.json")
-    os.remove(missing)
+    runs_dir = os.path.join(flags["results_dir"], "runs")
+    name = "CIFAR10_resnet20_coreset_loss_top_k4_seed1"
+    with open(os.path.join(runs_dir, name + ".json")) as f:
+        before = json.load(f)
+    os.remove(os.path.join(runs_dir, name + ".json"))  # killed after its last epoch, before its result
+    stamps = {p: os.path.getmtime(os.path.join(runs_dir, p)) for p in os.listdir(runs_dir)}
     counter = Counter()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(grid, "run_in_process", counter)
         reproduce_table.main(**flags)
-    assert [(s, f["name"]) for s, f in counter.calls] == [(3, "CIFAR10_resnet20_coreset_loss_top_k4_seed1")]
-    # Its *_last.pth already held every epoch (killed before the result was written): start over.
-    assert counter.calls[0][1].get("overwrite") is True and "resume_path" not in counter.calls[0][1]
-    assert os.path.exists(missing) and len(read_table(flags["results_dir"])) == 4
+    assert [(s, f["name"]) for s, f in counter.calls] == [(3, name)]
+    last = os.path.join(flags["checkpoint_path"], name + "_last.pth")
+    assert counter.calls[0][1]["resume_path"] == last  # continued from its checkpoint, not refused
+    with open(os.path.join(runs_dir, name + ".json")) as f:
+        assert json.load(f)["final_test_acc"] == before["final_test_acc"]
+    assert stamps == {p: os.path.getmtime(os.path.join(runs_dir, p)) for p in stamps}  # others untouched
+    assert len(read_table(flags["results_dir"])) == 4
 
 
 def test_dry_run_prints_and_runs_nothing(finished, tmp_path, capsys):
@@ -156,10 +162,8 @@ def test_resume_decision(tmp_path):
     last = str(tmp_path / "run_last.pth")
     step = grid.Step(3, {"name": "run"}, output=str(tmp_path / "run.json"), last=last, epochs=5)
     assert grid.decide(step) == ("run", {"name": "run"})
-    torch.save({"epoch": 2}, last)
+    (tmp_path / "run_last.pth").write_bytes(b"")
     assert grid.decide(step) == ("resume", {"name": "run", "resume_path": last})
-    torch.save({"epoch": 5}, last)
-    assert grid.decide(step) == ("restart", {"name": "run", "overwrite": True})
     (tmp_path / "run.json").write_text("{}")
     assert grid.decide(step)[0] == "skip"
 

@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import gc
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
@@ -61,11 +62,22 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        # The DDP wrapper holds the process group from inside a reference cycle, so without this
-        # the group is freed during the interpreter's final teardown, where gloo aborts the process
-        # now and then (SIGABRT after a successful run). Collect it while the interpreter is whole.
-        atexit.register(gc.collect)
+        atexit.register(_quiesce_before_exit)
     return info, device
+
+
+def _quiesce_before_exit() -> None:
+    """Give the backend's worker threads the GIL before the interpreter shuts down.
+
+    A gloo worker thread releases each finished collective's tensors after the caller already has
+    the result, and releasing a tensor that Python let go of takes the GIL. If the interpreter is
+    finalising by then, the thread is killed inside a C++ destructor and the process aborts
+    (SIGABRT, "terminate called without an active exception") after a successful run; a process
+    group that DDP used outlives ``destroy_process_group``, so its threads are still there.
+    Sleeping releases the GIL so that they finish first.
+    """
+    gc.collect()
+    time.sleep(0.1)
 
 
 def teardown() -> None:

@@ -175,31 +175,17 @@ def drop_defaults(fn: Callable[..., Any], flags: dict, script: str, keep: Sequen
 
 # ----------------------------------------------------------------------------- resuming
 
-def checkpoint_epochs(path: str) -> int | None:
-    """Epochs completed in a ``*_last.pth`` (None if it cannot be read: the stage will say why)."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(state["epoch"])
-    except Exception:  # noqa: BLE001 - any unreadable file is reported by the stage itself
-        return None
-
-
 def decide(step: Step) -> tuple[str, dict]:
-    """('skip' | 'resume' | 'restart' | 'run', flags to run with) from the files on disk now.
+    """('skip' | 'resume' | 'run', flags to run with) from the files on disk now.
 
-    A finished output means skip. A ``*_last.pth`` with fewer epochs than the run asks for is
-    continued with ``--resume_path``; one that already holds every epoch (killed in the moment
-    between the last checkpoint and the output file) cannot be resumed, so the run starts over
-    with ``--overwrite``.
+    A finished output means skip. A ``*_last.pth`` means a killed run: it continues with
+    ``--resume_path`` (one that already holds every epoch, killed while writing its output, just
+    writes it). The stage itself refuses a checkpoint of another run or of more epochs, with the
+    reason; the grid then stops there rather than discard that checkpoint.
     """
     if os.path.exists(step.output):
         return "skip", step.flags
     if step.last and os.path.exists(step.last):
-        done = checkpoint_epochs(step.last)
-        if done is not None and done >= step.epochs:
-            return "restart", {**step.flags, "overwrite": True}
         return "resume", {**step.flags, "resume_path": step.last}
     return "run", step.flags
 
@@ -288,8 +274,8 @@ def write_script(path: str, steps: Sequence[Step], table_command: str, launcher:
 #                              (stage1: {counts[1]} lines, stage2: {counts[2]}, stage3: {counts[3]}; tasks 1..N;
 #                               chain the three arrays with --dependency=afterok)
 #   then the table:            the last line (every run is found done and skipped).
-# Each line skips a finished run and continues a killed one from its *_last.pth. A *_last.pth that
-# already holds every epoch is refused by the stage; rerun reproduce_table.py, which restarts it.
+# Each line skips a finished run and continues a killed one from its *_last.pth, exactly as a rerun
+# of reproduce_table.py would.
 set -e
 """
     lines = [guarded(s, launcher) for s in steps] + [f"{table_command}  # table"]
@@ -322,7 +308,7 @@ def execute(steps: Sequence[Step], launcher: str = "python", dry_run: bool = Fal
     counts = {"skipped": {1: 0, 2: 0, 3: 0}, "ran": {1: 0, 2: 0, 3: 0}}
     todo = sum(1 for s in steps if not os.path.exists(s.output))
     position = 0
-    note = {"resume": "  # continues a killed run", "restart": "  # its checkpoint holds every epoch; starts over"}
+    note = {"resume": "  # continues a killed run"}
     for step in steps:
         action, flags = decide(step)
         if action == "skip":
@@ -426,7 +412,7 @@ def table_markdown(rows: Sequence[dict], spec: GridSpec) -> str:
             parts.append(
                 f"### {spec.dataset}: test accuracy (%) of {model_arch} trained on coresets "
                 f"(scores from {score_arch}, {spec.score_epochs} epochs, seed {spec.score_seed}; "
-                f"{spec.epochs} training epochs)\n\n"
+                f"{spec.epochs} training epoch{'s' if spec.epochs > 1 else ''})\n\n"
                 f"Final-epoch test accuracy, mean ± sample std over {'/'.join(map(str, seeds))} seed(s); "
                 "column: budget per class (coreset size).\n")
             header = "| method (order) | " + " | ".join(f"{label} ({n})" for label, n in labels) + " |"
