@@ -10,7 +10,7 @@ Module names (``conv1``, ``bn1``, ``layer1``..``layer4``, ``shortcut``, ``linear
 match the paper code so that its checkpoints load into these models.
 """
 
-from typing import TypedDict
+from typing import Callable, TypedDict
 
 import torch
 import torch.nn as nn
@@ -24,17 +24,20 @@ class BasicBlock(nn.Module):
         in_planes: input channels.
         planes: channels of the convolutions; the block outputs ``planes * expansion``.
         stride: stride of the first convolution (2 halves the resolution).
+        shortcut: builds the residual path from (in_planes, out_planes, stride); default the
+            paper code's identity-or-1x1-projection (option B).
     """
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1,
+                 shortcut: Callable[[int, int, int], nn.Module] | None = None) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = _shortcut(in_planes, planes * self.expansion, stride)
+        self.shortcut = (shortcut or _shortcut)(in_planes, planes * self.expansion, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .resnet import BasicBlock
+
 
 class PadShortcut(nn.Module):
     """Option-A shortcut: spatial subsampling and zero channels, no parameters.
@@ -38,30 +40,11 @@ class PadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.pad[0], self.pad[1]))
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with an option-A residual connection.
-
-    Args:
-        in_planes: input channels.
-        planes: output channels.
-        stride: stride of the first convolution.
-    """
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        if stride == 1 and in_planes == planes:
-            self.shortcut: nn.Module = nn.Identity()
-        else:
-            self.shortcut = PadShortcut(in_planes, planes, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+def option_a_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
+    """Identity when shapes agree, else the parameter-free :class:`PadShortcut` (option A)."""
+    if stride == 1 and in_planes == out_planes:
+        return nn.Identity()
+    return PadShortcut(in_planes, out_planes, stride)
 
 
 class CifarResNet(nn.Module):
@@ -81,7 +64,7 @@ class CifarResNet(nn.Module):
         for planes, stride in ((16, 1), (32, 2), (64, 2)):
             stage = []
             for s in [stride] + [1] * (blocks_per_stage - 1):
-                stage.append(BasicBlock(in_planes, planes, s))
+                stage.append(BasicBlock(in_planes, planes, s, shortcut=option_a_shortcut))
                 in_planes = planes
             stages.append(nn.Sequential(*stage))
         self.layer1, self.layer2, self.layer3 = stages
