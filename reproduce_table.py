@@ -16,7 +16,7 @@ import sys
 from typing import Any, Sequence
 
 from utils import grid
-from utils.cli import require, run_cli
+from utils.cli import is_int, require, run_cli
 
 
 def main(
@@ -142,17 +142,17 @@ def _spec(**flags: Any) -> grid.GridSpec:
     require(bool(lists["samples_per_class"]) != bool(lists["fractions"]),
             "give the subset sizes as --samples_per_class K1,K2,... or as --fractions F1,F2,... (one of them)")
     for k in lists["samples_per_class"]:
-        require(_is_int(k) and k > 0, f"--samples_per_class values must be positive integers, got {k!r}")
+        require(is_int(k) and k > 0, f"--samples_per_class values must be positive integers, got {k!r}")
     for f in lists["fractions"]:
         require(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1,
                 f"--fractions values must lie in (0, 1], got {f!r}")
     require(lists["seeds"], "--seeds needs at least one seed")
     for s in lists["seeds"]:
-        require(_is_int(s) and s >= 0, f"--seeds values must be non-negative integers, got {s!r}")
+        require(is_int(s) and s >= 0, f"--seeds values must be non-negative integers, got {s!r}")
     score_seed = lists["seeds"][0] if flags["score_seed"] is None else flags["score_seed"]
-    require(_is_int(score_seed) and score_seed >= 0, f"--score_seed must be a non-negative integer, got {score_seed!r}")
+    require(is_int(score_seed) and score_seed >= 0, f"--score_seed must be a non-negative integer, got {score_seed!r}")
     for key in ("score_epochs", "epochs"):
-        require(_is_int(flags[key]) and flags[key] >= 1, f"--{key} must be a positive integer, got {flags[key]!r}")
+        require(is_int(flags[key]) and flags[key] >= 1, f"--{key} must be a positive integer, got {flags[key]!r}")
     require(flags["score_epochs"] >= 3, "--score_epochs must be at least 3 (CLD correlates 2+ loss differences)")
     schedule = _schedule(flags["schedule"], "schedule")
     score_schedule = schedule if flags["score_schedule"] is None else _schedule(flags["score_schedule"], "score_schedule")
@@ -177,12 +177,8 @@ def _spec(**flags: Any) -> grid.GridSpec:
 def _schedule(value: Any, key: str) -> tuple[int, ...]:
     items = grid.as_list(value, key)
     for m in items:
-        require(_is_int(m) and m >= 0, f"--{key} must be a list of epochs such as [81,121], got {value!r}")
+        require(is_int(m) and m >= 0, f"--{key} must be a list of epochs such as [81,121], got {value!r}")
     return tuple(sorted(int(m) for m in items))
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 if __name__ == "__main__":
