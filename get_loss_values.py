@@ -50,7 +50,7 @@ def main(
         evaluate_only: bool = False,
         device: str = 'auto',
         precision: str = 'auto',
-        compile: bool = False,
+        compile: bool | str = False,
         scores_dir: str = './Scores',
         splits_dir: str = './Splits',
         download: bool = True,
@@ -82,7 +82,9 @@ def main(
         evaluate_only: evaluate the checkpoint ``resume_path`` on the test set and exit.
         device: auto, cuda or cpu.
         precision: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32 (the paper's numerics).
-        compile: compile the model with torch.compile (worth it on a GPU for long runs).
+        compile: False (eager), True (torch.compile of the train and eval steps with static
+            shapes; CUDA graphs on one GPU), or a torch.compile mode such as reduce-overhead or
+            max-autotune-no-cudagraphs. Worth it on a GPU for long runs (one-time warm-up).
         scores_dir: folder of the loss file.
         splits_dir: folder of the split file.
         download: download CIFAR through torchvision when it is missing.

@@ -53,7 +53,7 @@ def main(
         evaluate_only: bool = False,
         device: str = 'auto',
         precision: str = 'auto',
-        compile: bool = False,
+        compile: bool | str = False,
         results_dir: str = './Results',
         name: str = '',
         download: bool = True,
@@ -86,7 +86,9 @@ def main(
         evaluate_only: evaluate the checkpoint ``resume_path`` on the test set and exit.
         device: auto, cuda or cpu.
         precision: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.
-        compile: compile the model with torch.compile.
+        compile: False (eager), True (torch.compile of the train and eval steps with static
+            shapes; CUDA graphs on one GPU), or a torch.compile mode such as reduce-overhead or
+            max-autotune-no-cudagraphs. Worth it on a GPU for long runs (one-time warm-up).
         results_dir: where ``runs/<name>.json`` and ``results.csv`` go.
         name: the run's name (default
             ``{dataset}_{model_arch}_coreset_{method}_{order}_k{k}_seed{seed}``).

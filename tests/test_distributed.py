@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 import get_loss_values
 import models
 import train_on_coresets
+from conftest import assert_user_error
 from fakedata import write_fake_cifar
 from utils import distributed
 from utils.batches import TensorBatches, shard_positions
@@ -236,10 +237,7 @@ def test_torchrun_then_resume_with_another_world_size_is_refused(tmp_path, fake_
 
     last = os.path.join(out, "ckpt", f"{NAME}_last.pth")
     refused = _script([script, *_cli_flags(fake_cifar, out, epochs=2), f"--resume_path={last}"], cwd=out)
-    assert refused.returncode == 2, refused.stderr[-3000:]
-    lines = refused.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), refused.stderr[-3000:]
-    assert "world size 2" in lines[0] and "world size 1" in lines[0] and "2 processes" in lines[0]
+    assert_user_error(refused, "world size 2", "world size 1", "resume it with 2 processes")
 
 
 def test_stage3_under_ddp_resumes_exactly(ddp_run) -> None:
