@@ -132,6 +132,8 @@ def main(
                                                  recipe=recipe, workers=workers, download=download)}
 
     def prepare_outputs() -> None:  # main process, before any data is loaded
+        for folder in (checkpoint_path, logpath, results_dir):
+            ensure_dir(folder)
         for note in claim_files(files, resume_path, overwrite):
             print(note)
 
@@ -153,9 +155,6 @@ def main(
                            fraction=fraction)
     coreset = select_coreset(ranked, scores.get("scores"), budget, order, int(manual_seed), float(ccs_beta),
                              hard_end=scores.get("hard_end", "top"))
-    if session.dist.is_main:
-        for folder in (checkpoint_path, logpath, results_dir):
-            ensure_dir(folder)
 
     identity = {"stage": "coreset", "dataset": info.name, "model_arch": model_arch, "manual_seed": int(manual_seed),
                 "coreset_size": int(len(coreset)), "coreset_hash": _digest(coreset), "world_size": session.dist.world}
@@ -180,8 +179,10 @@ def main(
         "seconds": round(seconds_before + time.perf_counter() - start, 2), "name": name, "config": config,
         "coreset_indices": coreset.tolist(),
     }
+    with distributed.fail_together():  # every process returns once the result is written
+        if session.dist.is_main:
+            write_result(results_dir, name, result)
     if session.dist.is_main:
-        write_result(results_dir, name, result)
         say(f"best test accuracy {result['best_test_acc']:.2f}%, final {result['final_test_acc']:.2f}%; "
             f"result in {result_file}")
     distributed.teardown()
