@@ -104,9 +104,7 @@ def main(
     name = paths.run_name(info.name, model_arch, manual_seed)
     loss_file = paths.loss_path(scores_dir, info.name, model_arch, manual_seed)
     split_file = paths.split_path(splits_dir, info.name, model_arch, manual_seed)
-    files = RunFiles(last=os.path.join(checkpoint_path, f"{name}_last.pth"),
-                     best=os.path.join(checkpoint_path, f"{name}_best.pth"),
-                     log=os.path.join(logpath, f"{name}.csv"), output=loss_file)
+    files = RunFiles.named(checkpoint_path, logpath, name, output=loss_file)
     if evaluate_only:
         return evaluate_checkpoint(resume_path, dataset=info.name, data_path=data_path, model_arch=model_arch,
                                    device=device, precision=precision, recipe=recipe, workers=workers, download=download)

@@ -7,7 +7,6 @@ bottom, middle (near-zero CLD), a random draw from the same pool, or a CCS draw.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Sequence
@@ -123,9 +122,7 @@ def main(
     source = method if score_arch in (model_arch, "unknown") else f"{method}-{score_arch}"
     name = name or f"{info.name}_{model_arch}_coreset_{source}_{order}_{budget_token}_seed{manual_seed}"
     result_file = run_json_path(results_dir, name)
-    files = RunFiles(last=os.path.join(checkpoint_path, f"{name}_last.pth"),
-                     best=os.path.join(checkpoint_path, f"{name}_best.pth"),
-                     log=os.path.join(logpath, f"{name}.csv"), output=result_file)
+    files = RunFiles.named(checkpoint_path, logpath, name, output=result_file)
     if evaluate_only:
         return {"evaluated": evaluate_checkpoint(resume_path, dataset=info.name, data_path=data_path,
                                                  model_arch=model_arch, device=device, precision=precision,

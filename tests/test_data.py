@@ -1,7 +1,6 @@
 """Data layer: CIFAR reading, digits, stratified split, device-side augmentation, batch sources."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import torch
 
 from utils.cli import UserError
-from utils.formats import atomic_write
+from utils.formats import ZIP_MAGIC, atomic_write
 
 RUN_FORMAT = "cld-run/1"
 _SCRIPTS = {"losses": "get_loss_values.py (stage 1)", "coreset": "train_on_coresets.py (stage 3)"}
@@ -61,12 +61,11 @@ def _first_line(exc: BaseException) -> str:
 
 def _check_archive(path: str, what: str) -> None:
     """Refuse a file that is not a whole zip archive (what ``torch.save`` writes) with intact CRCs."""
-    magic = b"PK\x03\x04"
     try:
         with open(path, "rb") as f:
             head = f.read(4)
-        if head != magic:
-            if magic.startswith(head):
+        if head != ZIP_MAGIC:
+            if ZIP_MAGIC.startswith(head):
                 raise UserError(f"{what} {path} is truncated ({os.path.getsize(path)} bytes)")
             kind = " (it looks like a pickle: a loss, score or split file?)" if head[:1] == b"\x80" else ""
             raise UserError(f"{what} {path} is not a checkpoint of this project: not a PyTorch zip archive{kind}")

@@ -30,6 +30,8 @@ SPLIT_FORMAT = "cld-split/1"
 # Optional per-example signals recorded beside the losses (stage 1 -> baselines).
 SIGNAL_KEYS = ("tr_correct", "tr_margin", "tr_el2n")
 
+ZIP_MAGIC = b"PK\x03\x04"  # how a torch.save checkpoint (a zip archive) begins
+
 
 # ----------------------------------------------------------------------------- writing
 
@@ -170,7 +172,7 @@ def load_pickle(path: str, what: str, encoding: str = "ASCII") -> Any:
         raise UserError(f"{what} {path} not found")
     try:
         with open(path, "rb") as f:
-            if f.read(4) == b"PK\x03\x04":
+            if f.read(4) == ZIP_MAGIC:
                 raise UserError(f"{what} {path} is a zip archive (a PyTorch checkpoint?), not a pickle")
             f.seek(0)
             with _quiet_excepthook():

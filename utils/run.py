@@ -34,6 +34,13 @@ class RunFiles:
     log: str
     output: str = ""  # stage 1: the loss file; stage 3: the run's results JSON
 
+    @classmethod
+    def named(cls, checkpoint_path: str, logpath: str, name: str, output: str) -> "RunFiles":
+        """``{name}_last.pth`` / ``{name}_best.pth`` and ``{name}.csv``, as both stages name them."""
+        return cls(last=os.path.join(checkpoint_path, f"{name}_last.pth"),
+                   best=os.path.join(checkpoint_path, f"{name}_best.pth"),
+                   log=os.path.join(logpath, f"{name}.csv"), output=output)
+
 
 def claim_files(files: RunFiles, resume_path: str, overwrite: bool) -> list[str]:
     """Before a run starts (main process): refuse to replace an earlier run's files silently.
