@@ -14,7 +14,6 @@ on the same machine. Exit status 1 if a target is missed.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import resource
@@ -30,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from utils.formats import save_losses  # noqa: E402  (after the path fix above)
+from utils.cli import ArgumentParser  # noqa: E402
 
 # name: (n_train, n_epochs, n_classes, n_val, wall target s, peak RSS target MB)
 SCALES = {
@@ -58,7 +58,8 @@ def write_loss_file(path: str, n_train: int, n_epochs: int, n_classes: int, n_va
     rng = np.random.default_rng(seed)
     noisy = rng.random(n_train) < 0.05
     losses = {
-        "dataset": "Synthetic", "model_arch": "none", "manual_seed": seed, "num_classes": n_classes,
+        "dataset": {10: "CIFAR10", 100: "CIFAR100"}.get(n_classes, "ImageNet"), "model_arch": "resnet18",
+        "manual_seed": seed, "num_classes": n_classes,
         "config": {"bench": True},
         "epoch": np.arange(n_epochs, dtype=np.int64),
         "tr_loss": _trajectories(rng, n_epochs, n_train, noisy),
@@ -93,7 +94,7 @@ def run_stage2(loss_path: str, out_path: str) -> tuple[float, float, float, int]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="tiny CPU mode (tests): only the 'small' scale")
     parser.add_argument("--scales", default="cifar100,imagenet", help="comma-separated: " + ", ".join(SCALES))
     parser.add_argument("--repeat", type=int, default=1, help="runs per scale; the table shows the best")

@@ -58,6 +58,7 @@ import torch._dynamo  # noqa: E402,F401  (reset() and counters)
 
 from bench.fake_cifar import write_fake_cifar  # noqa: E402
 from utils.training import resolve_compile, resolve_device, resolve_precision  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 
 # Full size: CIFAR-100's real shape. Small: a few hundred images of 10 classes (CPU tests).
 FULL = dict(per_class=500, test_per_class=100, num_classes=100, model_arch="resnet18", epochs=4)
@@ -88,13 +89,14 @@ class StageTiming:
     notes: list[str]
 
     def phase(self, key: str, steady: bool = True) -> float:
-        values = [float(r[key]) for r in self.rows]
+        values = [float(r.get(key) or 0.0) for r in self.rows]  # stage 3 has no collect column
         if not steady:
             return values[0]
         return statistics.median(values[1:]) if len(values) > 1 else float("nan")
 
     def totals(self) -> list[float]:
-        return [float(r["seconds_train"]) + float(r["seconds_test"]) + float(r["seconds_collect"]) for r in self.rows]
+        return [sum(float(r.get(k) or 0.0) for k in ("seconds_train", "seconds_test", "seconds_collect"))
+                for r in self.rows]
 
     @property
     def epoch(self) -> float:
@@ -378,7 +380,7 @@ def print_precision(result: dict) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto, cuda or cpu")
     parser.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32")

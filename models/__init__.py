@@ -19,7 +19,7 @@ import torchvision
 from . import densenet, resnet, resnet_cifar, vgg
 from .alexnet import AlexNet
 
-__all__ = ["MODELS", "get_model", "model_names"]
+__all__ = ["MODELS", "final_linear", "get_model", "model_names"]
 
 MODELS: dict[str, Callable[[int], nn.Module]] = {
     **{name: partial(resnet.build, name) for name in resnet.CONFIGS},
@@ -71,3 +71,18 @@ def get_model(name: str, num_classes: int, dataset: str = "CIFAR100") -> nn.Modu
     if _is_imagenet(dataset):
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     return MODELS[name](num_classes)
+
+
+def final_linear(model: nn.Module) -> nn.Linear:
+    """The classifier layer: the last ``nn.Linear`` registered in ``model``.
+
+    Its input is the model's penultimate embedding and its output the logits, for every model of
+    the registry and for torchvision's classifiers (their classifier is their last linear layer).
+
+    Raises:
+        ValueError: the model has no linear layer.
+    """
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no linear layer, so it has no penultimate embedding")
+    return linears[-1]

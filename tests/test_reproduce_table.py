@@ -1,19 +1,28 @@
 """reproduce_table.py / utils/grid.py: a tiny grid end to end on a fake CIFAR-10, its table, its
-resumption after a kill, its dry run and its emitted script."""
+resumption after a kill, its dry run and its emitted script, and the grid's reach over every flag
+of every stage."""
 from __future__ import annotations
 
 import csv
 import json
 import os
+import shlex
 import statistics
 import subprocess
 
 import pytest
 
+import compute_cld_scores
+import get_loss_values
 import reproduce_table
+import train_on_coresets
+import utils.collect
+import utils.coreset
+import utils.scoring
 from fakedata import write_fake_cifar
-from utils import grid
-from utils.cli import UserError
+from utils import config, grid, table
+from utils.cli import UserError, run_cli
+from utils.config import GRID
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -31,14 +40,15 @@ def grid_flags(root: str) -> dict:
 
 
 class Counter:
-    """Wraps grid.run_in_process and remembers every (stage, flags) it ran."""
+    """Wraps grid.run_stage and remembers every (stage, flags) it ran."""
 
     def __init__(self):
         self.calls: list[tuple[int, dict]] = []
+        self.real = grid.run_stage
 
-    def __call__(self, step, flags):
-        self.calls.append((step.stage, dict(flags)))
-        grid.stage_main(step.stage)(**flags)
+    def __call__(self, stage, flags):
+        self.calls.append((stage, dict(flags)))
+        return self.real(stage, flags)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +65,7 @@ def finished(tmp_path_factory):
                    "best_test_acc": 99.0}, f)
     counter = Counter()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(grid, "run_in_process", counter)
+        mp.setattr(grid, "run_stage", counter)
         rows = reproduce_table.main(**flags)
     return root, flags, rows, counter
 
@@ -74,11 +84,11 @@ def test_grid_runs_each_stage_once_per_cell(finished):
 
 def test_table_matches_the_run_results(finished):
     _, flags, rows, _ = finished
-    table = read_table(flags["results_dir"])
-    assert len(table) == 4 and len(rows) == 4  # 2 methods x 2 sizes (the stray seed-7 run stays out)
-    assert tuple(table[0]) == grid.TABLE_COLUMNS
+    written = read_table(flags["results_dir"])
+    assert len(written) == 4 and len(rows) == 4  # 2 methods x 2 sizes (the stray seed-7 run stays out)
+    assert tuple(written[0]) == table.TABLE_COLUMNS
     runs_dir = os.path.join(flags["results_dir"], "runs")
-    for row in table:
+    for row in written:
         assert row["n_seeds"] == "2" and row["order"] == "top" and row["fraction"] == ""
         accs, sizes = [], set()
         for seed in (0, 1):
@@ -90,7 +100,7 @@ def test_table_matches_the_run_results(finished):
         assert float(row["mean_test_acc"]) == pytest.approx(statistics.mean(accs), abs=1e-4)
         assert float(row["std_test_acc"]) == pytest.approx(statistics.stdev(accs), abs=1e-4)  # ddof=1
         assert sizes == {int(row["coreset_size"])} == {10 * int(row["samples_per_class"])}
-    assert [(r["method"], r["samples_per_class"]) for r in table] == [("cld", "2"), ("cld", "4"), ("loss", "2"), ("loss", "4")]
+    assert [(r["method"], r["samples_per_class"]) for r in written] == [("cld", "2"), ("cld", "4"), ("loss", "2"), ("loss", "4")]
 
 
 def test_markdown_and_plot(finished):
@@ -113,7 +123,7 @@ def test_killed_grid_reruns_only_the_missing_run(finished):
     stamps = {p: os.path.getmtime(os.path.join(runs_dir, p)) for p in os.listdir(runs_dir)}
     counter = Counter()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(grid, "run_in_process", counter)
+        mp.setattr(grid, "run_stage", counter)
         reproduce_table.main(**flags)
     assert [(s, f["name"]) for s, f in counter.calls] == [(3, name)]
     last = os.path.join(flags["checkpoint_path"], name + "_last.pth")
@@ -128,7 +138,7 @@ def test_dry_run_prints_and_runs_nothing(finished, tmp_path, capsys):
     flags = grid_flags(str(tmp_path))
     counter = Counter()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(grid, "run_in_process", counter)
+        mp.setattr(grid, "run_stage", counter)
         assert reproduce_table.main(**flags, dry_run=True) == []
     out = capsys.readouterr().out.splitlines()
     commands = [line for line in out if line.startswith("python ")]
@@ -139,28 +149,70 @@ def test_dry_run_prints_and_runs_nothing(finished, tmp_path, capsys):
     assert sum(line.startswith("# skip") for line in capsys.readouterr().out.splitlines()) == 11
 
 
-def test_printed_commands_parse_back_to_the_same_flags(tmp_path):
-    flags = grid_flags(str(tmp_path))
-    spec = reproduce_table._spec(**{**flags, "fractions": None, "score_seed": None, "score_schedule": [1],
-                                    "learning_rate": 0.05, "compile": False, "tag": "t1"})
-    for step in grid.plan(spec):
-        assert grid.parse_command_flags(grid.command(step)) == step.flags
-    odd = {"name": "1234", "data_path": "a,b", "schedule": [], "orders": ["top", "None"], "overwrite": True}
-    assert grid.parse_command_flags(grid.command("x.py", odd)) == odd
+def test_printed_commands_parse_back_to_the_same_flags(tmp_path, monkeypatch):
+    """Every printed command, run through its script's own command line, calls the stage with the
+    step's flags (checked and completed with the defaults)."""
+    g = GRID.settings({**grid_flags(str(tmp_path)), "score_schedule": [1], "learning_rate": 0.05,
+                       "tag": "t1", "data_path": "2024", "compile": "max-autotune-no-cudagraphs"})
+    seen = []
+    for module, name in ((utils.collect, "collect_losses"), (utils.scoring, "score"), (utils.coreset, "train_on_coreset")):
+        monkeypatch.setattr(module, name, seen.append)
+    scripts = {1: get_loss_values, 2: compute_cld_scores, 3: train_on_coresets}
+    steps = grid.plan(g)
+    for step in steps:
+        words = shlex.split(grid.command(step))
+        assert words[1] == step.script
+        assert run_cli(scripts[step.stage].main, words[2:]) == 0
+        assert seen.pop() == grid.FLAGSETS[step.stage].settings(step.flags)
+    loss_step = steps[0]
+    assert loss_step.flags["schedule"] == [1] and loss_step.flags["data_path"] == "2024"
+    assert "--data_path 2024" in grid.command(loss_step)  # a folder named like a number stays a string
+
+
+def test_the_grid_sets_every_flag_of_every_stage_and_agrees_on_defaults():
+    """Each stage flag is forwarded under its own name (same default), under score_ for stage 1's
+    recipe (default: the stage-3 value, which has the same default), or set per step by the grid."""
+    for stage, flagset in grid.FLAGSETS.items():
+        for flag in flagset:
+            if flag.name in config.GRID_SETS[stage] and flag.name not in config.STAGE1_RECIPE:
+                continue
+            if stage == 1 and flag.name in config.STAGE1_RECIPE:
+                assert GRID[f"score_{flag.name}"].default is None, flag.name
+                assert GRID[flag.name].default == flag.default, flag.name
+                continue
+            assert flag.name in GRID, f"stage {stage}: the grid cannot set --{flag.name}"
+            assert GRID[flag.name].default == flag.default, (stage, flag.name)
+    # ... and the values reach the steps: a non-default value of each forwarded flag.
+    odd = {"momentum": 0.5, "weight_decay": 0.001, "gamma": 0.5, "disable_nesterov": True, "val_split_ratio": 0.2,
+           "download": False, "collect_precision": "same", "snapshot_epochs": [2], "el2n_epochs": 3,
+           "score_learning_rate": 0.07, "allow_missing_classes": True}
+    g = GRID.settings({**grid_flags("/tmp/x"), **odd})
+    by_stage = {s.stage: s.flags for s in grid.plan(g)}
+    assert by_stage[1]["learning_rate"] == 0.07 and by_stage[3]["learning_rate"] == 0.1
+    for name, value in odd.items():
+        if name.startswith("score_"):
+            continue
+        assert any(flags.get(name) == value for flags in by_stage.values()), name
+
+
+def test_reproduce_table_help_lists_every_recipe_flag_of_stage_1(capsys):
+    assert run_cli(reproduce_table.main, ["--help"]) == 0
+    text = capsys.readouterr().err  # Fire shows help on stderr
+    for name in config.STAGE1_RECIPE:
+        assert f"--{name}" in text and f"--score_{name}" in text, name
 
 
 def test_random_order_runs_once_for_all_methods(tmp_path):
-    flags = {**grid_flags(str(tmp_path)), "orders": ["top", "random"], "fractions": None, "score_seed": None,
-             "score_schedule": None, "learning_rate": 0.1, "compile": False, "tag": ""}
-    runs = [(s.flags["score_path"], s.flags.get("order", "top")) for s in grid.plan(reproduce_table._spec(**flags))
-            if s.stage == 3]
+    g = GRID.settings({**grid_flags(str(tmp_path)), "orders": ["top", "random"]})
+    runs = [(s.flags["score_path"], s.flags.get("order", "top")) for s in grid.plan(g) if s.stage == 3]
     assert len(runs) == (2 + 1) * 2 * 2  # (cld top, loss top, one random) x 2 sizes x 2 seeds
     assert {p for p, o in runs if o == "random"} == {p for p, _ in runs if "CLD_" in p}
 
 
 def test_resume_decision(tmp_path):
     last = str(tmp_path / "run_last.pth")
-    step = grid.Step(3, {"name": "run"}, output=str(tmp_path / "run.json"), last=last, epochs=5)
+    step = grid.Step(3, {"name": "run"}, output=str(tmp_path / "run.json"), lock=str(tmp_path / "run.lock"),
+                     last=last)
     assert grid.decide(step) == ("run", {"name": "run"})
     (tmp_path / "run_last.pth").write_bytes(b"")
     assert grid.decide(step) == ("resume", {"name": "run", "resume_path": last})
@@ -184,11 +236,12 @@ def test_emit_script(tmp_path):
 @pytest.mark.parametrize("change,message", [
     ({"fractions": [0.1]}, "one of them"),
     ({"samples_per_class": None}, "one of them"),
-    ({"methods": ["nope"]}, "unknown method"),
-    ({"orders": ["sideways"]}, "unknown order"),
+    ({"methods": ["nope"]}, "unknown --methods 'nope'"),
+    ({"orders": ["sideways"]}, "unknown --orders"),
     ({"model_archs": ["resnet7"]}, "unknown model"),
     ({"score_epochs": 2}, "at least 3"),
-    ({"seeds": [-1]}, "non-negative"),
+    ({"seeds": [-1]}, r"--seeds must lie in \[0, "),
+    ({"seed": 3}, "unknown flag --seed"),
 ])
 def test_bad_flags_are_user_errors(tmp_path, change, message):
     with pytest.raises(UserError, match=message):

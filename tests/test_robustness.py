@@ -40,7 +40,7 @@ from fakedata import write_fake_cifar
 from utils.checkpoint import load_checkpoint
 from utils.cli import UserError
 from utils.formats import atomic_write, load_losses, load_scores, load_split, remove_stale_temps
-from utils.results import RESULT_COLUMNS, append_row
+from utils.results import RESULT_COLUMNS, write_result
 
 RUN1 = "CIFAR10_resnet20_seed1234"
 EPOCHS = 3
@@ -75,12 +75,9 @@ def cli(module, *args: str) -> subprocess.CompletedProcess:
     out, err = io.StringIO(), io.StringIO()
     argv = sys.argv
     sys.argv = [module.__file__, *args]
-    code = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            module.run_cli(module.main)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            code = module.run_cli(module.main)
     finally:
         sys.argv = argv
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
@@ -174,6 +171,10 @@ def check_loadable(base) -> list[str]:
             elif name.endswith(".json"):
                 with open(path) as f:
                     json.load(f)
+            elif name.endswith(".npy"):
+                np.load(path, allow_pickle=False)
+            elif name.endswith(".npz"):
+                np.load(path, allow_pickle=False).files
             elif name.endswith(".csv"):
                 with open(path, newline="") as f:
                     rows = list(csv.reader(f))
@@ -366,7 +367,9 @@ def test_damaged_checkpoint_is_refused_on_resume_and_a_split_file_on_rerun(data,
     assert_user_error(cli(get_loss_values, *_argv(s1_flags(data, tmp_path, resume_path=ckpt))),
                       str(ckpt), "checksum mismatch")
     ckpt.unlink()
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # the refused resume left no folder behind
     split = tmp_path / "splits" / f"{RUN1}_split.pkl"
+    os.makedirs(split.parent)
     _damaged(os.path.join(reference["s1"], "splits", f"{RUN1}_split.pkl"), split, "half")
     assert_user_error(cli(get_loss_values, *_argv(s1_flags(data, tmp_path))), str(split), "truncated")
     assert not os.path.exists(tmp_path / "scores" / f"{RUN1}_losses.pickle")
@@ -524,17 +527,20 @@ def test_stale_temporary_files_are_removed_but_not_those_being_written(tmp_path)
 
 # ----------------------------------------------------------------------------- concurrent rows
 
-def _append_rows(args) -> None:
-    csv_path, worker = args
+def _write_results(args) -> None:
+    results_dir, worker = args
     for i in range(25):
-        append_row(csv_path, {**{c: f"{c}-{worker}-{i}" for c in RESULT_COLUMNS},
-                              "score_path": f'Scores/a,b "q"\n{worker}-{i}.pickle', "best_test_acc": worker + i / 100})
+        name = f"run-{worker}-{i}"
+        write_result(results_dir, name, {**{c: f"{c}-{worker}-{i}" for c in RESULT_COLUMNS}, "name": name,
+                                         "score_path": f'Scores/a,b "q"\n{worker}-{i}.pickle',
+                                         "best_test_acc": worker + i / 100})
 
 
-def test_concurrent_result_rows_all_land_in_a_well_formed_csv(tmp_path):
-    path = str(tmp_path / "results.csv")
+def test_concurrent_result_rows_all_land_in_a_well_formed_csv(tmp_path, capsys):
+    results = str(tmp_path / "res")
+    path = os.path.join(results, "results.csv")
     with multiprocessing.get_context("fork").Pool(8) as pool:
-        pool.map(_append_rows, [(path, w) for w in range(8)])
+        pool.map(_write_results, [(results, w) for w in range(8)])
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == list(RESULT_COLUMNS) and len(rows) == 1 + 8 * 25
@@ -542,8 +548,9 @@ def test_concurrent_result_rows_all_land_in_a_well_formed_csv(tmp_path):
     frame = pd.read_csv(path)
     assert list(frame.columns) == list(RESULT_COLUMNS) and len(frame) == 200
     assert sorted(frame["score_path"]) == sorted(f'Scores/a,b "q"\n{w}-{i}.pickle' for w in range(8) for i in range(25))
-    # A results.csv of other columns is not appended to (the row would not line up).
+    # A results.csv of other columns (an older version's) is kept aside, and rebuilt from the runs.
     with open(path, "w") as f:
         f.write("a,b\n1,2\n")
-    with pytest.raises(UserError, match="other columns"):
-        append_row(path, {c: 1 for c in RESULT_COLUMNS})
+    write_result(results, "one-more", {"name": "one-more", "best_test_acc": 1.0})
+    assert "kept as" in capsys.readouterr().out
+    assert len(pd.read_csv(path)) == 201 and open(path + ".bak").read() == "a,b\n1,2\n"

@@ -6,8 +6,11 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from utils import methods
 from utils import scores as S
 from utils.cli import UserError
+from utils.config import STAGE2
+from utils.formats import SIGNAL_KEYS
 
 
 def make_losses(tr_loss, val_loss, tr_lbl, val_lbl, train_indices=None, epoch=None, **signals):
@@ -167,13 +170,12 @@ def test_missing_signal_is_named(method, signal):
     d = make_losses(np.ones((4, 3)), np.ones((4, 1)), [0] * 3, [0])
     d["legacy"] = True
     with pytest.raises(UserError, match=rf"needs the signal '{signal}'.*legacy"):
-        S.compute_scores(d, method)
+        S.check_signals(d, methods.get(method))
 
 
 def test_unknown_method():
-    d = make_losses(np.ones((4, 3)), np.ones((4, 1)), [0] * 3, [0])
     with pytest.raises(UserError, match="choose one of cld, random"):
-        S.compute_scores(d, "magic")
+        methods.get("magic")
 
 
 def test_check_labels():
@@ -203,13 +205,23 @@ def test_select_epochs_first_then_stride():
     ({"first_epochs": 2}, r"keeps 2 of the 10 recorded epochs; scoring needs at least 3"),
     ({"epoch_stride": 5}, r"keeps 2 of the 10"),
     ({"first_epochs": 11}, r"more epochs than the loss file records \(10\)"),
-    ({"epoch_stride": 0}, r"--epoch_stride must be a positive integer"),
-    ({"first_epochs": -1}, r"--first_epochs must be a non-negative integer"),
 ])
 def test_select_epochs_errors(kwargs, message):
     d = make_losses(np.ones((10, 3)), np.ones((10, 1)), [0] * 3, [0])
     with pytest.raises(UserError, match=message):
         S.select_epochs(d, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"epoch_stride": 0}, r"--epoch_stride must lie in \[1, "),
+    ({"first_epochs": -1}, r"--first_epochs must lie in \[0, "),
+    ({"el2n_epochs": 0}, r"--el2n_epochs must lie in \[1, "),
+    ({"dyn_unc_window": 1}, r"--dyn_unc_window must lie in \[2, "),
+    ({"epoch_stride": 1.5}, r"--epoch_stride takes an integer, got 1.5"),
+])
+def test_scoring_options_are_checked_at_the_command_line_boundary(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        STAGE2.settings(kwargs)
 
 
 def test_fewer_than_three_recorded_epochs():
@@ -277,5 +289,11 @@ def test_random_seeded_and_independent_of_column_order():
 
 
 def test_registry_is_complete():
-    assert set(S.METHODS) == set(S.REQUIRED_SIGNALS) == set(S.TOP_MEANS) == set(S.HARD_END)
-    assert set(S.HARD_END.values()) <= {"top", "bottom"}
+    """Every record names a scorer that exists, what it reads, and its ends; aliases resolve."""
+    for m in methods.METHODS.values():
+        assert m.family in ("trajectory", "model") and m.hard_end in ("top", "bottom") and m.top_means
+        if m.family == "trajectory":
+            assert callable(getattr(S, m.name)) and set(m.inputs) <= {"tr_loss", "val_loss", *SIGNAL_KEYS}
+            assert not m.greedy
+        assert set(m.options) <= set(STAGE2.flags), m.name
+    assert methods.get("uniform") is methods.get("random") and methods.get("CLD").name == "cld"

@@ -107,11 +107,13 @@ def test_evaluate_only_reports_test_accuracy(stage1_run, cifar100_root):
 
 @pytest.mark.parametrize("flags,fragments", [
     ({"model_arch": "resnet7"}, ["unknown model", "resnet20"]),
-    ({"dataset": "CIFAR1000"}, ["unknown dataset", "CIFAR100"]),
+    ({"dataset": "CIFAR1000"}, ["unknown --dataset", "CIFAR100"]),
     ({"data_path": "/nonexistent/data"}, ["cifar-100-python", "/nonexistent/data/cifar"]),
-    ({"precision": "fp8"}, ["unknown precision"]),
+    ({"precision": "fp8"}, ["unknown --precision"]),
     ({"val_split_ratio": 1.5}, ["val_split_ratio"]),
-    ({"schedule": "eighty"}, ["schedule must be a list of epochs"]),
+    ({"schedule": "eighty"}, ["--schedule takes an integer, got 'eighty'"]),
+    ({"epochs": 1.9}, ["--epochs takes an integer, got 1.9"]),
+    ({"start_epoch": 3}, ["--start_epoch 3 is not supported", "--resume_path"]),
 ])
 def test_bad_input_is_a_user_error_and_writes_nothing(flags, fragments, cifar100_root, tmp_path):
     with pytest.raises(UserError) as err:
@@ -143,6 +145,27 @@ def test_existing_run_is_not_overwritten(stage1_run, cifar100_root):
 
 
 def test_divergence_stops_with_the_epoch_named(cifar100_root, tmp_path):
-    with pytest.raises(UserError, match=r"in epoch 1; training diverged"):
-        get_loss_values.main(data_path=cifar100_root[0], epochs=2, learning_rate=1e30, **FAST, **out_dirs(tmp_path))
+    with pytest.raises(UserError, match=r"in epoch 1; training diverged .*lower --learning_rate"):
+        get_loss_values.main(data_path=cifar100_root[0], epochs=2, learning_rate=100, **FAST, **out_dirs(tmp_path))
     assert not os.path.exists(os.path.join(out_dirs(tmp_path)["scores_dir"], "CIFAR100_resnet20_seed1234_losses.pickle"))
+
+
+def test_a_loss_exploding_past_100_times_the_first_epochs_stops_the_run(cifar100_root, tmp_path, monkeypatch):
+    """Finite but runaway losses stop the run too, keeping the last good checkpoint."""
+    from utils.training import Trainer
+
+    real = Trainer.train_epoch
+    calls = []
+
+    def blowing_up(self, batches):
+        loss, acc = real(self, batches)
+        calls.append(loss)
+        return (loss * 1000.0 if len(calls) == 3 else loss), acc
+
+    monkeypatch.setattr(Trainer, "train_epoch", blowing_up)
+    dirs = out_dirs(tmp_path)
+    with pytest.raises(UserError, match=r"training loss of epoch 3 \(.*\) is over 100 times that of epoch 1.*"
+                                        r"the last good checkpoint is .*_last.pth.*lower --learning_rate"):
+        get_loss_values.main(data_path=cifar100_root[0], epochs=4, **FAST, **dirs)
+    last = os.path.join(dirs["checkpoint_path"], "CIFAR100_resnet20_seed1234_last.pth")
+    assert load_checkpoint(last)["epoch"] == 2

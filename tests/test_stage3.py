@@ -64,11 +64,18 @@ def test_fraction_budget_and_results_row(scored, cifar100_root, tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 1
     row = rows[0]
-    assert list(row) == ["dataset", "model_arch", "score_path", "method", "score_model_arch", "order",
+    assert list(row) == ["name", "dataset", "model_arch", "method", "score_model_arch", "order",
                          "samples_per_class", "fraction", "coreset_size", "manual_seed", "epochs",
-                         "best_test_acc", "final_test_acc", "seconds"]
-    assert (row["dataset"], row["model_arch"], row["method"], row["score_model_arch"], row["order"]) == \
-        ("CIFAR100", "resnet20", "cld", "resnet20", "top")
+                         "learning_rate", "momentum", "weight_decay", "nesterov", "schedule", "gamma", "batch_size",
+                         "precision", "compile", "world_size", "commit",
+                         "best_test_acc", "final_test_acc", "final_train_acc", "seconds", "score_path"]
+    assert (row["name"], row["dataset"], row["model_arch"], row["method"], row["score_model_arch"], row["order"]) == \
+        (name, "CIFAR100", "resnet20", "cld", "resnet20", "top")
+    # The recipe that ran, so that rows of two recipes can be told apart.
+    assert (row["learning_rate"], row["momentum"], row["weight_decay"], row["nesterov"], row["schedule"],
+            row["gamma"], row["batch_size"], row["precision"], row["compile"], row["world_size"]) == \
+        ("0.1", "0.9", "0.0005", "True", "[81,121]", "0.1", "32", "fp32", "False", "1")
+    assert 0 <= float(row["final_train_acc"]) <= 100 and row["final_train_acc"] == str(saved["final_train_acc"])
     assert (row["samples_per_class"], row["fraction"], row["coreset_size"], row["epochs"]) == ("", "0.25", "40", "1")
     assert float(row["final_test_acc"]) == result["final_test_acc"] and row["score_path"] == scored
     assert os.path.exists(tmp_path / "ckpt" / f"{name}_last.pth")
@@ -108,9 +115,9 @@ def test_legacy_score_file_of_the_paper_code(scored, cifar100_root, tmp_path):
 
 @pytest.mark.parametrize("flags,fragment", [
     ({"samples_per_class": 19}, "class 0 has only 18 ranked examples"),
-    ({}, "give exactly one budget"),
-    ({"samples_per_class": 2, "fraction": 0.1}, "give exactly one budget"),
-    ({"samples_per_class": 2, "order": "sideways"}, "unknown order"),
+    ({}, "class 0 has only 18 ranked examples, fewer than the 100 asked for"),  # the paper's default budget
+    ({"samples_per_class": 2, "fraction": 0.1}, "give one budget"),
+    ({"samples_per_class": 2, "order": "sideways"}, "unknown --order"),
     ({"samples_per_class": 2, "dataset": "CIFAR10"}, "made on dataset CIFAR100, not CIFAR10"),
 ])
 def test_bad_budgets_and_flags(flags, fragment, scored, cifar100_root, tmp_path):
@@ -132,8 +139,10 @@ def _tampered(scored, tmp_path, change) -> str:
 def test_indices_outside_the_training_set_or_listed_twice_are_refused(scored, cifar100_root, tmp_path):
     def outside(r):
         r["indices"][0] = np.append(r["indices"][0], 10_000)
+        r["scores"][0] = np.append(r["scores"][0], -1.0)
     def twice(r):
         r["indices"][1] = np.append(r["indices"][1], r["indices"][0][0])
+        r["scores"][1] = np.append(r["scores"][1], -1.0)
     for change, fragment in ((outside, "10000"), (twice, "listed twice")):
         proc = run_script("train_on_coresets.py", "--score_path", _tampered(scored, tmp_path, change),
                           "--data_path", cifar100_root[0], "--samples_per_class", "2", "--device", "cpu",

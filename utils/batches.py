@@ -218,8 +218,9 @@ def _fingerprint(indices: np.ndarray) -> tuple[int, int]:
     return len(arr), hash(arr.tobytes())
 
 
-def make_batches(part, info: DatasetInfo, device: torch.device, workers: int = 4):
-    """The batch source for one part (train or test) of a loaded dataset."""
+def make_batches(part, info: DatasetInfo, device: torch.device, workers: int = 4, decode: str = "cpu"):
+    """The batch source for one part (train or test) of a loaded dataset; ``decode`` says where an
+    ImageFolder's JPEGs are decoded (in-memory datasets are decoded already)."""
     if isinstance(part, ArrayDataset):
         return TensorBatches(part, info, device)
     return FolderBatches(part, info, device, workers)

@@ -2,7 +2,7 @@
 
 Every constant that describes a dataset (classes, mean/std, default validation ratio) lives once
 in :data:`DATASETS`; the paper code normalised with CIFAR-10 statistics in one stage and CIFAR-100
-statistics in another (UPSTREAM.md defect 6), which this table makes impossible.
+statistics in another (docs/differences.md), which this table makes impossible.
 
 CIFAR is read from the pickles torchvision downloads (``{data_path}/cifar/cifar-10-batches-py``,
 ``{data_path}/cifar/cifar-100-python``) and validated by shape and label range rather than by

@@ -1,7 +1,24 @@
-"""Default file names; the stages chain with no arguments because they agree on these (DESIGN.md)."""
+"""Every file and folder name of the project, built in one place.
+
+The stages chain with no arguments because they agree on these names: stage 1 writes
+``Scores/{dataset}_{arch}_seed{seed}_losses.pickle``, stage 2 reads it and writes
+``Scores/{METHOD}_{dataset}_{arch}_seed{seed}_scores.pickle``, stage 3 reads that. A run (stage 1
+or 3) keeps its checkpoints, log and lock under one name (:class:`RunFiles`). No other module joins
+path parts.
+"""
 from __future__ import annotations
 
+import glob
 import os
+import re
+from dataclasses import dataclass
+
+DATA_DIR = "./Data"
+CHECKPOINT_DIR = "./Data/Checkpoint"
+LOG_DIR = "./Logs"
+SCORES_DIR = "./Scores"
+SPLITS_DIR = "./Splits"
+RESULTS_DIR = "./Results"
 
 
 def run_name(dataset: str, model_arch: str, seed: int) -> str:
@@ -13,9 +30,111 @@ def loss_path(scores_dir: str, dataset: str, model_arch: str, seed: int) -> str:
     return os.path.join(scores_dir, f"{run_name(dataset, model_arch, seed)}_losses.pickle")
 
 
+def sums_path(scores_dir: str, dataset: str, model_arch: str, seed: int) -> str:
+    """CLD's running sums (``--trajectories sums``), instead of a loss file."""
+    return os.path.join(scores_dir, f"{run_name(dataset, model_arch, seed)}_cld_sums.npz")
+
+
 def score_path(scores_dir: str, method: str, dataset: str, model_arch: str, seed: int) -> str:
     return os.path.join(scores_dir, f"{method.upper()}_{run_name(dataset, model_arch, seed)}_scores.pickle")
 
 
 def split_path(splits_dir: str, dataset: str, model_arch: str, seed: int) -> str:
     return os.path.join(splits_dir, f"{run_name(dataset, model_arch, seed)}_split.pkl")
+
+
+def source_of_score_file(path: str) -> tuple[str, str] | None:
+    """(method, the loss file it was scored from) for a score file of the default name, else None."""
+    found = re.fullmatch(r"([A-Z0-9_]+?)_(.+_seed\d+)_scores\.pickle", os.path.basename(path))
+    if not found:
+        return None
+    return found.group(1).lower(), os.path.join(os.path.dirname(path), f"{found.group(2)}_losses.pickle")
+
+
+def coreset_run_name(dataset: str, model_arch: str, method: str, score_arch: str, order: str,
+                     budget: tuple[str, float], seed: int, tag: str = "") -> str:
+    """Stage 3's run name: ``{dataset}_{arch}_coreset_{source}_{order}_{k5|f0.1}_seed{seed}[_{tag}]``.
+
+    ``source`` is the method, followed by ``-{score_arch}`` when another model produced the scores
+    (the paper's transfer experiments); ``budget`` is ('samples_per_class', k) or ('fraction', f).
+    """
+    kind, value = budget
+    token = f"k{value}" if kind == "samples_per_class" else f"f{value:g}"
+    source = method if score_arch in (model_arch, "unknown") else f"{method}-{score_arch}"
+    name = f"{dataset}_{model_arch}_coreset_{source}_{order}_{token}_seed{seed}"
+    return f"{name}_{tag}" if tag else name
+
+
+def run_json(results_dir: str, name: str) -> str:
+    return os.path.join(results_dir, "runs", f"{name}.json")
+
+
+def results_csv(results_dir: str) -> str:
+    return os.path.join(results_dir, "results.csv")
+
+
+def table_files(results_dir: str) -> dict[str, str]:
+    """What ``reproduce_table.py`` writes into the results folder."""
+    return {"csv": os.path.join(results_dir, "table.csv"), "md": os.path.join(results_dir, "table.md"),
+            "png": os.path.join(results_dir, "accuracy_vs_size.png")}
+
+
+def lock_of(path: str) -> str:
+    """The lock file of an output written by one process at a time (stage 2's score file)."""
+    return path + ".lock"
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where one training run (stage 1 or 3) keeps its state, under its name.
+
+    ``last`` is the run-state checkpoint written every epoch, ``best`` the best model by test
+    accuracy, ``log`` the per-epoch CSV, ``lock`` the file a running process holds, ``output`` the
+    file the run exists to produce (stage 1: the loss or sums file; stage 3: its results JSON).
+    """
+    checkpoint_dir: str
+    log_dir: str
+    name: str
+    output: str = ""
+
+    @property
+    def last(self) -> str:
+        return os.path.join(self.checkpoint_dir, f"{self.name}_last.pth")
+
+    @property
+    def best(self) -> str:
+        return os.path.join(self.checkpoint_dir, f"{self.name}_best.pth")
+
+    @property
+    def log(self) -> str:
+        return os.path.join(self.log_dir, f"{self.name}.csv")
+
+    @property
+    def lock(self) -> str:
+        return os.path.join(self.checkpoint_dir, f"{self.name}.lock")
+
+    def snapshot(self, epoch: int) -> str:
+        """The model weights after ``epoch`` epochs (stage 1's ``--snapshot_epochs``)."""
+        return os.path.join(self.checkpoint_dir, f"{self.name}_epoch{epoch}.pth")
+
+    def snapshots(self) -> dict[int, str]:
+        """The weight snapshots on disk, by epoch."""
+        pattern = os.path.join(glob.escape(self.checkpoint_dir), glob.escape(self.name) + "_epoch*.pth")
+        found = {}
+        for path in glob.glob(pattern):
+            epoch = re.fullmatch(re.escape(self.name) + r"_epoch(\d+)\.pth", os.path.basename(path))
+            if epoch:
+                found[int(epoch.group(1))] = path
+        return dict(sorted(found.items()))
+
+    @property
+    def trajectories(self) -> str:
+        """The folder of stage 1's per-epoch rows (one ``.npy`` per recorded array)."""
+        return os.path.join(self.checkpoint_dir, f"{self.name}_trajectories")
+
+    def trajectory(self, key: str) -> str:
+        return os.path.join(self.trajectories, f"{key}.npy")
+
+    def sums_state(self, epochs: int) -> str:
+        """CLD's running sums after ``epochs`` epochs (``--trajectories sums``)."""
+        return os.path.join(self.trajectories, f"cld_sums_epoch{epochs}.npz")

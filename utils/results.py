@@ -1,61 +1,114 @@
-"""Stage-3 results: one JSON per run and one row per run in a shared CSV.
+"""Stage-3 results: one JSON per run, and ``results.csv`` with one row per run, made from them.
 
-Several coreset runs may finish at the same moment (a grid on a cluster); the CSV row is appended
-under an exclusive ``flock`` on a lock file beside it, so every row lands whole and the header is
-written once.
+The JSONs in ``{results_dir}/runs/`` are the record; ``results.csv`` is derived from them. After a
+run writes its JSON (atomically), the CSV is rewritten whole, under an exclusive ``flock``, from
+its current rows plus a row for every JSON it lacks, dropping rows whose JSON is gone, and renamed
+into place: rows land whole or not at all (a full disk leaves the previous CSV), a rerun with
+``--overwrite`` replaces its own row, and a run killed between its JSON and the CSV gets its row
+with the next write.
 """
 from __future__ import annotations
 
 import csv
 import fcntl
+import functools
 import io
 import json
 import os
+import subprocess
 from typing import Any, Mapping
 
+from utils import paths
 from utils.cli import UserError
 from utils.formats import atomic_write, ensure_dir
 
-RESULT_COLUMNS = ("dataset", "model_arch", "score_path", "method", "score_model_arch", "order",
-                  "samples_per_class", "fraction", "coreset_size", "manual_seed", "epochs",
-                  "best_test_acc", "final_test_acc", "seconds")
+RECIPE_COLUMNS = ("learning_rate", "momentum", "weight_decay", "nesterov", "schedule", "gamma", "batch_size",
+                  "precision", "compile", "world_size", "commit")
+RESULT_COLUMNS = ("name", "dataset", "model_arch", "method", "score_model_arch", "order", "samples_per_class",
+                  "fraction", "coreset_size", "manual_seed", "epochs", *RECIPE_COLUMNS, "best_test_acc",
+                  "final_test_acc", "final_train_acc", "seconds", "score_path")
 
 
-def run_json_path(results_dir: str, name: str) -> str:
-    return os.path.join(results_dir, "runs", f"{name}.json")
+@functools.lru_cache(maxsize=1)
+def project_commit() -> str:
+    """The project's git commit (``-dirty`` with uncommitted changes), or '' outside a checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=root,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def row_of(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The CSV row of a run's result (lists as ``[a,b]``; missing fields empty)."""
+    def cell(value: Any) -> Any:
+        if value is None:
+            return ""
+        if isinstance(value, (list, tuple)):
+            return "[" + ",".join(str(v) for v in value) + "]"
+        return value
+    return {key: cell(result.get(key)) for key in RESULT_COLUMNS}
 
 
 def write_result(results_dir: str, name: str, result: Mapping[str, Any]) -> str:
-    """Write ``runs/<name>.json`` atomically, then append its row to ``results.csv``."""
-    path = run_json_path(results_dir, name)
+    """Write ``runs/<name>.json`` atomically, then bring ``results.csv`` up to date."""
+    path = paths.run_json(results_dir, name)
     ensure_dir(os.path.dirname(path))
     atomic_write(path, lambda f: f.write(json.dumps(dict(result), indent=2, sort_keys=True).encode()))
-    append_row(os.path.join(results_dir, "results.csv"), {k: result.get(k, "") for k in RESULT_COLUMNS})
+    refresh_csv(results_dir, changed=name)
     return path
 
 
-def append_row(csv_path: str, row: Mapping[str, Any]) -> None:
-    """Append one row (header first if the file is new) under an exclusive lock."""
-    buf = io.StringIO()
-    csv.DictWriter(buf, fieldnames=RESULT_COLUMNS).writerow({k: ("" if v is None else v) for k, v in row.items()})
+def refresh_csv(results_dir: str, changed: str | None = None, log=print) -> str:
+    """Rewrite ``results.csv`` from its rows and the run JSONs (see the module doc), reading the
+    JSON of ``changed`` and of every run without a row; returns the CSV's path."""
+    csv_path = paths.results_csv(results_dir)
+    runs_dir = os.path.dirname(paths.run_json(results_dir, "x"))
+    ensure_dir(runs_dir)
     with open(csv_path + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            new = not os.path.exists(csv_path) or os.path.getsize(csv_path) == 0
-            if not new:
-                try:
-                    with open(csv_path, newline="") as f:
-                        header = next(csv.reader(f), [])
-                except (csv.Error, UnicodeDecodeError):
-                    header = ["(unreadable)"]
-                if tuple(header) != RESULT_COLUMNS:
-                    raise UserError(f"{csv_path} has other columns than this version writes ({', '.join(header)}); "
-                                    f"move it away (this run's result is in {os.path.dirname(csv_path)}/runs/)")
-            with open(csv_path, "a", newline="") as f:
-                if new:
-                    f.write(",".join(RESULT_COLUMNS) + "\r\n")
-                f.write(buf.getvalue())
-                f.flush()
-                os.fsync(f.fileno())
+            rows = _read_rows(csv_path, log)
+            names = sorted(f[:-5] for f in os.listdir(runs_dir) if f.endswith(".json") and not f.startswith("."))
+            fresh = {}
+            for name in names:
+                known = rows.get(name)
+                json_path = paths.run_json(results_dir, name)
+                if known is None or name == changed:
+                    try:
+                        with open(json_path) as f:
+                            known = row_of(json.load(f))
+                    except (OSError, ValueError) as exc:
+                        raise UserError(f"cannot read run result {json_path} ({exc}); move it away") from None
+                fresh[name] = known
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\r\n")
+            writer.writeheader()
+            writer.writerows(fresh[name] for name in names)
+            atomic_write(csv_path, lambda f: f.write(buf.getvalue().encode()))
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+    return csv_path
+
+
+def _read_rows(csv_path: str, log) -> dict[str, dict]:
+    """The rows of an existing ``results.csv`` by run name; one of other columns (an older version)
+    is kept aside as ``results.csv.bak`` and the CSV is rebuilt from the JSONs."""
+    if not os.path.exists(csv_path):
+        return {}
+    try:
+        with open(csv_path, newline="") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != RESULT_COLUMNS:
+                raise ValueError("other columns")
+            rows = list(reader)
+        if any(None in row or any(v is None for v in row.values()) for row in rows):
+            raise ValueError("a ragged row")
+    except (OSError, ValueError, csv.Error, UnicodeDecodeError):
+        os.replace(csv_path, csv_path + ".bak")
+        log(f"note: {csv_path} had other columns or a damaged row; it is kept as {csv_path}.bak and rebuilt from "
+            "the run results")
+        return {}
+    return {row["name"]: row for row in rows}

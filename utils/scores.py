@@ -1,9 +1,9 @@
 """Per-example scores from one loss-collection run (stage 2), ranked per class.
 
 Implements CLD from *Coresets from Trajectories: Selecting Data via Correlation of Loss
-Differences* (Nagaraj, Ravikumar, Roy, TMLR 2025) and the baselines of SCORES.md, all computed
-from the loss file of stage 1 (one post-epoch evaluation pass per epoch, eval mode, no
-augmentation). numpy only: stage 2 must not pay for importing torch.
+Differences* (Nagaraj, Ravikumar, Roy, TMLR 2025) and the training-dynamics baselines
+(docs/methods.md), all computed from the loss file of stage 1 (one post-epoch evaluation pass
+per epoch, eval mode, no augmentation). numpy only: stage 2 must not pay for importing torch.
 
 Every scorer takes a validated loss dict (``utils.formats.load_losses``) and returns one float64
 score per training column, aligned with ``losses["train_indices"]``. :func:`rank_per_class` then
@@ -23,14 +23,15 @@ dyn_unc     mean over sliding windows of std of p_t[y]       kept by He et al. (
 random      uniform draw (seeded)                            a random subset
 =========== ================================================ ====================================
 
-:data:`HARD_END` says which end holds the *hardest* examples (the end CCS trims first): the
-top for difficulty scores (loss, EL2N, forgetting, uncertainty), the bottom for CLD and AUM,
+Each method's record (:mod:`utils.methods`) says which end holds the *hardest* examples (the end
+CCS trims first): the top for difficulty scores (loss, EL2N, forgetting, uncertainty), the bottom for CLD and AUM,
 whose low end is where loss rises while the class's validation loss falls / where the margin
 stays negative, i.e. likely mislabeled examples.
 
 Memory: the loss matrix (E, N) float32 is the one big array. Scorers never materialise an
 (E-1, N) float64 copy; they walk over column chunks of ~0.5 MB (ImageNet scale: 1.27M x 90 in
-about a second, peak memory ~1.2x the loss file).
+about a second, peak memory ~1.2x the loss file). CLD can also be computed from running sums
+kept during training (:class:`CLDSums`, O(N) memory whatever the number of epochs).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from utils.cli import UserError, is_int, require
+from utils.cli import UserError, require
 from utils.formats import SIGNAL_KEYS
 
 MIN_EPOCHS = 3                 # CLD needs >= 2 loss differences to correlate
@@ -51,35 +52,6 @@ _ZERO_STD_RTOL = 1e-10
 # Column chunk (elements of one float64 work array) for the streaming scorers: 512 KB, so that
 # the few temporaries of a chunk stay in cache (measured: 2x faster than 8 MB chunks).
 _CHUNK_ELEMS = 1 << 16
-
-# Signals each method reads from the loss file (SCORES.md).
-REQUIRED_SIGNALS: dict[str, tuple[str, ...]] = {
-    "cld": ("tr_loss", "val_loss"),
-    "random": (),
-    "loss": ("tr_loss",),
-    "el2n": ("tr_el2n",),
-    "forgetting": ("tr_correct",),
-    "aum": ("tr_margin",),
-    "dyn_unc": ("tr_loss",),
-}
-
-# What the top of each method's ranking means (printed in summaries, written to score files).
-TOP_MEANS: dict[str, str] = {
-    "cld": "highest CLD: loss falls when the class's validation loss falls (the paper's coreset)",
-    "random": "a uniformly random order within each class",
-    "loss": "highest mean training loss (hardest)",
-    "el2n": "highest early-training EL2N (hardest; Data Diet keeps these)",
-    "forgetting": "most forgetting events, never-learned first (Toneva et al. keep these)",
-    "aum": "highest AUM (cleanest; Pleiss et al. drop the lowest as likely mislabeled)",
-    "dyn_unc": "highest dynamic uncertainty (He et al. keep these)",
-}
-
-# Which end of the ranking holds the hardest examples (used by CCS's beta cut).
-HARD_END: dict[str, str] = {
-    "cld": "bottom", "random": "top", "loss": "top", "el2n": "top",
-    "forgetting": "top", "aum": "bottom", "dyn_unc": "top",
-}
-
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -114,14 +86,17 @@ def check_finite(losses: Mapping[str, Any], key: str, rows: int | None = None) -
                 f"before it with --first_epochs {t}, or rerun stage 1 with a lower learning rate")
 
 
-def check_signals(losses: Mapping[str, Any], method: str) -> None:
-    """Raise a user error if the loss dict lacks a signal that ``method`` needs."""
-    require(method in METHODS, f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    for key in REQUIRED_SIGNALS[method]:
+def check_signals(losses: Mapping[str, Any], method) -> None:
+    """Raise a user error if the loss dict lacks an array that ``method`` (a record of
+    :mod:`utils.methods`) reads."""
+    from utils import methods
+
+    for key in method.inputs:
         if losses.get(key) is None:
             legacy = " (legacy loss files of the paper's code record losses only)" if losses.get("legacy") else ""
-            usable = [m for m, keys in REQUIRED_SIGNALS.items() if all(losses.get(k) is not None for k in keys)]
-            raise UserError(f"method {method!r} needs the signal {key!r}, which the loss file lacks{legacy}; "
+            usable = [m.name for m in methods.METHODS.values() if m.family == "trajectory"
+                      and all(losses.get(k) is not None for k in m.inputs)]
+            raise UserError(f"method {method.name!r} needs the signal {key!r}, which the loss file lacks{legacy}; "
                             f"use one of {', '.join(usable)}, or record it by rerunning stage 1 of this project")
 
 
@@ -145,10 +120,6 @@ def select_epochs(losses: Mapping[str, Any], first_epochs: int = 0, epoch_stride
     arrays are row *views* (no copy of the loss matrix).
     """
     n_rec = int(losses["tr_loss"].shape[0])
-    require(is_int(first_epochs) and first_epochs >= 0,
-            f"--first_epochs must be a non-negative integer (0 = all epochs), got {first_epochs!r}")
-    require(is_int(epoch_stride) and epoch_stride >= 1,
-            f"--epoch_stride must be a positive integer, got {epoch_stride!r}")
     require(first_epochs <= n_rec, f"--first_epochs {first_epochs} asks for more epochs than the loss file "
                                    f"records ({n_rec})")
     rows = slice(0, first_epochs or n_rec, epoch_stride)
@@ -179,29 +150,40 @@ def _population_corr(sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray,
 
 # ----------------------------------------------------------------------------- scorers
 
-def class_mean_val_loss(losses: Mapping[str, Any], classes: np.ndarray) -> np.ndarray:
-    """(E, C) mean validation loss per class and epoch, C = max label + 1.
-
-    Raises a user error naming the classes in ``classes`` that have no validation example (the
-    paper code silently gave them an empty ranking).
-    """
-    val, val_lbl = losses["val_loss"], losses["val_lbl"]
-    n_cls = int(max(classes.max(initial=-1), val_lbl.max(initial=-1))) + 1
-    counts = np.bincount(val_lbl, minlength=n_cls)
+def check_validation_classes(classes: np.ndarray, val_counts: np.ndarray) -> None:
+    """Every class with training examples needs a validation example (the paper code silently gave
+    the others an empty ranking)."""
+    counts = np.concatenate([val_counts, np.zeros(max(0, int(classes.max(initial=-1)) + 1 - len(val_counts)), int)])
     missing = classes[counts[classes] == 0]
     if missing.size:
         shown = ", ".join(str(int(c)) for c in missing[:10]) + (" ..." if missing.size > 10 else "")
         raise UserError(f"class {shown} has training examples but no validation example, so its CLD is "
                         "undefined; rerun stage 1 with a larger val_split_ratio")
-    sums = np.empty((val.shape[0], n_cls))
-    for t in range(val.shape[0]):
-        sums[t] = np.bincount(val_lbl, weights=val[t], minlength=n_cls)
-    return sums / np.maximum(counts, 1)
+
+
+def class_means(values: np.ndarray, labels: np.ndarray, n_cls: int) -> np.ndarray:
+    """(C,) float64 mean of one epoch's float32 ``values`` per class (0 for an empty class)."""
+    counts = np.bincount(labels, minlength=n_cls)
+    return np.bincount(labels, weights=values, minlength=n_cls) / np.maximum(counts, 1)
+
+
+def class_mean_val_loss(losses: Mapping[str, Any], classes: np.ndarray) -> np.ndarray:
+    """(E, C) mean validation loss per class and epoch, C = max label + 1; every class in
+    ``classes`` must have a validation example."""
+    val, val_lbl = losses["val_loss"], losses["val_lbl"]
+    n_cls = int(max(classes.max(initial=-1), val_lbl.max(initial=-1))) + 1
+    check_validation_classes(classes, np.bincount(val_lbl, minlength=n_cls))
+    return np.stack([class_means(val[t], val_lbl, n_cls) for t in range(val.shape[0])])
+
+
+def _zero_spread(m2: np.ndarray, n: int, mean: np.ndarray) -> np.ndarray:
+    """A vector whose spread (sum of squared deviations ``m2`` over ``n`` entries) is below
+    rounding of its mean: constant, so it correlates with nothing (the paper's zero std)."""
+    return m2 <= _ZERO_STD_RTOL ** 2 * (m2 + n * mean * mean)
 
 
 def cld(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
     """CLD(z) = Pearson(Δ l_t(z), Δ V_t(class of z)), population std, constant side -> 0."""
-    check_signals(losses, "cld")
     check_finite(losses, "tr_loss")
     check_finite(losses, "val_loss")
     tr, lbl = losses["tr_loss"], losses["tr_lbl"]
@@ -210,7 +192,7 @@ def cld(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
     dv = np.diff(class_mean_val_loss(losses, classes), axis=0)       # (E-1, C) float64
     dvc = dv - dv.mean(axis=0)
     syy = np.einsum("tc,tc->c", dvc, dvc)
-    y_zero = syy <= _ZERO_STD_RTOL ** 2 * np.einsum("tc,tc->c", dv, dv)
+    y_zero = _zero_spread(syy, n_ep - 1, dv.mean(axis=0))
     dvc_t = np.ascontiguousarray(dvc.T)                              # (C, E-1): gather rows per example
 
     out = np.empty(n)
@@ -224,7 +206,7 @@ def cld(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
         sxx = np.einsum("tj,tj->j", x, x)
         y = dvc_t[lbl[cols]]                                           # (c, E-1)
         sxy = np.einsum("tj,jt->j", x, y)
-        x_zero = sxx <= _ZERO_STD_RTOL ** 2 * (sxx + (n_ep - 1) * mean * mean)
+        x_zero = _zero_spread(sxx, n_ep - 1, mean)
         out[cols] = _population_corr(sxy, sxx, syy[lbl[cols]], x_zero, y_zero[lbl[cols]])
     return out
 
@@ -240,23 +222,18 @@ def random(losses: Mapping[str, Any], seed: int = 0, **_: Any) -> np.ndarray:
 
 def loss(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
     """Mean training loss over the used epochs."""
-    check_signals(losses, "loss")
     check_finite(losses, "tr_loss")
     return losses["tr_loss"].mean(axis=0, dtype=np.float64)
 
 
 def el2n(losses: Mapping[str, Any], el2n_epochs: int = DEFAULT_EL2N_EPOCHS, **_: Any) -> np.ndarray:
     """Mean ||softmax - onehot||_2 over the first ``el2n_epochs`` used epochs (all if fewer)."""
-    check_signals(losses, "el2n")
-    require(is_int(el2n_epochs) and el2n_epochs >= 1,
-            f"--el2n_epochs must be a positive integer, got {el2n_epochs!r}")
     check_finite(losses, "tr_el2n", rows=el2n_epochs)
     return losses["tr_el2n"][:el2n_epochs].mean(axis=0, dtype=np.float64)
 
 
 def forgetting(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
     """Number of correct -> incorrect transitions; never-correct examples get E (> any count)."""
-    check_signals(losses, "forgetting")
     correct = losses["tr_correct"]
     n_ep, n = correct.shape
     events = np.zeros(n, dtype=np.int64)
@@ -269,7 +246,6 @@ def forgetting(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
 
 def aum(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
     """Area under the margin: mean of z_y - max_{c != y} z_c over the used epochs."""
-    check_signals(losses, "aum")
     check_finite(losses, "tr_margin")
     return losses["tr_margin"].mean(axis=0, dtype=np.float64)
 
@@ -277,9 +253,6 @@ def aum(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
 def dyn_unc(losses: Mapping[str, Any], dyn_unc_window: int = DEFAULT_DYN_UNC_WINDOW, **_: Any) -> np.ndarray:
     """Dynamic uncertainty: mean over all windows of J consecutive epochs of the sample std
     (ddof=1, as the authors' torch.std) of p_t[y] = exp(-l_t). J = min(window, E)."""
-    check_signals(losses, "dyn_unc")
-    require(is_int(dyn_unc_window) and dyn_unc_window >= 2,
-            f"--dyn_unc_window must be an integer >= 2, got {dyn_unc_window!r}")
     check_finite(losses, "tr_loss")
     tr = losses["tr_loss"]
     n_ep, n = tr.shape
@@ -294,21 +267,69 @@ def dyn_unc(losses: Mapping[str, Any], dyn_unc_window: int = DEFAULT_DYN_UNC_WIN
     return out
 
 
-Scorer = Callable[..., np.ndarray]
-METHODS: dict[str, Scorer] = {
-    "cld": cld, "random": random, "loss": loss, "el2n": el2n,
-    "forgetting": forgetting, "aum": aum, "dyn_unc": dyn_unc,
-}
+# ----------------------------------------------------------------------------- CLD from running sums
 
+class CLDSums:
+    """CLD's running sums, updated once per epoch (stage 1's ``--trajectories sums``).
 
-def compute_scores(losses: Mapping[str, Any], method: str, **options: Any) -> np.ndarray:
-    """Score every training column with ``method``; ``options`` are the method options
-    (seed, el2n_epochs, dyn_unc_window); the ones a method does not use are ignored."""
-    require(method in METHODS, f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    check_signals(losses, method)
-    require(losses["tr_loss"].shape[0] >= MIN_EPOCHS,
-            f"scoring needs at least {MIN_EPOCHS} epochs, the loss dict has {losses['tr_loss'].shape[0]}")
-    return METHODS[method](losses, **options)
+    Per training example: its previous loss (float32, so that differences are the float64
+    differences of the recorded float32 losses, exactly as :func:`cld` takes them) and, in float64,
+    Welford's running mean and sum of squared deviations of its loss differences x_t and their
+    co-moment with its class's validation-loss differences y_t; per class: the running mean and
+    sum of squared deviations of y_t. Memory O(N) whatever the number of epochs; the correlation
+    equals :func:`cld` on the full trajectories to rounding (~1e-12).
+
+    Args:
+        tr_lbl: (N,) labels of the training columns.
+        val_lbl: (N_val,) labels of the validation columns.
+        n_cls: number of classes.
+    """
+
+    STATE = ("epochs", "prev", "mean_x", "m2_x", "c_xy", "prev_v", "mean_y", "m2_y")
+
+    def __init__(self, tr_lbl: np.ndarray, val_lbl: np.ndarray, n_cls: int):
+        self.tr_lbl, self.val_lbl, self.n_cls = np.asarray(tr_lbl), np.asarray(val_lbl), int(n_cls)
+        n = self.tr_lbl.size
+        self.epochs = 0  # rows seen; epochs - 1 differences
+        self.prev = np.zeros(n, np.float32)
+        self.mean_x, self.m2_x, self.c_xy = np.zeros(n), np.zeros(n), np.zeros(n)
+        self.prev_v, self.mean_y, self.m2_y = np.zeros(n_cls), np.zeros(n_cls), np.zeros(n_cls)
+
+    def update(self, tr_loss: np.ndarray, val_loss: np.ndarray) -> None:
+        """Take one epoch's float32 training and validation losses."""
+        v = class_means(val_loss, self.val_lbl, self.n_cls)
+        if self.epochs:
+            d = self.epochs  # the number of differences after this one
+            x = np.subtract(tr_loss, self.prev, dtype=np.float64)
+            y = v - self.prev_v
+            dx = x - self.mean_x
+            self.mean_x += dx / d
+            dy = y - self.mean_y
+            self.mean_y += dy / d
+            self.m2_y += dy * (y - self.mean_y)
+            self.c_xy += dx * (y - self.mean_y)[self.tr_lbl]
+            self.m2_x += dx * (x - self.mean_x)
+        self.prev[:] = tr_loss
+        self.prev_v = v
+        self.epochs += 1
+
+    def scores(self) -> np.ndarray:
+        """CLD of every training column (a constant side gives 0, as :func:`cld`)."""
+        n = self.epochs - 1
+        check_validation_classes(np.unique(self.tr_lbl), np.bincount(self.val_lbl, minlength=self.n_cls))
+        x_zero = _zero_spread(self.m2_x, n, self.mean_x)
+        y_zero = _zero_spread(self.m2_y, n, self.mean_y)[self.tr_lbl]
+        return _population_corr(self.c_xy.copy(), self.m2_x, self.m2_y[self.tr_lbl], x_zero, y_zero)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {key: np.asarray(getattr(self, key)) for key in self.STATE}
+
+    def restore(self, state: Mapping[str, np.ndarray]) -> None:
+        for key in self.STATE:
+            value = np.asarray(state[key])
+            if value.shape != np.shape(getattr(self, key)):
+                raise UserError(f"CLD sums: {key!r} has shape {value.shape}, expected {np.shape(getattr(self, key))}")
+            setattr(self, key, int(value) if key == "epochs" else value.astype(np.asarray(getattr(self, key)).dtype))
 
 
 # ----------------------------------------------------------------------------- ranking

@@ -5,9 +5,11 @@ authors keep). A coreset takes ``budget[c]`` examples of every class c, from the
 ``order`` names:
 
 * ``top``     the first k of the ranking (the paper's coreset for CLD);
+* ``zero``    the k whose scores are closest to zero (smallest |score|; ties to the lower dataset
+  index): for CLD the near-zero coreset of the paper's Figure 1;
 * ``bottom``  the last k;
-* ``middle``  the k around the median position of the ranking (for CLD: the near-zero coreset of
-  the paper's Figure 1), positions ``(n - k) // 2`` ... ``(n - k) // 2 + k - 1``;
+* ``middle``  the k around the median position of the ranking, positions ``(n - k) // 2`` ...
+  ``(n - k) // 2 + k - 1`` (for CLD this is not near zero: most CLD scores are positive);
 * ``random``  k drawn uniformly from the class's ranked pool (seeded, reproducible);
 * ``ccs``     Coverage-centric Coreset Selection (Zheng et al., ICLR 2023): drop the hardest
   ``ccs_beta`` fraction of the class, split the remaining score range into 50 equal-width strata,
@@ -26,10 +28,15 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from utils.cli import UserError, is_int, require
+from utils.config import ORDERS
 
-ORDERS = ("top", "bottom", "middle", "random", "ccs")
 CCS_STRATA = 50
+SCORED_ORDERS = ("zero", "ccs")  # orders that read the scores, not only the ranking
 
+
+
+_NEEDS_SCORES = ("order {order!r} needs per-example scores, and this score file lists indices only (a legacy "
+                 "file of the paper's code); rescore with compute_cld_scores.py")
 
 
 def class_budgets(pool_sizes: Mapping[int, int], samples_per_class: int | None = None,
@@ -142,13 +149,16 @@ def select_class(idx: np.ndarray, sc: np.ndarray | None, k: int, order: str = "t
     if order == "middle":
         start = (n - k) // 2
         return idx[start:start + k]
+    if order == "zero":
+        if sc is None:
+            raise UserError(_NEEDS_SCORES.format(order=order))
+        return idx[np.lexsort((idx, np.abs(np.asarray(sc, dtype=np.float64))))[:k]]
     rng = np.random.default_rng([int(seed), int(cls)])
     if order == "random":
         return idx[np.sort(rng.choice(n, size=k, replace=False))]
     if order == "ccs":
         if sc is None:
-            raise UserError("order 'ccs' needs per-example scores, and this score file lists indices only "
-                            "(a legacy file of the paper's code); rescore with compute_cld_scores.py")
+            raise UserError(_NEEDS_SCORES.format(order=order))
         return _ccs_class(idx, sc, k, rng, ccs_beta, hard_end, cls, strata)
     raise UserError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
 
@@ -175,9 +185,8 @@ def select_coreset(ranked: Mapping[int, np.ndarray], scores: Mapping[int, np.nda
     require(isinstance(ccs_beta, (int, float, np.floating)) and not isinstance(ccs_beta, bool)
             and 0 <= ccs_beta < 1, f"--ccs_beta must be a number in [0, 1), got {ccs_beta!r}")
     require(hard_end in ("top", "bottom"), f"hard_end must be 'top' or 'bottom', got {hard_end!r}")
-    if order == "ccs" and scores is None:
-        raise UserError("order 'ccs' needs per-example scores, and this score file lists indices only "
-                        "(a legacy file of the paper's code); rescore with compute_cld_scores.py")
+    if order in SCORED_ORDERS and scores is None:
+        raise UserError(_NEEDS_SCORES.format(order=order))
     parts = []
     for c, k in budget.items():
         c = int(c)

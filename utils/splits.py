@@ -3,9 +3,9 @@
 The paper code shuffles each class with one ``torch.Generator`` seeded by ``manual_seed``, walks
 the classes in order, and keeps the first ``int(n * (1 - ratio))`` of every class for training.
 We draw exactly the same permutations, so a given seed gives the paper's split; unlike the paper
-code, ``val_split_ratio`` is honoured (UPSTREAM.md defect 3) and a class of two or more examples
+code, ``val_split_ratio`` is honoured (docs/differences.md) and a class of two or more examples
 always keeps at least one example on each side (a class with no validation example would get no
-CLD score at all: defect 9).
+CLD score at all).
 """
 from __future__ import annotations
 

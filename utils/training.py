@@ -37,8 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.cli import UserError
+from utils.config import COMPILE_BACKENDS, COMPILE_MODES, PRECISIONS
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -56,12 +56,11 @@ class Recipe:
     gamma: float = 0.1
 
     @classmethod
-    def from_flags(cls, *, epochs, batch_size, test_batch_size, learning_rate, momentum, weight_decay,
-                   disable_nesterov, schedule, gamma) -> "Recipe":
-        """The recipe from the scripts' flags (the paper's names), validated."""
-        recipe = cls(epochs=int(epochs), batch_size=int(batch_size), test_batch_size=int(test_batch_size),
-                     learning_rate=float(learning_rate), momentum=float(momentum), weight_decay=float(weight_decay),
-                     nesterov=not disable_nesterov, schedule=parse_schedule(schedule), gamma=float(gamma))
+    def from_settings(cls, s) -> "Recipe":
+        """The recipe from a stage's checked flags (the paper's names)."""
+        recipe = cls(epochs=s.epochs, batch_size=s.batch_size, test_batch_size=s.test_batch_size,
+                     learning_rate=s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay,
+                     nesterov=not s.disable_nesterov, schedule=tuple(sorted(s.schedule)), gamma=s.gamma)
         recipe.validate()
         return recipe
 
@@ -87,16 +86,13 @@ class Recipe:
         return d
 
 
-def parse_schedule(schedule) -> tuple[int, ...]:
-    """Fire passes ``[81,121]`` as a list, ``81`` as an int, ``'81,121'`` as a tuple or string."""
-    if isinstance(schedule, (int, float)):
-        schedule = [schedule]
-    if isinstance(schedule, str):
-        schedule = [s for s in schedule.replace("[", "").replace("]", "").split(",") if s.strip()]
-    try:
-        return tuple(sorted(int(m) for m in schedule))
-    except (TypeError, ValueError):
-        raise UserError(f"schedule must be a list of epochs such as [81,121], got {schedule!r}") from None
+def recipe_identity(recipe: Recipe, precision: str) -> dict:
+    """What a resumed run must keep of its recipe: everything but the number of epochs (which may
+    grow) and the evaluation batch size (which does not change training)."""
+    fields = recipe.as_dict()
+    del fields["epochs"], fields["test_batch_size"]
+    return {**fields, "precision": precision}
+
 
 
 def resolve_device(name: str) -> torch.device:
@@ -124,17 +120,27 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def autocast(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of the precision context: autocast for bf16/fp16, a no-op for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+def resolve_collect_precision(collect: str, training: str, device: torch.device) -> str:
+    """The precision of the per-example passes: fp32 by default whatever the training precision
+    (bf16 rounding alone changes about one example in ten of a top-10% CLD coreset), 'same' for
+    the training precision."""
+    return training if collect == "same" else resolve_precision(collect, device)
 
 
-# torch.compile's inductor modes, and two debugging backends (no code generation: they check
-# graph capture and recompilation cheaply, e.g. on a CPU in the tests).
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-COMPILE_BACKENDS = ("eager", "aot_eager")
+@contextlib.contextmanager
+def exact_fp32(device: torch.device):
+    """TF32 off for the duration (fp32 matmuls and convolutions keep their 23-bit mantissa)."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 _FALSE = ("", "0", "false", "no", "off", "none")
 _TRUE = ("1", "true", "yes", "on", "auto")
 
@@ -245,7 +251,7 @@ class Trainer:
         model: the model (already on ``device``; may be DDP-wrapped).
         optimizer: its optimizer.
         device: where the batches live.
-        precision: 'bf16', 'fp16' or 'fp32' (resolved).
+        precision: 'bf16', 'fp16' or 'fp32' (resolved): training and, by default, evaluation.
         compile: False, True, a mode or a :class:`CompileSpec` (see :func:`resolve_compile`).
         all_reduce: sums a tensor over processes (identity without DDP).
         eval_batch_size: the evaluation batch size; compiled evaluation pads every batch to it
@@ -259,21 +265,28 @@ class Trainer:
         self.model = model
         self.optimizer = optimizer
         self.device = device
-        self.autocast = autocast(precision, device)
+        self.precision = precision
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.all_reduce = all_reduce
         distributed = isinstance(model, nn.parallel.DistributedDataParallel)
         self.compile_spec = resolve_compile(compile, device, distributed)
-        dtype = _AUTOCAST_DTYPES.get(precision)
-        self._loss_step: Callable = _LossStep(model, device.type, dtype)
-        self._eval_step: Callable = _EvalStep(model, device.type, dtype)
+        self._loss_step: Callable = self._compiled(_LossStep(model, device.type, _AUTOCAST_DTYPES.get(precision)))
+        self._eval_steps: dict[str, Callable] = {}  # one (compiled) evaluation step per precision
         self._eval_rows = int(eval_batch_size or 0)  # compiled evaluation pads smaller batches to this
-        if self.compile_spec is not None:
-            options = dict(backend=self.compile_spec.backend, dynamic=False)
-            if self.compile_spec.backend == "inductor":
-                options["mode"] = self.compile_spec.mode
-            self._loss_step = torch.compile(self._loss_step, **options)
-            self._eval_step = torch.compile(self._eval_step, **options)
+
+    def _compiled(self, step: nn.Module) -> Callable:
+        if self.compile_spec is None:
+            return step
+        options = dict(backend=self.compile_spec.backend, dynamic=False)
+        if self.compile_spec.backend == "inductor":
+            options["mode"] = self.compile_spec.mode
+        return torch.compile(step, **options)
+
+    def _eval_step(self, precision: str) -> Callable:
+        if precision not in self._eval_steps:
+            step = _EvalStep(self.model, self.device.type, _AUTOCAST_DTYPES.get(precision))
+            self._eval_steps[precision] = self._compiled(step)
+        return self._eval_steps[precision]
 
     @property
     def compiled(self) -> bool:
@@ -304,33 +317,37 @@ class Trainer:
         return loss_sum / max(count, 1.0), 100.0 * correct / max(count, 1.0)
 
     @torch.no_grad()
-    def evaluate(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], n: int,
-                 signals: bool = False) -> dict[str, torch.Tensor]:
+    def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], n: int,
+                 signals: bool = False, precision: str | None = None) -> dict[str, torch.Tensor]:
         """Per-example results of an eval-mode pass, written into preallocated device tensors.
 
         Returns ``loss`` (float32) and ``correct`` (bool) of shape (n,), and with ``signals`` also
         ``margin`` (z_y - max_{c != y} z_c) and ``el2n`` (||softmax - onehot||_2), all from the same
-        logits (in fp32, whatever the autocast precision of the forward pass).
+        logits (in fp32, whatever the autocast precision of the forward pass). ``precision`` is the
+        forward pass's (default the training precision); fp32 runs with TF32 off.
         """
+        precision = precision or self.precision
+        step = self._eval_step(precision)
         self.model.eval()
         out = {"loss": torch.zeros(n, device=self.device), "correct": torch.zeros(n, dtype=torch.bool, device=self.device)}
         if signals:
             out["margin"] = torch.zeros(n, device=self.device)
             out["el2n"] = torch.zeros(n, device=self.device)
-        for x, y, slots in batches:
-            b = x.shape[0]
-            if self.compiled:
-                # One static graph for every pass: all signals, batches padded to one size.
-                self._eval_rows = max(self._eval_rows, b)
-                if b < self._eval_rows:
-                    x, y = _pad_rows(x, self._eval_rows), _pad_rows(y, self._eval_rows)
-                self._new_step()
-                values = self._eval_step(x, y)
-            else:
-                values = self._eval_step(x, y, signals)
-            for key in out:
-                # Consumed at once (before the next step may replay over a CUDA graph's outputs).
-                out[key][slots] = values[key][:b]
+        with exact_fp32(self.device) if precision == "fp32" else contextlib.nullcontext():
+            for x, y, slots in batches:
+                b = x.shape[0]
+                if self.compiled:
+                    # One static graph for every pass: all signals, batches padded to one size.
+                    self._eval_rows = max(self._eval_rows, b)
+                    if b < self._eval_rows:
+                        x, y = _pad_rows(x, self._eval_rows), _pad_rows(y, self._eval_rows)
+                    self._new_step()
+                    values = step(x, y)
+                else:
+                    values = step(x, y, signals)
+                for key in out:
+                    # Consumed at once (before the next step may replay over a CUDA graph's outputs).
+                    out[key][slots] = values[key][:b]
         return out
 
 
