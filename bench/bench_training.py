@@ -53,12 +53,11 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402  (after the path fix above)
-import torch  # noqa: E402
-import torch._dynamo  # noqa: E402,F401  (reset() and counters)
 
 from bench.fake_cifar import write_fake_cifar  # noqa: E402
-from utils.training import resolve_compile, resolve_device, resolve_precision  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
+
+# torch is imported where it is used, so that a mistyped flag is refused at once.
 
 # Full size: CIFAR-100's real shape. Small: a few hundred images of 10 classes (CPU tests).
 FULL = dict(per_class=500, test_per_class=100, num_classes=100, model_arch="resnet18", epochs=4)
@@ -136,6 +135,8 @@ def prepare_data(data_path: str, size: dict) -> str:
 @contextlib.contextmanager
 def _compiler_caches(compiling: bool, warm: bool):
     """Empty compiler caches for one stage (the cold warm-up), unless ``warm`` or not compiling."""
+    import torch._dynamo
+
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     if not compiling or warm:
@@ -148,7 +149,8 @@ def _compiler_caches(compiling: bool, warm: bool):
 
 
 def _compile_notes(stage: str) -> list[str]:
-    c = torch._dynamo.utils.counters
+    from torch._dynamo.utils import counters as c
+
     notes = [f"{stage}: {c['stats'].get('unique_graphs', 0)} graphs compiled from {c['frames'].get('total', 0)} "
              f"frames; {c['inductor'].get('cudagraph_skips', 0)} CUDA-graph fallbacks"]
     breaks = sum(c["graph_break"].values())
@@ -175,6 +177,8 @@ def _read_log(logdir: str) -> list[dict]:
 def _device_notes(stage: str, device: torch.device) -> list[str]:
     if device.type != "cuda":
         return []
+    import torch
+
     peak = torch.cuda.max_memory_allocated(device) / 2**30
     torch.cuda.reset_peak_memory_stats(device)
     return [f"{stage}: peak GPU memory {peak:.2f} GiB"]
@@ -183,6 +187,7 @@ def _device_notes(stage: str, device: torch.device) -> list[str]:
 def run_stage1(data_path: str, work: str, flags: dict, quiet: bool, warm_cache: bool) -> tuple[StageTiming, str]:
     """Stage 1 on the fake data; returns its timing and its loss file."""
     import get_loss_values
+    from utils.training import resolve_device
 
     out = os.path.join(work, "stage1")
     dirs = dict(checkpoint_path=os.path.join(out, "ckpt"), logpath=os.path.join(out, "logs"),
@@ -205,6 +210,7 @@ def run_stage3(data_path: str, work: str, loss_path: str, per_class: int, flags:
     """Stage 3 on ``per_class`` examples of every class (ranked by stage 2 on the stage-1 losses)."""
     import compute_cld_scores
     import train_on_coresets
+    from utils.training import resolve_device
 
     out = os.path.join(work, "stage3")
     score_path = os.path.join(out, "scores.pickle")
@@ -281,16 +287,20 @@ def _eval_losses(model: torch.nn.Module, precision: str, device: torch.device, s
     return trainer.evaluate(source.eval_batches(indices, batch_size), len(indices))["loss"].double().cpu()
 
 
-@torch.no_grad()
 def _logit_scale(model: torch.nn.Module, source, indices: np.ndarray, batch_size: int) -> torch.Tensor:
     """max_c |z_c| per example (fp32): the scale a relative rounding error of the logits acts on."""
+    import torch
+
     model.eval()
-    parts = [model(x).float().abs().amax(1).double().cpu() for x, _, _ in source.eval_batches(indices, batch_size)]
+    with torch.no_grad():
+        parts = [model(x).float().abs().amax(1).double().cpu() for x, _, _ in source.eval_batches(indices, batch_size)]
     return torch.cat(parts)
 
 
 def _stats(low: torch.Tensor, ref: torch.Tensor) -> dict:
     """How per-example losses ``low`` (bf16) differ from ``ref`` (fp32)."""
+    import torch
+
     d = (low - ref).abs()
     return {"n": len(ref), "max_abs": float(d.max()), "mean_abs": float(d.mean()),
             "mean_rel": float(d.mean() / ref.abs().mean().clamp_min(1e-12)),
@@ -318,8 +328,11 @@ def compare_precision(data_path: str, work: str, *, model_arch: str, device: str
     examples may differ by more; their mean losses must agree within ONE_EPOCH_MEAN_RTOL and the
     per-example losses must stay correlated (>= ONE_EPOCH_MIN_CORR).
     """
+    import torch
+
     import get_loss_values
     import models
+    from utils.training import resolve_compile, resolve_device
     from utils.batches import TensorBatches
     from utils.checkpoint import load_checkpoint
     from utils.data import load_dataset
@@ -419,6 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     from utils.cli import UserError
 
     args = parse_args(argv)
+    import torch
+
+    from utils.training import resolve_compile, resolve_device, resolve_precision
+
     try:
         device = resolve_device(args.device)
         precision = resolve_precision(args.precision, device)

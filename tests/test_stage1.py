@@ -169,3 +169,32 @@ def test_a_loss_exploding_past_100_times_the_first_epochs_stops_the_run(cifar100
         get_loss_values.main(data_path=cifar100_root[0], epochs=4, **FAST, **dirs)
     last = os.path.join(dirs["checkpoint_path"], "CIFAR100_resnet20_seed1234_last.pth")
     assert load_checkpoint(last)["epoch"] == 2
+
+
+def _final_epoch_fp32_losses(loss_path: str, ckpt_dir: str, data_path: str) -> tuple[dict, np.ndarray]:
+    """The loss file, and an independent fp32 evaluation of the run's final weights on its training split."""
+    d = load_losses(loss_path)
+    state = load_checkpoint(os.path.join(ckpt_dir, "CIFAR100_resnet20_seed1234_last.pth"))
+    model = models.get_model("resnet20", 100)
+    model.load_state_dict(state["model"])
+    model.eval()
+    data = load_dataset("CIFAR100", data_path, download=False)
+    src = TensorBatches(data.train, data.info, torch.device("cpu"))
+    with torch.no_grad():
+        x, y, _ = next(src.eval_batches(d["train_indices"], len(d["train_indices"])))
+        return d, example_signals(model(x), y, signals=False)["loss"].numpy()
+
+
+@pytest.mark.parametrize("collect", ["fp32", "same"])
+def test_losses_are_recorded_in_fp32_whatever_the_training_precision(collect, cifar100_root, tmp_path):
+    """bf16 training: the recorded losses are an fp32 evaluation of the weights (the default), or the
+    bf16 one with --collect_precision same, which rounding makes differ."""
+    dirs = out_dirs(tmp_path)
+    path = get_loss_values.main(data_path=cifar100_root[0], epochs=2,
+                                **{**FAST, "precision": "bf16", "collect_precision": collect}, **dirs)
+    d, fp32 = _final_epoch_fp32_losses(path, dirs["checkpoint_path"], cifar100_root[0])
+    assert d["collect_precision"] == ("fp32" if collect == "fp32" else "bf16")
+    if collect == "fp32":
+        np.testing.assert_allclose(d["tr_loss"][-1], fp32, rtol=1e-5, atol=1e-5)
+    else:
+        assert np.abs(d["tr_loss"][-1] - fp32).max() > 1e-4

@@ -223,4 +223,11 @@ def make_batches(part, info: DatasetInfo, device: torch.device, workers: int = 4
     ImageFolder's JPEGs are decoded (in-memory datasets are decoded already)."""
     if isinstance(part, ArrayDataset):
         return TensorBatches(part, info, device)
+    if decode == "gpu":
+        from utils.cli import UserError
+        from utils.jpeg import DeviceJpegBatches  # imported here: utils.jpeg imports this module
+
+        if torch.device(device).type != "cuda":
+            raise UserError("--decode gpu needs a CUDA device (nvJPEG); use --decode cpu")
+        return DeviceJpegBatches(part, info, device, workers)
     return FolderBatches(part, info, device, workers)

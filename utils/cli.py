@@ -79,7 +79,11 @@ def is_int(value: object) -> bool:
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse for the benchmark scripts, with the project's one-line errors: an unknown flag is
-    named with the nearest known one, and every error is ``error: ...`` with exit status 2."""
+    named with the nearest known one, and every error is ``error: ...`` with exit status 2.
+    Abbreviations are refused too (``--smal`` is a typo, not ``--small``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def parse_args(self, args=None, namespace=None):  # type: ignore[override]
         parsed, extra = self.parse_known_args(args, namespace)

@@ -32,7 +32,8 @@ def collect_losses(s: Settings) -> str:
     info = dataset_info(s.dataset)
     recipe = Recipe.from_settings(s)
     if s.evaluate_only:
-        return evaluate_checkpoint(s, recipe, dataset=info.name, model_arch=s.model_arch)
+        evaluate_checkpoint(s, recipe, dataset=info.name, model_arch=s.model_arch)
+        return ""
     ratio = info.val_split_ratio if s.val_split_ratio is None else s.val_split_ratio
     sums = s.trajectories == "sums"
     output = (paths.sums_path if sums else paths.loss_path)(s.scores_dir, info.name, s.model_arch, s.manual_seed)

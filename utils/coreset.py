@@ -31,6 +31,9 @@ PAPER_DATASET = "CIFAR100"  # the paper code's default, for its score files that
 def train_on_coreset(s: Settings) -> dict:
     """Run stage 3 with checked flags (``utils.config.STAGE3``); returns the run's result."""
     recipe = Recipe.from_settings(s)
+    if s.evaluate_only and s.dataset and s.model_arch:  # no score file needed to evaluate a model
+        dataset = dataset_info(s.dataset).name
+        return {"evaluated": evaluate_checkpoint(s, recipe, dataset=dataset, model_arch=check_model(s.model_arch, dataset))}
     score_path = s.score_path or paths.score_path(paths.SCORES_DIR, "cld", dataset_info(s.dataset or PAPER_DATASET).name,
                                                   s.model_arch or "resnet18", s.manual_seed)
     scores = _load(score_path)

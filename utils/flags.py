@@ -216,8 +216,7 @@ class Optional(Kind):
 
     @property
     def python_type(self):  # type: ignore[override]
-        import typing
-        return typing.Optional[self.kind.python_type]
+        return self.kind.python_type  # Fire's help adds "Optional[...]" for a None default
 
     def parse(self, text: str, flag: str) -> Any:
         return None if text.strip().lower() == "none" else self.kind.parse(text, flag)
@@ -422,8 +421,7 @@ class FlagSet:
                 out[key] = False
             elif eq:
                 out[key] = kind.parse(text, key)
-            elif isinstance(kind, Bool) and (i + 1 == len(argv) or argv[i + 1].startswith("--")
-                                             or argv[i + 1].lower() not in TRUE_WORDS + FALSE_WORDS):
+            elif isinstance(kind, Bool) and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
                 out[key] = True  # a bare boolean flag
             elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
                 out[key] = kind.parse(argv[i + 1], key)

@@ -120,8 +120,9 @@ def open_session(s: Settings, recipe: Recipe, *, dataset: str, model_arch: str, 
                    model, trainer, build_scheduler(optimizer, recipe), recipe)
 
 
-def evaluate_checkpoint(s: Settings, recipe: Recipe, *, dataset: str, model_arch: str) -> str:
-    """Evaluate a checkpoint's model on the test set and print the result (``--evaluate_only``).
+def evaluate_checkpoint(s: Settings, recipe: Recipe, *, dataset: str, model_arch: str) -> dict:
+    """Evaluate a checkpoint's model on the test set and print the result (``--evaluate_only``);
+    returns {checkpoint, epoch, test_loss, test_acc}.
 
     Checkpoints of this project and those of the paper's code (a DataParallel ``state_dict``)
     both load.
@@ -140,4 +141,4 @@ def evaluate_checkpoint(s: Settings, recipe: Recipe, *, dataset: str, model_arch
     if session.dist.is_main:
         print(f"{s.resume_path} (epoch {epoch}): test loss {loss:.4f}, test accuracy {acc:.2f}%")
     distributed.teardown()
-    return ""
+    return {"checkpoint": s.resume_path, "epoch": epoch, "test_loss": loss, "test_acc": acc}

@@ -1,0 +1,212 @@
+"""Benchmark ImageFolder input pipelines: JPEG decoding in CPU workers vs on the device.
+
+Writes an ImageFolder of ImageNet-like JPEGs (about 500 x 375, quality 90, smooth gradients plus
+noise) into a temporary folder, then measures images per second of
+
+* ``FolderBatches`` (decode, crop and resize with PIL in DataLoader workers): the training
+  pipeline (``train_epoch``: RandomResizedCrop + flip) and the collection/evaluation pipeline
+  (``eval_batches``: Resize + CenterCrop), for each worker count in ``--workers``;
+* ``DeviceJpegBatches`` (workers read bytes and draw crops; decode, crop and resize on
+  ``--device``: nvJPEG on CUDA, libjpeg-turbo in the main process on the CPU), the same two
+  pipelines.
+
+Each configuration runs one untimed pass first (worker start-up, nvJPEG and allocator warm-up),
+then one timed pass over every image; on CUDA the clock stops after a device synchronisation.
+
+    python bench/bench_decode.py                    # 512 images, workers 1,2, on the CPU
+    python bench/bench_decode.py --device cuda --workers 4,8,16 --images 4096
+    python bench/bench_decode.py --small            # a few seconds on any CPU (tests)
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402  (after the path fix above)
+
+from utils.cli import ArgumentParser  # noqa: E402
+
+# torch is imported where it is used, so that a mistyped flag is refused at once.
+
+COLUMNS = ("pipeline", "decode", "workers", "images", "seconds", "images/s", "images/s/worker")
+# (width, height) of the generated images: ImageNet's typical landscape and portrait shapes.
+SHAPES = [(500, 375), (500, 333), (375, 500), (480, 360), (500, 400)]
+
+
+def write_jpeg(path: str, width: int, height: int, quality: int, rng: np.random.Generator) -> None:
+    """A JPEG that compresses like a photograph: a smooth random colour field plus mild noise.
+
+    Args:
+        path: file to write.
+        width: image width.
+        height: image height.
+        quality: JPEG quality (ImageNet's files are mostly around 90).
+        rng: random source.
+    """
+    from PIL import Image
+
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
+    smooth = np.asarray(coarse.resize((width, height), Image.BICUBIC), dtype=np.float32)
+    noisy = np.clip(smooth + rng.normal(0.0, 8.0, smooth.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(path, quality=quality)
+
+
+def write_folder(root: str, images: int, classes: int, quality: int, small: bool, seed: int = 0) -> None:
+    """An ImageFolder of ``images`` JPEGs spread over ``classes`` class folders.
+
+    Args:
+        root: folder to fill (``root/<class>/<image>.JPEG``).
+        images: number of images.
+        classes: number of classes.
+        quality: JPEG quality.
+        small: quarter-size images (the quick mode).
+        seed: random seed of the content.
+    """
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        os.makedirs(os.path.join(root, f"n{c:08d}"), exist_ok=True)
+    for i in range(images):
+        width, height = SHAPES[i % len(SHAPES)]
+        if small:
+            width, height = width // 4, height // 4
+        write_jpeg(os.path.join(root, f"n{i % classes:08d}", f"img_{i:06d}.JPEG"), width, height, quality, rng)
+
+
+def _synchronise(device) -> None:
+    """Wait for queued device work, so that the clock measures it."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _one_pass(source, pipeline: str, indices: np.ndarray, batch_size: int, epoch: int) -> int:
+    """Run one pass of a pipeline over ``indices``; returns the number of images delivered."""
+    if pipeline == "train":
+        batches = source.train_epoch(indices, batch_size, seed=0, epoch=epoch)
+    else:
+        batches = source.eval_batches(indices, batch_size)
+    return sum(len(batch[1]) for batch in batches)
+
+
+def measure(source, pipeline: str, batch_size: int) -> tuple[int, float]:
+    """Images and seconds of one timed pass, after one untimed warm-up pass.
+
+    Args:
+        source: a FolderBatches or DeviceJpegBatches.
+        pipeline: "train" or "eval".
+        batch_size: images per batch.
+
+    Returns:
+        ``(images, seconds)``.
+    """
+    indices = np.arange(len(source))
+    _one_pass(source, pipeline, indices, batch_size, epoch=0)
+    _synchronise(source.device)
+    started = time.perf_counter()
+    images = _one_pass(source, pipeline, indices, batch_size, epoch=1)
+    _synchronise(source.device)
+    return images, time.perf_counter() - started
+
+
+def device_name(device) -> str:
+    """A readable name of the device."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def run(root: str, device_spec: str, workers: list[int], batch_size: int, image_size: int) -> list[tuple]:
+    """Every (source, pipeline, workers) configuration; returns the table rows."""
+    import torch
+    from torchvision import datasets
+
+    from utils.batches import FolderBatches
+    from utils.data import DATASETS
+    from utils.jpeg import DeviceJpegBatches
+
+    folder = datasets.ImageFolder(root)
+    info = DATASETS["ImageNet"]
+    device = torch.device(device_spec)
+    sources = [("cpu", FolderBatches, torch.device("cpu")), (f"device:{device_spec}", DeviceJpegBatches, device)]
+    rows = []
+    for decode, cls, where in sources:
+        for pipeline in ("train", "eval"):
+            for n in workers:
+                source = cls(folder, info, where, n, image_size=image_size)
+                images, seconds = measure(source, pipeline, batch_size)
+                del source  # ends its persistent workers before the next configuration starts
+                rate = images / seconds
+                rows.append((pipeline, decode, n, images, f"{seconds:.2f}", f"{rate:.0f}",
+                             f"{rate / max(n, 1):.0f}"))
+                print(f"  {pipeline:5s} decode={decode:10s} workers={n}: {rate:.0f} images/s", flush=True)
+    return rows
+
+
+def print_table(rows: list[tuple]) -> None:
+    """Left-aligned columns under :data:`COLUMNS`."""
+    widths = [max(len(str(r[i])) for r in rows + [COLUMNS]) for i in range(len(COLUMNS))]
+    for row in [COLUMNS] + rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", action="store_true", help="quick CPU mode (tests): 32 small images, 1 worker")
+    parser.add_argument("--images", type=int, default=512, help="number of generated images")
+    parser.add_argument("--classes", type=int, default=8, help="number of class folders")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the generated images")
+    parser.add_argument("--workers", default="1,2", help="comma-separated DataLoader worker counts")
+    parser.add_argument("--batch_size", type=int, default=64, help="images per batch")
+    parser.add_argument("--image_size", type=int, default=224, help="side of the training/evaluation crops")
+    parser.add_argument("--device", default="cpu", help="where DeviceJpegBatches decodes: cpu or cuda[:N]")
+    parser.add_argument("--workdir", default="", help="folder for the images (default: a temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated images")
+    args = parser.parse_args(argv)
+    try:
+        workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        parser.error(f"--workers must be comma-separated integers, not {args.workers!r}")
+    if not workers or min(workers) < 0 or args.images < 1 or args.classes < 1:
+        parser.error("--workers, --images and --classes must be positive")
+    if args.small:
+        args.images, args.classes, workers, args.batch_size, args.image_size = 32, 2, [1], 16, 64
+
+    import torch
+    import torchvision
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    work = args.workdir or tempfile.mkdtemp(prefix="bench_decode_")
+    root = os.path.join(work, "train")
+    try:
+        started = time.perf_counter()
+        write_folder(root, args.images, args.classes, args.quality, args.small)
+        megabytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs) / 2**20
+        print(f"wrote {args.images} JPEGs ({megabytes:.1f} MB) in {time.perf_counter() - started:.1f} s", flush=True)
+        rows = run(root, args.device, workers, args.batch_size, args.image_size)
+    finally:
+        if not args.keep and not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+        elif not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    print(f"== decode benchmark (batch {args.batch_size}, {args.image_size} px crops)")
+    print_table(rows)
+    print(f"({os.cpu_count()} CPUs; torch {torch.__version__}, torchvision {torchvision.__version__}; "
+          f"device: {device_name(torch.device(args.device))}; {torch.get_num_threads()} intra-op threads)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""ImageFolder batches decoded on the device (nvJPEG on CUDA) instead of in DataLoader workers.
+
+At ImageNet scale one H200 trains ResNet-18 faster than 16 CPU cores decode and resize JPEGs, so
+with :class:`utils.batches.FolderBatches` the GPU waits for its input. :class:`DeviceJpegBatches`
+moves the expensive part onto the device:
+
+* DataLoader workers only read each file's compressed bytes, parse its header (PIL reads the size
+  without decoding pixels) and draw the augmentation parameters;
+* the main process decodes the whole batch at once with
+  ``torchvision.io.decode_jpeg(list_of_byte_tensors, device=device)`` (batched nvJPEG on CUDA,
+  libjpeg-turbo on the CPU), then crops, resizes, flips and normalises on the device.
+
+What is identical to the CPU pipeline: the order of examples, the sharding, the per-example seeds
+and therefore every crop box and flip (:func:`draw_crop_flip` makes exactly the calls of
+``RandomResizedCrop`` + ``RandomHorizontalFlip`` after the same ``torch.manual_seed``), the
+evaluation geometry (shorter side to ``round(image_size * 256 / 224)``, centre crop), labels, and
+the output format (float32 NCHW in channels_last memory format, on the device).
+
+What differs slightly: pixel values. nvJPEG's IDCT and chroma upsampling are not libjpeg's, and the
+resize is ``torch.nn.functional.interpolate`` (bilinear, antialiased) in float32 instead of PIL's
+8-bit fixed-point resampler, with no rounding to uint8 in between. Differences are of the order of
+one grey level, far below what augmentation changes, but batches are not bit-identical to
+``FolderBatches`` and a model trained on one is not bit-reproducible on the other.
+
+When to use which: decode on the GPU (``--decode gpu``) when the CPUs cannot keep up with the
+GPUs -- many GPUs per node, few cores per GPU, or a fast model; decode on the CPU (the default)
+otherwise, since it keeps the device free for training and matches torchvision's reference
+preprocessing exactly.
+
+Files that nvJPEG should not see (not JPEG, e.g. the PNG saved as ``.JPEG`` in ImageNet, or CMYK
+JPEGs) are decoded in the worker with the folder's usual PIL conversion to RGB and travel as
+pixels; they are rare, so this costs nothing measurable.
+"""
+from __future__ import annotations
+
+import io
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from utils.batches import _EpochSampler, _fingerprint, shard_positions
+from utils.data import DatasetInfo
+
+# RandomResizedCrop's defaults, which FolderBatches uses.
+CROP_SCALE = (0.08, 1.0)
+CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+FLIP_PROBABILITY = 0.5
+# PIL modes whose JPEGs nvJPEG decodes to RGB like PIL's convert("RGB") (YCbCr and greyscale).
+DEVICE_MODES = ("RGB", "L")
+
+Box = tuple[int, int, int, int]  # (top, left, height, width), as RandomResizedCrop.get_params returns it
+
+
+# ----------------------------------------------------------------------------- geometry
+
+def _size_only(width: int, height: int) -> torch.Tensor:
+    """A (1, height, width) tensor that owns one byte: all ``get_params`` reads is its shape."""
+    return torch.zeros(1, dtype=torch.uint8).expand(1, height, width)
+
+
+def draw_crop_flip(width: int, height: int, seed: int) -> tuple[Box, bool]:
+    """The crop box and flip that the CPU training transform draws for an image and a seed.
+
+    The CPU pipeline seeds the global generator, then ``RandomResizedCrop`` calls
+    ``get_params(image, scale, ratio)`` and ``RandomHorizontalFlip`` draws ``torch.rand(1) < p``;
+    making the same calls in the same order gives the same numbers. ``get_params`` only looks at
+    the image's dimensions, so a zero-stride tensor of the header's size stands in for the pixels.
+
+    Args:
+        width: image width in pixels (from the file's header).
+        height: image height in pixels.
+        seed: the example's seed for this epoch (from ``_EpochSampler``).
+
+    Returns:
+        ``((top, left, crop_height, crop_width), flip)``.
+    """
+    from torchvision import transforms
+
+    torch.manual_seed(seed)
+    box = transforms.RandomResizedCrop.get_params(_size_only(width, height), scale=CROP_SCALE, ratio=CROP_RATIO)
+    flip = bool(torch.rand(1) < FLIP_PROBABILITY)
+    return tuple(int(v) for v in box), flip
+
+
+def eval_geometry(height: int, width: int, image_size: int) -> tuple[int, int, int, int]:
+    """Where ``Resize(round(image_size * 256 / 224))`` + ``CenterCrop(image_size)`` take an image.
+
+    Follows torchvision's rules: the shorter side becomes ``resize`` and the longer side
+    ``int(resize * long / short)`` (truncated); the crop's corner is rounded half to even.
+
+    Args:
+        height: image height in pixels.
+        width: image width in pixels.
+        image_size: side of the square crop.
+
+    Returns:
+        ``(resized_height, resized_width, top, left)``: the size to resize to, then the crop's corner.
+    """
+    resize = int(round(image_size * 256 / 224))
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = resize, int(resize * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    top = int(round((new_h - image_size) / 2.0))
+    left = int(round((new_w - image_size) / 2.0))
+    return new_h, new_w, top, left
+
+
+def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(3, h, w) uint8 or float -> (3, height, width) float32, bilinear with antialiasing.
+
+    Float input because CUDA's antialiased interpolation has no uint8 kernel; the result is not
+    rounded to 8 bits (PIL's is), one of the small differences from the CPU pipeline.
+    """
+    image = image.float()
+    if tuple(image.shape[-2:]) == (height, width):  # F.resize returns such an image unchanged too
+        return image
+    return F.interpolate(image[None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def train_view(image: torch.Tensor, box: Box, flip: bool, image_size: int) -> torch.Tensor:
+    """``RandomResizedCrop`` + ``RandomHorizontalFlip`` of one decoded image with given parameters.
+
+    Args:
+        image: (3, H, W) uint8 on the device.
+        box: ``(top, left, height, width)`` from :func:`draw_crop_flip`.
+        flip: flip left-right after resizing (the CPU order).
+        image_size: output side.
+
+    Returns:
+        (3, image_size, image_size) float32 in 0..255.
+    """
+    top, left, h, w = box
+    out = _resize(image[:, top:top + h, left:left + w], image_size, image_size)
+    return out.flip(-1) if flip else out
+
+
+def eval_view(image: torch.Tensor, image_size: int) -> torch.Tensor:
+    """``Resize(round(image_size * 256 / 224))`` + ``CenterCrop(image_size)`` of one decoded image.
+
+    Args:
+        image: (3, H, W) uint8 on the device.
+        image_size: output side.
+
+    Returns:
+        (3, image_size, image_size) float32 in 0..255.
+    """
+    new_h, new_w, top, left = eval_geometry(image.shape[-2], image.shape[-1], image_size)
+    return _resize(image, new_h, new_w)[:, top:top + image_size, left:left + image_size]
+
+
+# ----------------------------------------------------------------------------- workers
+
+class _Example(NamedTuple):
+    """What a worker returns for one example."""
+    payload: torch.Tensor  # 1-D uint8 file bytes, or (3, H, W) uint8 pixels when ``encoded`` is False
+    encoded: bool
+    label: int
+    index: int
+    box: Box
+    flip: bool
+
+
+class _Batch(NamedTuple):
+    """One collated batch: the encoded files concatenated into one tensor (one shared-memory block
+    per batch instead of one per image), plus the rare images decoded in the worker."""
+    blob: torch.Tensor  # concatenated bytes of the encoded files
+    lengths: list[int]  # byte count of each encoded file, in batch order among the encoded ones
+    pixels: list[torch.Tensor]  # images decoded in the worker, in batch order among those
+    encoded: list[bool]
+    labels: torch.Tensor
+    indices: torch.Tensor
+    boxes: torch.Tensor  # (B, 4) int64
+    flips: torch.Tensor  # (B,) bool
+
+
+def _read_example(path: str) -> tuple[torch.Tensor, bool, int, int]:
+    """A file's bytes, or its RGB pixels if nvJPEG should not decode it, and its (width, height).
+
+    Returns:
+        ``(payload, encoded, width, height)``.
+    """
+    from torchvision.io import read_file
+
+    data = read_file(path)
+    with Image.open(io.BytesIO(data.numpy())) as header:  # parses the header only
+        width, height = header.size
+        if header.format == "JPEG" and header.mode in DEVICE_MODES:
+            return data, True, width, height
+        # The folder's default loader does exactly this conversion.
+        pixels = np.asarray(header.convert("RGB"))
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous(), False, width, height
+
+
+class _EncodedSample(torch.utils.data.Dataset):
+    """An ImageFolder view that returns compressed files and augmentation parameters, not pixels.
+
+    Items are ``(index, seed)`` pairs from :class:`utils.batches._EpochSampler`; a ``None`` seed
+    (evaluation, or training without augmentation) draws nothing.
+    """
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, item: tuple[int, int | None]) -> _Example:
+        index, seed = item
+        path, label = self.folder.samples[index]
+        payload, encoded, width, height = _read_example(path)
+        box, flip = draw_crop_flip(width, height, seed) if seed is not None else ((0, 0, height, width), False)
+        return _Example(payload, encoded, int(label), int(index), box, flip)
+
+
+def _collate(examples: list[_Example]) -> _Batch:
+    """Pack a list of examples into one :class:`_Batch` (module level: workers pickle it)."""
+    encoded = [e.payload for e in examples if e.encoded]
+    blob = torch.cat(encoded) if encoded else torch.empty(0, dtype=torch.uint8)
+    return _Batch(blob, [len(p) for p in encoded], [e.payload for e in examples if not e.encoded],
+                  [e.encoded for e in examples],
+                  torch.tensor([e.label for e in examples], dtype=torch.int64),
+                  torch.tensor([e.index for e in examples], dtype=torch.int64),
+                  torch.tensor([e.box for e in examples], dtype=torch.int64).view(-1, 4),
+                  torch.tensor([e.flip for e in examples], dtype=torch.bool))
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def decode_batch(files: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Decode JPEG files to (3, H, W) uint8 RGB on ``device``, all in one call where possible.
+
+    Greyscale JPEGs come out with three equal channels. One refused file makes the batched call
+    fail as a whole (nvJPEG rejects some rare valid files, e.g. unusual chroma subsampling), so
+    then the files are decoded one by one, and any that the device still refuses are decoded on
+    the CPU and copied over; a file that no decoder reads raises the CPU decoder's error.
+
+    Args:
+        files: 1-D uint8 CPU tensors, one JPEG file each.
+        device: where to decode and put the images.
+
+    Returns:
+        One image per file, in order.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not files:
+        return []
+    try:
+        return decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        return [_decode_one(data, device) for data in files]
+
+
+def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One file on ``device``, falling back to the CPU decoder (see :func:`decode_batch`)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        return decode_jpeg(data, mode=ImageReadMode.RGB).to(device)
+
+
+def _batch_images(batch: _Batch, device: torch.device) -> list[torch.Tensor]:
+    """The batch's images on ``device`` in batch order, decoding the encoded ones there."""
+    files = list(torch.split(batch.blob, batch.lengths)) if batch.lengths else []
+    decoded = iter(decode_batch(files, device))
+    pixels = iter(batch.pixels)
+    return [next(decoded) if encoded else next(pixels).to(device, non_blocking=True) for encoded in batch.encoded]
+
+
+class DeviceJpegBatches:
+    """An ImageFolder dataset whose JPEGs are decoded and augmented on ``device``.
+
+    The interface, sharding, seeding and output format are those of
+    :class:`utils.batches.FolderBatches`; see the module docstring for what differs (pixel values,
+    slightly) and when to prefer it. ``device`` is normally CUDA (nvJPEG); the CPU works too
+    (libjpeg-turbo in the main process), which the tests use.
+    """
+
+    def __init__(self, folder, info: DatasetInfo, device: torch.device, workers: int, image_size: int = 224):
+        """
+        Args:
+            folder: a ``torchvision.datasets.ImageFolder`` (its ``samples`` and ``targets`` are read).
+            info: the dataset's mean/std, for normalisation.
+            device: where batches are decoded and delivered.
+            workers: DataLoader worker processes (they read files and draw parameters only).
+            image_size: side of the square training and evaluation crops.
+        """
+        self.folder, self.device, self.workers, self.image_size = folder, torch.device(device), workers, image_size
+        self.labels = np.asarray(folder.targets, dtype=np.int64)
+        # Normalise pixels in 0..255 directly: (x - 255 mean) / (255 std) == (x / 255 - mean) / std.
+        self.mean = torch.tensor(info.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(info.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
+        self._loaders: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _loader(self, key, indices: np.ndarray, batch_size: int, seed: int, rank: int, world: int,
+                train: bool) -> torch.utils.data.DataLoader:
+        """One DataLoader per index list, mode, seed and shard, kept with its workers, as FolderBatches does.
+
+        The key also holds the seed and ``(rank, world)``: the sampler fixes them when it is built.
+        """
+        if key not in self._loaders:
+            sampler = _EpochSampler(indices, seed, rank, world, shuffle=train)
+            # No pinned memory: the bytes are read by the decoder on the host, not copied to the device.
+            self._loaders[key] = torch.utils.data.DataLoader(
+                _EncodedSample(self.folder), batch_size=batch_size, sampler=sampler, num_workers=self.workers,
+                collate_fn=_collate, persistent_workers=self.workers > 0)
+        return self._loaders[key]
+
+    def _assemble(self, batch: _Batch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode, crop/resize/flip (train) or resize/centre-crop (eval), normalise; plus labels."""
+        images = _batch_images(batch, self.device)
+        size = self.image_size
+        out = torch.empty((len(images), 3, size, size), dtype=torch.float32, device=self.device,
+                          memory_format=torch.channels_last)
+        boxes, flips = batch.boxes.tolist(), batch.flips.tolist()
+        for i, image in enumerate(images):  # crops differ in size, so one resize per image
+            out[i] = train_view(image, tuple(boxes[i]), flips[i], size) if train else eval_view(image, size)
+        out.sub_(self.mean).div_(self.std)  # in place: stays channels_last
+        return out, batch.labels.to(self.device, non_blocking=True)
+
+    def train_epoch(self, indices: np.ndarray, batch_size: int, seed: int, epoch: int, rank: int = 0,
+                    world: int = 1, augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's batches of ``indices`` for one epoch, as ``FolderBatches.train_epoch``.
+
+        With ``augment`` the order is shuffled and each example cropped and flipped from its
+        per-(seed, epoch) seed; without, like FolderBatches, batches are unshuffled evaluation views.
+
+        Yields:
+            ``(x, y)``: (B, 3, S, S) float32 channels_last and (B,) int64 labels, on the device.
+        """
+        key = ("train", _fingerprint(indices), batch_size, augment, seed, rank, world)
+        loader = self._loader(key, indices, batch_size, seed, rank, world, augment)
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            yield self._assemble(batch, train=augment)
+
+    def eval_batches(self, indices: np.ndarray, batch_size: int, rank: int = 0,
+                     world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """This rank's unaugmented batches of ``indices`` in order, as ``FolderBatches.eval_batches``.
+
+        Yields:
+            ``(x, y, slots)``: images, labels and the positions in ``indices`` they belong to.
+        """
+        key = ("eval", _fingerprint(indices), batch_size, rank, world)
+        loader = self._loader(key, indices, batch_size, 0, rank, world, False)
+        slots = torch.from_numpy(shard_positions(len(indices), rank, world))
+        start = 0
+        for batch in loader:
+            x, y = self._assemble(batch, train=False)
+            yield x, y, slots[start:start + len(y)].to(self.device)
+            start += len(y)
