@@ -149,7 +149,9 @@ def ensure_dir(folder: str) -> None:
 
 
 def check_output_free(path: str, overwrite: bool, flag: str = "--overwrite") -> None:
-    """Refuse to replace an existing result unless the user asked for it."""
+    """Refuse to replace an existing result unless the user asked for it (a folder never)."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder; choose a file name for the output")
     if os.path.exists(path) and not overwrite:
         raise UserError(f"{path} already exists; pass {flag} to replace it, or choose another output path")
 
@@ -172,6 +174,9 @@ def _dtype(obj: Any, align: bool = False, copy: bool = False) -> np.dtype:
 
 class _NdarrayMark:
     """Stands for numpy.ndarray in a pickle: an argument of _reconstruct, never called itself."""
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        raise pickle.UnpicklingError("refusing to build a numpy.ndarray of a size given in the pickle")
 
 
 def _reconstruct(subtype: Any, shape: Any, dtype_code: Any) -> np.ndarray:

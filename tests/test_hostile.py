@@ -1,0 +1,332 @@
+"""Robustness, round 2: recipe-safe resume, one writer per run, results that survive full disks,
+no path injection, bounded loading, and no silent acceptance of bad input."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import compute_cld_scores
+import get_loss_values
+import train_on_coresets
+from conftest import REPO, assert_user_error, out_dirs
+from fakedata import write_fake_cifar
+from test_robustness import cli, s1_flags, s3_flags
+from utils.checkpoint import load_checkpoint
+from utils.cli import UserError
+from utils.formats import load_losses, load_scores
+from utils.results import write_result
+from utils.run import RunBusy, RunLock
+
+RUN1 = "CIFAR10_resnet20_seed1234"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("tiny"))
+    write_fake_cifar(root, "CIFAR10", per_class=4, test_per_class=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory) -> dict:
+    """A 3-epoch stage 1 and its CLD score file."""
+    base = tmp_path_factory.mktemp("run")
+    with contextlib.redirect_stdout(io.StringIO()):
+        loss = get_loss_values.main(**s1_flags(data, base))
+        scores = compute_cld_scores.main(loss_path=loss)
+    return {"loss": loss, "scores": scores, "base": str(base)}
+
+
+def _pickle(path, obj) -> str:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+    return str(path)
+
+
+def _tree(path) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs)
+
+
+# ----------------------------------------------------------------------------- recipe-safe resume
+
+def test_a_resume_with_another_recipe_is_refused_naming_each_field(data, run, tmp_path):
+    flags = s3_flags(data, run["scores"], tmp_path, epochs=2)
+    with contextlib.redirect_stdout(io.StringIO()):
+        train_on_coresets.main(**flags)
+    last = str(tmp_path / "ckpt" / "run_last.pth")
+    resume = dict(flags, epochs=4, resume_path=last, overwrite=True)
+    assert_user_error(cli(train_on_coresets, *_argv(dict(resume, learning_rate=0.01, batch_size=7))),
+                      "learning_rate: checkpoint has 0.1, this run has 0.01", "batch_size: checkpoint has 8, this run has 7")
+    assert_user_error(cli(train_on_coresets, *_argv(dict(resume, schedule="[3]"))), "schedule: checkpoint has")
+    assert_user_error(cli(train_on_coresets, *_argv(dict(resume, disable_nesterov=True))), "nesterov")
+    # Only --epochs may grow; what the result records is what ran.
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = train_on_coresets.main(**resume)
+    assert (result["epochs"], result["learning_rate"], result["batch_size"], result["schedule"]) == (4, 0.1, 8, [81, 121])
+    assert result["config"]["learning_rate"] == 0.1 and result["config"]["epochs"] == 4
+
+
+def _argv(flags: dict) -> list[str]:
+    return [w for k, v in flags.items() for w in (f"--{k}", str(v).replace(" ", ""))]
+
+
+# ----------------------------------------------------------------------------- one writer per run
+
+def test_a_second_process_of_the_same_run_is_refused_at_once_naming_the_first(data, tmp_path):
+    flags = s1_flags(data, tmp_path, epochs=400)
+    first = subprocess.Popen([sys.executable, os.path.join(REPO, "get_loss_values.py"), *_argv(flags)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / "ckpt" / f"{RUN1}.lock"
+    try:
+        deadline = time.time() + 60
+        while not (lock.exists() and f"process {first.pid}" in lock.read_text()) and time.time() < deadline:
+            time.sleep(0.1)
+        started = time.perf_counter()
+        second = subprocess.run([sys.executable, os.path.join(REPO, "get_loss_values.py"),
+                                 *_argv(dict(flags, learning_rate=0.05))], capture_output=True, text=True, timeout=120)
+        assert_user_error(second, f"run {RUN1} is running in process {first.pid}", str(lock))
+        assert time.perf_counter() - started < 30
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # The dead process's lock is taken over by the next one.
+    RunLock(str(lock), "run").release()
+
+
+def test_a_lock_is_exclusive_while_its_process_lives_and_is_taken_over_after(tmp_path):
+    path = str(tmp_path / "x.lock")
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+                              "from utils.run import RunLock; lock = RunLock(sys.argv[2], 'x'); print('held', flush=True); "
+                              "time.sleep(60)", REPO, path], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    with pytest.raises(RunBusy, match=f"process {child.pid}"):
+        RunLock(path, "run x")
+    child.kill()
+    child.wait()
+    RunLock(path, "run x").release()
+
+
+def test_two_grids_at_once_split_the_work(tmp_path):
+    root = str(tmp_path)
+    write_fake_cifar(os.path.join(root, "data"), "CIFAR10", per_class=6, test_per_class=2)
+    args = [sys.executable, os.path.join(REPO, "reproduce_table.py"), "--dataset", "CIFAR10", "--score_model_arch",
+            "resnet20", "--model_archs", "resnet20", "--methods", "cld,loss", "--orders", "top", "--samples_per_class",
+            "2,3", "--seeds", "0,1", "--epochs", "3", "--schedule", "[]", "--device", "cpu", "--precision", "fp32",
+            "--batch_size", "16", "--workers", "0", "--data_path", os.path.join(root, "data"), "--scores_dir",
+            os.path.join(root, "S"), "--splits_dir", os.path.join(root, "Sp"), "--checkpoint_path",
+            os.path.join(root, "C"), "--logpath", os.path.join(root, "L"), "--results_dir", os.path.join(root, "R")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    done = [line for out, _ in outs for line in out.splitlines() if line.startswith("=== stage")
+            and " done in " in line]
+    assert sum(" stage 1 done" in line for line in done) == 1  # trained once, not twice
+    assert sum(" stage 2 done" in line for line in done) == 2
+    assert sum(" stage 3 done" in line for line in done) == 8
+    rows = pd.read_csv(os.path.join(root, "R", "results.csv"))
+    assert len(rows) == 8 and rows["name"].is_unique
+
+
+# ----------------------------------------------------------------------------- full disks
+
+@contextlib.contextmanager
+def disk_full_for(fragment: str):
+    """Writes of files whose name holds ``fragment`` fail as on a full disk, half-way."""
+    real = os.fsync
+
+    def fsync(fd):
+        if fragment in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "fsync", fsync)
+        yield
+
+
+def test_a_full_disk_during_a_results_write_leaves_a_readable_csv(tmp_path):
+    results = str(tmp_path / "res")
+    write_result(results, "a", {"name": "a", "final_test_acc": 1.0})
+    with disk_full_for("results.csv"), pytest.raises(UserError, match=r"no space left to write .*results.csv \("
+                                                                       r"[\d.]+ MB free in .*nothing was written"):
+        write_result(results, "b", {"name": "b", "final_test_acc": 2.0})
+    assert pd.read_csv(os.path.join(results, "results.csv"))["name"].tolist() == ["a"]
+    assert _tree(results) == ["results.csv", "results.csv.lock", "runs/a.json", "runs/b.json"]  # no partial file
+    write_result(results, "c", {"name": "c", "final_test_acc": 3.0})  # the next write restores b's row too
+    assert pd.read_csv(os.path.join(results, "results.csv"))["name"].tolist() == ["a", "b", "c"]
+
+
+def test_a_kill_between_the_result_and_its_row_is_repaired_by_the_next_write(tmp_path):
+    results = str(tmp_path / "res")
+    write_result(results, "a", {"name": "a"})
+    os.makedirs(os.path.join(results, "runs"), exist_ok=True)
+    with open(os.path.join(results, "runs", "killed.json"), "w") as f:  # its JSON landed, its row did not
+        f.write('{"name": "killed", "final_test_acc": 5.0}')
+    write_result(results, "b", {"name": "b"})
+    frame = pd.read_csv(os.path.join(results, "results.csv"))
+    assert frame["name"].tolist() == ["a", "b", "killed"] and frame["final_test_acc"].tolist()[2] == 5.0
+
+
+def test_overwrite_replaces_its_own_row(tmp_path):
+    results = str(tmp_path / "res")
+    write_result(results, "a", {"name": "a", "final_test_acc": 1.0})
+    write_result(results, "a", {"name": "a", "final_test_acc": 9.0})
+    frame = pd.read_csv(os.path.join(results, "results.csv"))
+    assert frame["name"].tolist() == ["a"] and frame["final_test_acc"].tolist() == [9.0]
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_error_line(data, tmp_path):
+    with disk_full_for("_last.pth"):
+        proc = cli(get_loss_values, *_argv(s1_flags(data, tmp_path, epochs=1)))
+    assert_user_error(proc, "no space left to write", f"{RUN1}_last.pth", "MB free")
+    assert not [p for p in _tree(tmp_path) if p.endswith(".tmp") or p.endswith("_last.pth")]
+
+
+# ----------------------------------------------------------------------------- names from files
+
+@pytest.mark.parametrize("method", ["../../x/escaped", "x/y", "cld\0", "../x"])
+def test_a_score_file_cannot_steer_paths(method, data, run, tmp_path):
+    record = load_scores(run["scores"])
+    path = _pickle(tmp_path / "evil.pickle", {**record, "method": method})
+    flags = s3_flags(data, path, str(tmp_path / "out"))
+    flags.pop("name")
+    proc = cli(train_on_coresets, *_argv(flags))
+    assert_user_error(proc, "unknown method")
+    assert _tree(tmp_path) == ["evil.pickle"]
+
+
+def test_a_loss_file_cannot_steer_paths(run, tmp_path):
+    d = load_losses(run["loss"])
+    path = _pickle(tmp_path / "evil_losses.pickle", {**d, "model_arch": "../../escaped"})
+    assert_user_error(cli(compute_cld_scores, "--loss_path", path), "cannot be part of a file name")
+    assert _tree(tmp_path) == ["evil_losses.pickle"]
+
+
+# ----------------------------------------------------------------------------- bounded loading
+
+def test_a_shared_reference_bomb_is_refused_within_a_second(tmp_path):
+    bomb = []
+    for _ in range(40):
+        bomb = [bomb, bomb]  # 2**40 leaves, a few hundred bytes pickled
+    path = _pickle(tmp_path / "bomb_scores.pickle", {"0": bomb})
+    started = time.perf_counter()
+    with pytest.raises(UserError, match="declares more data than its .* bytes hold"):
+        load_scores(path)
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("payload,fragment", [
+    (b"\x80\x02c__builtin__\nbytearray\nJ\x00\x00\x00\x80\x85R.", "builtins.bytearray"),
+    (b"\x80\x02c__builtin__\nbytes\nJ\x00\x00\x00\x80\x85R.", "with a size"),
+    (b"\x80\x02cnumpy\nndarray\nJ\x00\x00\x00\x80\x85R.", "refusing"),
+    (b"\x80\x02c__builtin__\nrange\nJ\x00\x00\x00\x80\x85R.", "builtins.range"),
+])
+def test_allocation_bombs_are_refused_before_allocating(payload, fragment, tmp_path):
+    path = tmp_path / "small_scores.pickle"
+    path.write_bytes(payload)
+    started = time.perf_counter()
+    with pytest.raises(UserError, match=fragment):
+        load_scores(str(path))
+    assert time.perf_counter() - started < 1.0
+
+
+def test_labels_outside_the_classes_are_refused_before_anything_is_sized_by_them(run, tmp_path):
+    d = load_losses(run["loss"])
+    d["tr_lbl"] = d["tr_lbl"].copy()
+    d["tr_lbl"][0] = 2 ** 40
+    path = _pickle(tmp_path / "big_losses.pickle", d)
+    started = time.perf_counter()
+    with pytest.raises(UserError, match="holds class 1099511627776, outside 0..9"):
+        load_losses(path)
+    assert time.perf_counter() - started < 1.0
+
+
+# ----------------------------------------------------------------------------- no silent acceptance
+
+def _score_variant(run, tmp_path, change) -> str:
+    record = load_scores(run["scores"])
+    change(record)
+    return _pickle(tmp_path / "variant_scores.pickle", record)
+
+
+def test_a_score_file_missing_a_class_is_refused_unless_allowed(data, run, tmp_path):
+    def drop(r):
+        del r["indices"][3], r["scores"][3]
+    path = _score_variant(run, tmp_path, drop)
+    proc = cli(train_on_coresets, *_argv(s3_flags(data, path, str(tmp_path / "o"), epochs=1)))
+    assert_user_error(proc, "ranks no example of class 3", "--allow_missing_classes")
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = train_on_coresets.main(**s3_flags(data, path, str(tmp_path / "o"), epochs=1, allow_missing_classes=True))
+    assert result["coreset_size"] == 9 * 2
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (lambda r: r["indices"].__setitem__(3.7, r["indices"].pop(3)) or r["scores"].__setitem__(3.7, r["scores"].pop(3)),
+     "class key 3.7 is not a class id"),
+    (lambda r: r["indices"].__setitem__("3", r["indices"].pop(3)) or r["scores"].__setitem__("3", r["scores"].pop(3)),
+     "class key '3' is not a class id"),
+    (lambda r: r["indices"].__setitem__((3,), r["indices"].pop(3)), "class key (3,) is not a class id"),
+    (lambda r: r["scores"][2].__setitem__(0, np.nan), "class 2 holds NaN or infinite scores"),
+    (lambda r: r.__setitem__("hard_end", "middle"), "hard_end 'middle'"),
+])
+def test_malformed_score_files_are_refused(change, fragment, data, run, tmp_path):
+    proc = cli(train_on_coresets, *_argv(s3_flags(data, _score_variant(run, tmp_path, change), str(tmp_path / "o"))))
+    assert_user_error(proc, fragment)
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (lambda d: d["train_indices"].__setitem__(1, d["train_indices"][0]), "is listed twice"),
+    (lambda d: d["train_indices"].__setitem__(0, -5), "is negative (-5)"),
+    (lambda d: d["val_indices"].__setitem__(0, d["train_indices"][0]), "is listed twice"),
+])
+def test_stage2_refuses_duplicate_or_negative_indices(change, fragment, run, tmp_path):
+    d = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in load_losses(run["loss"]).items()}
+    change(d)
+    path = _pickle(tmp_path / "bad_losses.pickle", d)
+    assert_user_error(cli(compute_cld_scores, "--loss_path", path), fragment)
+    assert _tree(tmp_path) == ["bad_losses.pickle"]
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (lambda s: s.__setitem__("epoch", -1), "epoch -1 is not a non-negative integer"),
+    (lambda s: s.__setitem__("epoch", "3"), "epoch '3' is not a non-negative integer"),
+    (lambda s: s.__setitem__("epoch", 50), "already holds 50 epochs"),
+    (lambda s: s.__setitem__("best_acc", "high"), "best_acc 'high' is not an accuracy"),
+    (lambda s: s.__setitem__("log", [{"epoch": "x"}] * 3), "its log is not 3 rows of numbers"),
+    (lambda s: s.__setitem__("identity", "CIFAR10"), "'identity' is missing or not a dict"),
+    (lambda s: s["identity"].__setitem__("dataset", {"a": 1}), "identity field 'dataset' holds dict"),
+])
+def test_crafted_checkpoints_are_refused_in_one_line(change, fragment, data, run, tmp_path):
+    state = load_checkpoint(os.path.join(run["base"], "ckpt", f"{RUN1}_last.pth"))
+    change(state)
+    ckpt = tmp_path / "ckpt" / f"{RUN1}_last.pth"
+    os.makedirs(ckpt.parent)
+    torch.save(state, ckpt)
+    assert_user_error(cli(get_loss_values, *_argv(s1_flags(data, tmp_path, resume_path=ckpt))), fragment)
+
+
+def test_resuming_from_a_best_checkpoint_is_one_error_line(data, run, tmp_path):
+    best = os.path.join(run["base"], "ckpt", f"{RUN1}_best.pth")
+    assert_user_error(cli(get_loss_values, *_argv(s1_flags(data, tmp_path, resume_path=best))),
+                      "is a *_best.pth", "resume from the run's *_last.pth")
+
+
+def test_an_output_path_that_is_a_folder_is_refused_before_any_work(run, tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert_user_error(cli(compute_cld_scores, "--loss_path", run["loss"], "--output_path", str(folder), "--overwrite"),
+                      "is a folder")
