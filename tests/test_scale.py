@@ -1,0 +1,131 @@
+"""Scale: trajectories written once beside the checkpoints, CLD from running sums."""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import compute_cld_scores
+import get_loss_values
+from conftest import assert_user_error
+from test_robustness import _argv, cli, run_killed, s1_flags
+from fakedata import write_fake_cifar
+from utils import scores as S
+from utils.checkpoint import load_checkpoint
+from utils.formats import load_losses, load_scores, load_sums
+
+RUN = "CIFAR10_resnet20_seed1234"
+EPOCHS = 4
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("tiny"))
+    write_fake_cifar(root, "CIFAR10", per_class=6, test_per_class=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def full(data, tmp_path_factory) -> str:
+    base = tmp_path_factory.mktemp("full")
+    with contextlib.redirect_stdout(io.StringIO()):
+        return get_loss_values.main(**s1_flags(data, base, epochs=EPOCHS))
+
+
+def _arrays(state, path=""):
+    """Every tensor / array in a checkpoint, with its path."""
+    if isinstance(state, dict):
+        for key, value in state.items():
+            yield from _arrays(value, f"{path}/{key}")
+    elif isinstance(state, (list, tuple)):
+        for i, value in enumerate(state):
+            yield from _arrays(value, f"{path}/{i}")
+    elif isinstance(state, (torch.Tensor, np.ndarray)):
+        yield path, tuple(state.shape)
+
+
+def test_the_run_state_checkpoint_holds_no_per_example_array(full):
+    n_train = len(load_losses(full)["train_indices"])
+    last = os.path.join(os.path.dirname(os.path.dirname(full)), "ckpt", f"{RUN}_last.pth")
+    shapes = dict(_arrays(load_checkpoint(last)))
+    assert shapes and not [p for p, shape in shapes.items() if n_train in shape]
+    rows = np.load(os.path.join(os.path.dirname(last), f"{RUN}_trajectories", "tr_loss.npy"), allow_pickle=False)
+    assert rows.shape == (EPOCHS, n_train)
+
+
+def test_a_kill_between_a_row_and_its_checkpoint_resumes_to_the_same_files(data, full, tmp_path):
+    flags = s1_flags(data, tmp_path, epochs=EPOCHS)
+    # Dies as epoch 2's checkpoint is about to be renamed into place: its rows are already on disk.
+    run_killed("get_loss_values.py", flags, "on_call(os, 'replace', 2, match='_last.pth')")
+    last = str(tmp_path / "ckpt" / f"{RUN}_last.pth")
+    assert load_checkpoint(last)["epoch"] == 1
+    rows = np.load(tmp_path / "ckpt" / f"{RUN}_trajectories" / "tr_loss.npy")
+    assert rows[1].any()  # epoch 2's row was written before the kill
+    with contextlib.redirect_stdout(io.StringIO()):
+        resumed = get_loss_values.main(**flags, resume_path=last)
+    a, b = load_losses(resumed), load_losses(full)
+    for key in ("tr_loss", "val_loss", "tr_correct", "tr_margin", "tr_el2n"):
+        assert np.array_equal(a[key], b[key]), key
+
+
+def test_a_resume_that_raises_the_epochs_grows_the_rows(data, full, tmp_path):
+    flags = s1_flags(data, tmp_path, epochs=2)
+    with contextlib.redirect_stdout(io.StringIO()):
+        get_loss_values.main(**flags)
+        grown = get_loss_values.main(**dict(flags, epochs=EPOCHS, resume_path=str(tmp_path / "ckpt" / f"{RUN}_last.pth")))
+    assert np.array_equal(load_losses(grown)["tr_loss"], load_losses(full)["tr_loss"])
+
+
+def test_cld_from_running_sums_equals_cld_from_the_full_trajectories(data, full, tmp_path):
+    with contextlib.redirect_stdout(io.StringIO()):
+        sums_path = get_loss_values.main(**s1_flags(data, tmp_path, epochs=EPOCHS, trajectories="sums"))
+        from_sums = load_scores(compute_cld_scores.main(loss_path=sums_path))
+        from_full = load_scores(compute_cld_scores.main(loss_path=full, output_path=str(tmp_path / "full.pickle")))
+    assert sums_path.endswith("_cld_sums.npz") and load_sums(sums_path)["sums"]["epochs"] == EPOCHS
+    for c in from_full["indices"]:
+        np.testing.assert_array_equal(from_sums["indices"][c], from_full["indices"][c])
+        np.testing.assert_allclose(from_sums["scores"][c], from_full["scores"][c], rtol=0, atol=1e-9)
+    # What stage 1 in sums mode keeps: O(N) state, no (epochs, N) array.
+    state = os.listdir(tmp_path / "ckpt" / f"{RUN}_trajectories")
+    assert state == [f"cld_sums_epoch{EPOCHS}.npz"]
+
+
+def test_running_sums_equal_the_batch_correlation_on_random_trajectories():
+    rng = np.random.default_rng(0)
+    tr = rng.random((12, 50)).astype(np.float32)
+    tr[:, 0] = 0.5  # a constant trajectory: correlation 0
+    val = rng.random((12, 9)).astype(np.float32)
+    d = {"tr_loss": tr, "val_loss": val, "tr_lbl": np.arange(50) % 3, "val_lbl": np.arange(9) % 3,
+         "epoch": np.arange(12), "train_indices": np.arange(50), "val_indices": np.arange(50, 59)}
+    sums = S.CLDSums(d["tr_lbl"], d["val_lbl"], 3)
+    for t in range(12):
+        sums.update(tr[t], val[t])
+    np.testing.assert_allclose(sums.scores(), S.cld(d), rtol=0, atol=1e-12)
+    assert sums.scores()[0] == 0.0
+
+
+def test_a_killed_sums_run_resumes_to_the_same_sums(data, tmp_path):
+    flags = s1_flags(data, tmp_path, epochs=EPOCHS, trajectories="sums")
+    with contextlib.redirect_stdout(io.StringIO()):
+        straight = load_sums(get_loss_values.main(**s1_flags(data, tmp_path / "a", epochs=EPOCHS, trajectories="sums")))
+    run_killed("get_loss_values.py", flags, "on_call(os, 'replace', 3, match='_last.pth')")
+    last = str(tmp_path / "ckpt" / f"{RUN}_last.pth")
+    assert load_checkpoint(last)["epoch"] == 2
+    with contextlib.redirect_stdout(io.StringIO()):
+        resumed = load_sums(get_loss_values.main(**flags, resume_path=last))
+    for key, value in straight["sums"].items():
+        assert np.array_equal(resumed["sums"][key], value), key
+
+
+@pytest.mark.parametrize("method", ["loss", "forgetting", "herding"])
+def test_methods_that_need_full_trajectories_refuse_a_sums_file(method, data, tmp_path):
+    with contextlib.redirect_stdout(io.StringIO()):
+        sums_path = get_loss_values.main(**s1_flags(data, tmp_path, epochs=3, trajectories="sums"))
+    assert_user_error(cli(compute_cld_scores, "--loss_path", sums_path, "--method", method),
+                      "holds CLD's running sums only", "--trajectories full")
+    assert_user_error(cli(compute_cld_scores, "--loss_path", sums_path, "--first_epochs", "3"),
+                      "--first_epochs and --epoch_stride need the full trajectories")
