@@ -13,7 +13,7 @@ from utils import jpeg
 from utils.batches import FolderBatches, make_batches
 from utils.cli import UserError
 from utils.data import DATASETS
-from utils.jpeg import DeviceJpegBatches, draw_crop_flip, eval_view, train_view
+from utils.jpeg import DeviceJpegBatches, draw_crop_flip, eval_view, flip_where, train_view
 
 CPU = torch.device("cpu")
 INFO = DATASETS["ImageNet"]
@@ -40,7 +40,10 @@ def _picture(width: int, height: int, seed: int) -> np.ndarray:
 def _save(path, pixels: np.ndarray, kind: str) -> None:
     image = Image.fromarray(pixels)
     image = {"rgb": image, "gray": image.convert("L"), "cmyk": image.convert("CMYK")}[kind]
-    image.save(path, quality=95) if str(path).endswith(".jpg") else image.save(path)
+    if str(path).endswith(".jpg"):
+        image.save(path, quality=95)
+    else:
+        image.save(path)
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +98,11 @@ def test_views_match_torchvision_tensor_ops():
     """Geometry of the device views: RandomResizedCrop / Resize + CenterCrop on float tensors."""
     image = torch.from_numpy(_picture(77, 51, 3)).permute(2, 0, 1).contiguous()
     box = (5, 9, 30, 41)
-    expected = TF.hflip(TF.resized_crop(image.float(), *box, [24, 24], antialias=True))
-    assert torch.allclose(train_view(image, box, True, 24), expected, atol=1e-4)
+    expected = TF.resized_crop(image.float(), *box, [24, 24], antialias=True)
+    assert torch.allclose(train_view(image, box, 24), expected, atol=1e-4)
+    pair = torch.stack([expected, expected + 1])
+    flipped = flip_where(pair, torch.tensor([False, True]))
+    assert torch.equal(flipped[0], pair[0]) and torch.equal(flipped[1], TF.hflip(pair[1]))
     for size in (24, 32, 45):
         resize = int(round(size * 256 / 224))
         expected = TF.center_crop(TF.resize(image.float(), resize, antialias=True), size)
@@ -183,6 +189,16 @@ def test_grayscale_jpeg_gives_three_equal_channels(folder):
     assert pixels.std().item() > 0.05  # not a blank image
 
 
+def test_only_rgb_and_greyscale_jpegs_reach_the_device_decoder(folder):
+    """CMYK JPEGs and other formats are decoded in the worker by PIL, as the CPU pipeline does."""
+    for (path, _), (_, name, width, height, kind) in zip(folder.samples, FILES):
+        payload, encoded, w, h = jpeg._read_example(path)
+        assert (w, h) == (width, height)
+        assert encoded == (name.endswith(".jpg") and kind != "cmyk")
+        if not encoded:
+            assert payload.shape == (3, height, width) and payload.dtype == torch.uint8
+
+
 def test_decode_falls_back_image_by_image(folder, monkeypatch):
     """A batch nvJPEG refuses is decoded one by one; images the device refuses come from the CPU."""
     import torchvision.io
@@ -208,3 +224,16 @@ def test_make_batches_dispatches_on_decode(folder):
     assert type(make_batches(folder, INFO, CPU, 0, "cpu")) is FolderBatches
     with pytest.raises(UserError, match=r"--decode gpu needs a CUDA device \(nvJPEG\); use --decode cpu"):
         make_batches(folder, INFO, CPU, 0, "gpu")
+
+
+def test_small_bench_prints_the_table(tmp_path, capsys):
+    from bench import bench_decode
+
+    assert bench_decode.main(["--small", "--workdir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("== decode benchmark"))
+    assert tuple(lines[start + 1].split()) == bench_decode.COLUMNS
+    rows = [line.split() for line in lines[start + 2:start + 6]]
+    assert [(r[0], r[1], r[3]) for r in rows] == [("train", "cpu", "32"), ("eval", "cpu", "32"),
+                                                   ("train", "device:cpu", "32"), ("eval", "device:cpu", "32")]
+    assert not (tmp_path / "train").exists()  # the images are removed unless --keep

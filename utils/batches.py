@@ -195,14 +195,16 @@ class FolderBatches:
         return self._loaders[key]
 
     def train_epoch(self, indices, batch_size, seed, epoch, rank=0, world=1, augment=True):
-        loader = self._loader(("train", _fingerprint(indices), batch_size, augment), indices, batch_size, seed, rank, world, augment)
+        key = ("train", _fingerprint(indices), batch_size, augment, seed, rank, world)
+        loader = self._loader(key, indices, batch_size, seed, rank, world, augment)
         loader.sampler.set_epoch(epoch)
         for x, y, _ in loader:
             yield (x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last),
                    y.to(self.device, non_blocking=True))
 
     def eval_batches(self, indices, batch_size, rank=0, world=1):
-        loader = self._loader(("eval", _fingerprint(indices), batch_size), indices, batch_size, 0, rank, world, False)
+        loader = self._loader(("eval", _fingerprint(indices), batch_size, rank, world), indices, batch_size, 0, rank,
+                              world, False)
         slots = torch.from_numpy(shard_positions(len(indices), rank, world))
         start = 0
         for x, y, _ in loader:

@@ -553,7 +553,9 @@ def load_scores(path: str) -> dict:
         values = np.asarray(v)
         if key not in out["indices"] or values.dtype.kind not in "iuf" or values.shape != out["indices"][key].shape:
             raise UserError(f"score file {path}: the scores of class {key} are not numbers aligned with its indices")
-        if not np.isfinite(values).all():
+        # A greedy order's gains may be infinite (k-center's first pick, a singular log-det step);
+        # scores that are ranked by value may not, and NaN is never a score.
+        if np.isnan(values).any() or (not d.get("greedy") and not np.isfinite(values).all()):
             raise UserError(f"score file {path}: class {key} holds NaN or infinite scores; rescore with "
                             "compute_cld_scores.py")
         out["scores"][key] = values.astype(np.float64)

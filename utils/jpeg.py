@@ -120,21 +120,37 @@ def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(image[None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
-def train_view(image: torch.Tensor, box: Box, flip: bool, image_size: int) -> torch.Tensor:
-    """``RandomResizedCrop`` + ``RandomHorizontalFlip`` of one decoded image with given parameters.
+def train_view(image: torch.Tensor, box: Box, image_size: int) -> torch.Tensor:
+    """The ``RandomResizedCrop`` of one decoded image with given parameters (the flip comes later,
+    for the whole batch at once: see :func:`flip_where`).
 
     Args:
         image: (3, H, W) uint8 on the device.
         box: ``(top, left, height, width)`` from :func:`draw_crop_flip`.
-        flip: flip left-right after resizing (the CPU order).
         image_size: output side.
 
     Returns:
         (3, image_size, image_size) float32 in 0..255.
     """
     top, left, h, w = box
-    out = _resize(image[:, top:top + h, left:left + w], image_size, image_size)
-    return out.flip(-1) if flip else out
+    return _resize(image[:, top:top + h, left:left + w], image_size, image_size)
+
+
+def flip_where(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Flip left-right the images of a batch where ``flips`` is set, after resizing as on the CPU.
+
+    Two kernels for the whole batch instead of one per flipped image: on CUDA the per-image loop
+    is bound by kernel launches, not by arithmetic.
+
+    Args:
+        images: (B, C, H, W).
+        flips: (B,) bool, on any device.
+
+    Returns:
+        (B, C, H, W), a new tensor.
+    """
+    mask = flips.to(images.device, non_blocking=True).view(-1, 1, 1, 1)
+    return torch.where(mask, images.flip(-1), images)
 
 
 def eval_view(image: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -189,9 +205,9 @@ def _read_example(path: str) -> tuple[torch.Tensor, bool, int, int]:
         width, height = header.size
         if header.format == "JPEG" and header.mode in DEVICE_MODES:
             return data, True, width, height
-        # The folder's default loader does exactly this conversion.
-        pixels = np.asarray(header.convert("RGB"))
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous(), False, width, height
+        # The folder's default loader makes exactly this conversion, so these pixels are PIL's.
+        pixels = np.array(header.convert("RGB"))  # a writable copy, which torch.from_numpy wants
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous(), False, width, height
 
 
 class _EncodedSample(torch.utils.data.Dataset):
@@ -292,9 +308,10 @@ class DeviceJpegBatches:
         """
         self.folder, self.device, self.workers, self.image_size = folder, torch.device(device), workers, image_size
         self.labels = np.asarray(folder.targets, dtype=np.int64)
-        # Normalise pixels in 0..255 directly: (x - 255 mean) / (255 std) == (x / 255 - mean) / std.
-        self.mean = torch.tensor(info.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
-        self.std = torch.tensor(info.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
+        # Normalise pixels in 0..255 in one multiply-add: (x / 255 - mean) / std == x * scale + shift.
+        mean = torch.tensor(info.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(info.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
         self._loaders: dict = {}
 
     def __len__(self) -> int:
@@ -308,7 +325,8 @@ class DeviceJpegBatches:
         """
         if key not in self._loaders:
             sampler = _EpochSampler(indices, seed, rank, world, shuffle=train)
-            # No pinned memory: the bytes are read by the decoder on the host, not copied to the device.
+            # No pinned memory: the decoder reads the bytes on the host; only labels (and rare
+            # worker-decoded images) are copied to the device, too little to gain from pinning.
             self._loaders[key] = torch.utils.data.DataLoader(
                 _EncodedSample(self.folder), batch_size=batch_size, sampler=sampler, num_workers=self.workers,
                 collate_fn=_collate, persistent_workers=self.workers > 0)
@@ -318,12 +336,16 @@ class DeviceJpegBatches:
         """Decode, crop/resize/flip (train) or resize/centre-crop (eval), normalise; plus labels."""
         images = _batch_images(batch, self.device)
         size = self.image_size
-        out = torch.empty((len(images), 3, size, size), dtype=torch.float32, device=self.device,
-                          memory_format=torch.channels_last)
-        boxes, flips = batch.boxes.tolist(), batch.flips.tolist()
-        for i, image in enumerate(images):  # crops differ in size, so one resize per image
-            out[i] = train_view(image, tuple(boxes[i]), flips[i], size) if train else eval_view(image, size)
-        out.sub_(self.mean).div_(self.std)  # in place: stays channels_last
+        if train:
+            boxes = batch.boxes.tolist()
+            # Crops differ in size, so one resize per image; then batch-wide operations only.
+            x = flip_where(torch.stack([train_view(image, tuple(box), size) for image, box in zip(images, boxes)]),
+                           batch.flips)
+        else:
+            x = torch.stack([eval_view(image, size) for image in images])
+        # Normalisation and the change to channels_last in one pass over the batch.
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+        torch.addcmul(self.shift, x, self.scale, out=out)
         return out, batch.labels.to(self.device, non_blocking=True)
 
     def train_epoch(self, indices: np.ndarray, batch_size: int, seed: int, epoch: int, rank: int = 0,

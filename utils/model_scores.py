@@ -56,6 +56,7 @@ class ClassFeatures:
     indices: np.ndarray  # dataset indices of the training rows, ascending
     train: Features
     val: Features
+    full_gradients: bool = False  # see :meth:`gradients`
 
     @property
     def embeddings(self) -> torch.Tensor:
@@ -63,16 +64,26 @@ class ClassFeatures:
 
     @property
     def probs(self) -> torch.Tensor:
-        return torch.softmax(self.train.logits.double(), dim=1)
+        """float32, as ``--save_features`` writes them (the selectors compute in float64 from these)."""
+        return torch.softmax(self.train.logits, dim=1)
 
     @property
     def residual(self) -> torch.Tensor:
         """``R = softmax(z) - onehot(y)``: the gradient of the loss w.r.t. the logits."""
         return _residual(self.train.logits, self.train.labels)
 
-    @property
-    def val_residual(self) -> torch.Tensor:
-        return _residual(self.val.logits, self.val.labels)
+    def gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training rows' last-layer gradients as factors ``(R, E)`` of ``g = [r, r (x) e]``.
+
+        Where the whole gradient matrix is small enough to export (:data:`MAX_FULL_GRADS`) it is
+        formed here, rounded to float32 as ``--save_features`` writes it, and returned as
+        ``(g, an empty E)``, for which the selectors' factorised Gram ``<r_i, r_j> (1 + <e_i, e_j>)``
+        is ``<g_i, g_j>``: the ranking is then computed from exactly the exported matrix.
+        """
+        return _factors(self.train, self.full_gradients)
+
+    def val_gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return _factors(self.val, self.full_gradients)
 
     def first_center(self, seed: int) -> int:
         """k-center's first pick: a row drawn uniformly with the run's seed (one draw per class)."""
@@ -80,8 +91,16 @@ class ClassFeatures:
 
 
 def _residual(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    p = torch.softmax(logits.double(), dim=1)
+    p = torch.softmax(logits, dim=1)
     return p - torch.nn.functional.one_hot(labels.long(), p.shape[1]).to(p.dtype)
+
+
+def _factors(f: Features, full: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    r = _residual(f.logits, f.labels)
+    if not full:
+        return r, f.embeddings
+    g = selectors.gradient_embeddings(r, f.embeddings).float()
+    return g, g[:, :0]
 
 
 # ----------------------------------------------------------------------------- the methods
@@ -119,27 +138,27 @@ def moderate(f: ClassFeatures, **_: Any):
 
 
 def grand(f: ClassFeatures, **_: Any):
-    return selectors.grand(f.residual, f.embeddings)
+    return selectors.grand(*f.gradients())
 
 
 def craig(f: ClassFeatures, **_: Any):
-    return selectors.craig(f.residual, f.embeddings)
+    return selectors.craig(*f.gradients())
 
 
 def facility_location(f: ClassFeatures, **_: Any):
-    return selectors.facility_location(f.residual, f.embeddings)
+    return selectors.facility_location(*f.gradients())
 
 
 def graph_cut(f: ClassFeatures, **_: Any):
-    return selectors.graph_cut(f.residual, f.embeddings)
+    return selectors.graph_cut(*f.gradients())
 
 
 def log_determinant(f: ClassFeatures, **_: Any):
-    return selectors.log_determinant(f.residual, f.embeddings)
+    return selectors.log_determinant(*f.gradients())
 
 
 def gradmatch(f: ClassFeatures, **_: Any):
-    return selectors.gradmatch(f.residual, f.embeddings, f.val_residual, f.val.embeddings)
+    return selectors.gradmatch(*f.gradients(), *f.val_gradients())
 
 
 def glister(f: ClassFeatures, glister_eta: float, **_: Any):
@@ -283,13 +302,14 @@ def _rank(method: Method, feats: Features, vfeats: Features | None, losses: dict
     """Per class: the method's scores ranked (ties to the lower index), or its greedy order."""
     train, labels = losses["train_indices"], losses["tr_lbl"]
     fn = methods.scorer(method)
+    full = _full_size(feats) <= MAX_FULL_GRADS
     values = np.zeros(len(train))
     indices, scores = {}, {}
     for c in progress.bar(np.unique(labels), f"{method.name} per class", unit="class"):
         cols = np.flatnonzero(labels == c)
         cols = cols[np.argsort(train[cols], kind="stable")]
         val = vfeats.take(np.flatnonzero(losses["val_lbl"] == c)) if vfeats is not None else feats.take(cols[:0])
-        result = fn(ClassFeatures(int(c), train[cols], feats.take(cols), val), **options)
+        result = fn(ClassFeatures(int(c), train[cols], feats.take(cols), val, full), **options)
         if method.greedy:
             order, gains = result
             indices[int(c)], scores[int(c)] = train[cols][order], np.asarray(gains, dtype=np.float64)
@@ -313,13 +333,18 @@ def _exported(method: Method, feats: Features, vfeats: Features | None, losses: 
         if "logits" in method.inputs:
             out[part + "logits"] = f.logits.cpu().numpy()
         if "grads" in method.inputs:
-            r = _residual(f.logits, f.labels)
-            if r.shape[0] * r.shape[1] * (f.embeddings.shape[1] + 1) * 4 <= MAX_FULL_GRADS:
-                out[part + "grads"] = selectors.gradient_embeddings(r, f.embeddings).float().cpu().numpy()
+            if _full_size(feats) <= MAX_FULL_GRADS:
+                out[part + "grads"] = _factors(f, True)[0].cpu().numpy()
             else:  # exact factors instead of a matrix larger than a gigabyte: g = [r, r (x) e]
-                out[part + "grad_bias"] = r.float().cpu().numpy()
+                out[part + "grad_bias"] = _residual(f.logits, f.labels).cpu().numpy()
                 out[part + "embeddings"] = f.embeddings.cpu().numpy()
     return out
+
+
+def _full_size(feats: Features) -> int:
+    """Bytes of the training split's whole float32 gradient matrix, N x C (D + 1)."""
+    n, c = feats.logits.shape
+    return n * c * (feats.embeddings.shape[1] + 1) * 4
 
 
 def _save(path: str, arrays: dict[str, np.ndarray], losses: dict, with_val: bool = False) -> None:

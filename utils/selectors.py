@@ -34,7 +34,8 @@ device. Scores come back as numpy float64 (N,), higher = ranked first (what the 
 select first). Greedy methods rank all N rows (every prefix of ``order`` is the method's
 selection at that budget) and return numpy ``order`` int64 (N,) (row positions in pick order)
 and ``gains`` float64 (N,) (the criterion value at the step that picked ``order[i]``). Exact
-ties go to the lower row: we use ``argmax``/``argmin`` (first occurrence) and stable sorts.
+ties go to the lower row: greedy steps take the first row whose criterion is within
+``TIE_RTOL`` of the best (:func:`_first_max`), and rankings use stable sorts.
 
 Exact ties need bitwise-equal values for identical rows. Elementwise ops and per-row reductions
 guarantee that; BLAS matrix products do not (a duplicated row in a GEMM's edge tile can round
@@ -65,6 +66,24 @@ CRAIG_SHIFT = 1e-3
 
 
 # ----------------------------------------------------------------------------- helpers
+
+# Greedy criteria within this fraction of the best one are ties: values equal in exact arithmetic
+# (facility-location gains of two rows that only cover each other, say) differ in their last bits
+# by the order of a sum, and would otherwise be broken by rounding rather than by the lower row.
+TIE_RTOL = 1e-12
+
+
+def _first_max(x: torch.Tensor) -> int:
+    """The lowest position whose value ties with the maximum (within ``TIE_RTOL`` of it)."""
+    top = x.max()
+    if not torch.isfinite(top):
+        return int(torch.argmax(x))
+    return int(torch.nonzero(x >= top - TIE_RTOL * top.abs())[0])
+
+
+def _first_min(x: torch.Tensor) -> int:
+    return _first_max(-x)
+
 
 def _f64(x: torch.Tensor) -> torch.Tensor:
     """``x`` as a float64 tensor on its own device (no autograd history)."""
@@ -129,7 +148,7 @@ def _farthest_first(n: int, first: int,
     mind = dist_to(first).clone()
     mind[first] = -np.inf          # selected rows stay at -inf: min(-inf, .) = -inf
     for t in range(1, n):
-        p = int(torch.argmax(mind))
+        p = _first_max(mind)
         order[t], gains[t] = p, float(mind[p])
         mind = torch.minimum(mind, dist_to(p))
         mind[p] = -np.inf
@@ -230,7 +249,7 @@ def herding(E: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     for t in range(n):
         # Direct differences (not the Gram expansion): exact for identical rows, no cancellation.
         d2 = (E - ((t + 1) * mu - acc)).square().sum(1).masked_fill(taken, np.inf)
-        p = int(torch.argmin(d2))
+        p = _first_min(d2)
         order[t], gains[t] = p, float(d2[p].sqrt())
         acc += E[p]
         taken[p] = True
@@ -403,7 +422,7 @@ def _facility_greedy(S: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     gains = np.empty(n, dtype=np.float64)
     for t in range(n):
         gain = (S - cur).clamp_(min=0.0).sum(1).masked_fill_(taken, -np.inf)
-        p = int(torch.argmax(gain))
+        p = _first_max(gain)
         order[t], gains[t] = p, float(gain[p])
         cur = torch.maximum(cur, S[p])
         taken[p] = True
@@ -472,7 +491,7 @@ def graph_cut(R: torch.Tensor, E: torch.Tensor, lam: float = 1.0) -> tuple[np.nd
     gains = np.empty(n, dtype=np.float64)
     for t in range(n):
         gain = (base - 2.0 * acc).masked_fill_(taken, -np.inf)
-        p = int(torch.argmax(gain))
+        p = _first_max(gain)
         order[t], gains[t] = p, float(gain[p])
         acc += S[p]
         taken[p] = True
@@ -510,7 +529,7 @@ def log_determinant(R: torch.Tensor, E: torch.Tensor) -> tuple[np.ndarray, np.nd
     while t < n:
         gain = torch.where(var > REL_ZERO * diag, var.clamp(min=1e-300).log(), -np.inf)
         gain.masked_fill_(taken, -np.inf)
-        p = int(torch.argmax(gain))
+        p = _first_max(gain)
         if gain[p] == -np.inf:
             break
         order[t], gains[t] = p, float(gain[p])
@@ -566,7 +585,7 @@ def gradmatch(R: torch.Tensor, E: torch.Tensor, R_val: torch.Tensor | None = Non
     gains = np.empty(n, dtype=np.float64)
     res2, k, t = max(bb, 0.0), 0, 0
     while t < n and res2 > REL_ZERO * bb:
-        p = int(torch.argmax(corr.masked_fill(taken, -np.inf)))
+        p = _first_max(corr.masked_fill(taken, -np.inf))
         lp = L[p, :k]
         piv2 = float(diag[p] - lp.square().sum())
         if piv2 > REL_ZERO * float(diag[p]):
@@ -631,7 +650,7 @@ def glister(R: torch.Tensor, E: torch.Tensor, Z_val: torch.Tensor, Y_val: torch.
         z = Zv if t == 0 else Zv - (eta / t) * acc
         rv = torch.softmax(z, dim=1) - onehot
         gain = ((ru @ rv.T) * K).mean(1)[inv].masked_fill_(taken, -np.inf)
-        p = int(torch.argmax(gain))
+        p = _first_max(gain)
         order[t], gains[t] = p, float(gain[p])
         q = int(inv[p])
         acc += K[q][:, None] * ru[q][None, :]
