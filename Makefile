@@ -18,17 +18,23 @@ $(VENV_STAMP): requirements.txt
 test: $(SETUP)
 	$(PYTHON) -m pytest -q tests
 
-# The demo grid (reproduce_table.py): CLD scores from a 6-epoch resnet20 run on the embedded
-# digits (no download), then resnet20 trained for 6 epochs on the top / middle / bottom / random
-# k = 5, 10, 20 examples per class, 3 seeds each (36 runs), on the CPU. Outputs go to demo/;
-# `make demo` again only reprints the table (finished runs are skipped); rm -rf demo to redo it.
-# One thread: the numbers then match the README's table, and on a busy machine two threads per
-# process spin against other jobs (measured: 4x the CPU time). DEMO_THREADS=2 on an idle machine.
+# The demo grid (reproduce_table.py) on the embedded digits (no download), on the CPU, outputs in
+# demo/: stage 1 trains a small CNN for 30 epochs and records the loss trajectories (keeping its
+# weights after epoch 10 for the model-based baselines); stage 2 scores CLD and every baseline;
+# stage 3 trains the CNN to convergence (15 epochs at batch 20, no augmentation: an 8x8 digit has
+# little room for crops) on k = 5, 10, 20, 40 examples per class of each ranking
+# (CLD: top, near-zero, bottom; every baseline: top; and a random draw), 5 seeds each, two runs
+# at a time. `make demo` again only reprints the table; Ctrl-C and rerun continues; rm -rf demo
+# to redo it. One thread per process, so that two runs on one machine print the same table.
 DEMO_THREADS ?= 1
-DEMO_FLAGS := --dataset digits --score_model_arch resnet20 --model_archs resnet20 --methods cld \
-	--orders top,middle,bottom,random --samples_per_class 5,10,20 --seeds 0,1,2 \
-	--score_epochs 6 --score_schedule '[4]' --epochs 6 --schedule '[4]' --batch_size 8 --learning_rate 0.02 \
-	--device cpu --precision fp32 --workers 0 --scores_dir demo/Scores --splits_dir demo/Splits \
+DEMO_METHODS := cld,el2n,forgetting,aum,least_confidence,entropy,margin,herding,kcenter,contextual_diversity,cal,moderate
+DEMO_METHODS := $(DEMO_METHODS),grand,craig,gradmatch,glister,facility_location,graph_cut,log_determinant,deepfool
+DEMO_FLAGS := --dataset digits --score_model_arch digits_cnn --model_archs digits_cnn --methods $(DEMO_METHODS) \
+	--orders top,random --method_orders cld:zero,cld:bottom --samples_per_class 5,10,20,40 --seeds 0,1,2,3,4 \
+	--score_epochs 30 --score_schedule '[20]' --score_batch_size 32 --score_learning_rate 0.05 --score_augment true \
+	--snapshot_epochs '[10]' --epochs 15 --schedule '[10]' --batch_size 20 --learning_rate 0.1 --augment false \
+	--test_batch_size 512 \
+	--device cpu --precision fp32 --workers 0 --jobs 2 --scores_dir demo/Scores --splits_dir demo/Splits \
 	--checkpoint_path demo/Checkpoint --logpath demo/Logs --results_dir demo/Results
 
 demo: $(SETUP)

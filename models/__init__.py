@@ -16,7 +16,7 @@ from functools import partial
 import torch.nn as nn
 import torchvision
 
-from . import densenet, resnet, resnet_cifar, vgg
+from . import densenet, resnet, resnet_cifar, small, vgg
 from .alexnet import AlexNet
 
 __all__ = ["MODELS", "final_linear", "get_model", "model_names"]
@@ -26,6 +26,7 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
     **{name: partial(resnet_cifar.build, name) for name in resnet_cifar.CONFIGS},
     **{name: partial(vgg.build, name) for name in vgg.CONFIGS},
     **{name: partial(densenet.build, name) for name in densenet.CONFIGS},
+    **{name: partial(small.build, name) for name in small.CONFIGS},
     "alexnet": AlexNet,
 }
 

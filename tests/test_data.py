@@ -147,10 +147,9 @@ def test_crop_flip_equals_torchvision_for_the_same_draws():
         assert torch.equal(out[b].permute(2, 0, 1), ref), b
 
 
-def test_augmentation_draws_follow_torchvision_distribution():
-    """Offsets cover 0..8 on both axes uniformly and about half the examples are flipped."""
+def _draws(info):
     data = load_digits()[0]
-    src = TensorBatches(data, DATASETS["digits"], torch.device("cpu"))
+    src = TensorBatches(data, info, torch.device("cpu"))
     import utils.batches as batches
     seen = []
     original = batches.crop_flip
@@ -160,12 +159,32 @@ def test_augmentation_draws_follow_torchvision_distribution():
             pass
     finally:
         batches.crop_flip = original
-    offsets = torch.cat([o for o, _ in seen]).numpy()
-    flips = torch.cat([f for _, f in seen]).numpy()
+    return torch.cat([o for o, _ in seen]).numpy(), torch.cat([f for _, f in seen]).numpy()
+
+
+def test_augmentation_draws_follow_torchvision_distribution():
+    """Offsets cover 0..8 on both axes uniformly and about half the examples are flipped."""
+    offsets, flips = _draws(DATASETS["CIFAR10"])
     assert offsets.min() == 0 and offsets.max() == 8
     counts = np.bincount(offsets.ravel(), minlength=9) / offsets.size
     assert np.all(np.abs(counts - 1 / 9) < 0.03)
     assert abs(flips.mean() - 0.5) < 0.05
+    # Handwritten digits are never flipped (a flipped 2 is no 2), with the same crops.
+    digit_offsets, digit_flips = _draws(DATASETS["digits"])
+    assert not digit_flips.any() and np.array_equal(digit_offsets, offsets)
+
+
+def test_training_batches_without_augmentation_are_the_images_shuffled():
+    data = load_digits()[0]
+    src = TensorBatches(data, DATASETS["digits"], torch.device("cpu"))
+    idx = np.arange(40)
+    plain = torch.cat([x for x, _ in src.train_epoch(idx, 16, seed=0, epoch=0, augment=False)])
+    augmented = torch.cat([x for x, _ in src.train_epoch(idx, 16, seed=0, epoch=0)])
+    labels = torch.cat([y for _, y in src.train_epoch(idx, 16, seed=0, epoch=0, augment=False)])
+    ref, ref_labels, _ = next(src.eval_batches(idx, 40))
+    order = [int(np.flatnonzero((ref == row).flatten(1).all(1).numpy())[0]) for row in plain]
+    assert sorted(order) == list(range(40)) and order != list(range(40))  # every image once, shuffled
+    assert torch.equal(labels, ref_labels[order]) and not torch.equal(plain, augmented)
 
 
 def test_eval_batches_normalise_like_torchvision():

@@ -101,6 +101,8 @@ RECIPE = [
     Flag("schedule", ListOf(Int(0, MAX_EPOCHS)), [81, 121], "epochs after which the learning rate is "
          "multiplied by gamma", recipe=True),
     Flag("gamma", Float(0, 1e6, lo_open=True), 0.1, "learning-rate decay factor", recipe=True),
+    Flag("augment", Bool(), True, "augment every training batch: random crop, and horizontal flip where the "
+         "dataset allows it (false: the images as they are)", recipe=True),
 ]
 
 RUN = [
@@ -281,6 +283,8 @@ GRID_OWN = [
     Flag("methods", ListOf(Choice(methods.names), unique=True), ["cld"], "scoring methods of stage 2"),
     Flag("orders", ListOf(Choice(ORDERS), unique=True), ["top", "random"], "what stage 3 keeps of each "
          "ranking; order random runs once, over the first method's scores"),
+    Flag("method_orders", ListOf(Str(), unique=True), [], "more orders for single methods, as method:order "
+         "(e.g. cld:zero,cld:bottom for the paper's Figure 1 beside a comparison of top coresets)"),
     Flag("samples_per_class", Optional(ListOf(Int(1, MAX_BATCH * 64), unique=True)), None,
          "budgets k per class (give this or --fractions)"),
     Flag("fractions", Optional(ListOf(Float(0, 1, lo_open=True), unique=True)), None,
@@ -336,10 +340,21 @@ def _check_grid(s: Settings) -> Settings:
     require((s.samples_per_class is None) != (s.fractions is None),
             "give the subset sizes as --samples_per_class K1,K2,... or as --fractions F1,F2,... (one of them)")
     require(bool(s.samples_per_class or s.fractions), "the budget list is empty")
+    extra = []
+    for pair in s.method_orders:
+        method, _, order = pair.partition(":")
+        require(order in ORDERS, f"--method_orders takes method:order pairs with an order of {', '.join(ORDERS)}, "
+                f"got {pair!r}")
+        extra.append(f"{methods.get(method).name}:{order}")
+        require(extra[-1].split(":")[0] in [methods.get(m).name for m in s.methods],
+                f"--method_orders names {method!r}, which is not in --methods")
+    if s.trajectories == "sums":
+        require([methods.get(m).name for m in s.methods] == ["cld"], "--trajectories sums keeps CLD's sums only; "
+                "the other methods need the full trajectories (--methods cld, or --trajectories full)")
     epochs = s.score_epochs if s.score_epochs is not None else s.epochs
     require(epochs >= 3, f"stage 1 must record at least 3 epochs (CLD correlates 2+ loss differences), got {epochs}")
     require(s.launcher.strip() != "", "--launcher must be a command such as python or torchrun")
-    return s.replace(dataset=dataset, methods=[methods.get(m).name for m in s.methods],
+    return s.replace(dataset=dataset, methods=[methods.get(m).name for m in s.methods], method_orders=extra,
                      score_seed=s.seeds[0] if s.score_seed is None else s.score_seed)
 
 

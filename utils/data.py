@@ -29,6 +29,7 @@ class DatasetInfo:
     std: tuple[float, float, float]
     val_split_ratio: float  # the paper code's default share of each class held out for validation
     in_memory: bool  # small 32x32 images that fit on the device as uint8
+    flip: bool = True  # horizontal flips are label-preserving (not for handwritten digits: 2 vs 5)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -40,7 +41,7 @@ DATASETS: dict[str, DatasetInfo] = {
     # that stage 1 sees the inputs the paper's stage 1 saw.
     "CIFAR10": DatasetInfo("CIFAR10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 0.1, True),
     "CIFAR100": DatasetInfo("CIFAR100", 100, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), 0.1, True),
-    "digits": DatasetInfo("digits", 10, (0.3051, 0.3051, 0.3051), (0.3757, 0.3757, 0.3757), 0.1, True),
+    "digits": DatasetInfo("digits", 10, (0.3051, 0.3051, 0.3051), (0.3757, 0.3757, 0.3757), 0.1, True, flip=False),
     "ImageNet": DatasetInfo("ImageNet", None, IMAGENET_MEAN, IMAGENET_STD, 0.01, False),
 }
 

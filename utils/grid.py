@@ -7,7 +7,8 @@ the same grid), and renders every step as the exact shell command that does the 
 yields is :mod:`utils.table`'s.
 
 The grid: stage 1 once per scoring model (seed ``score_seed``), stage 2 once per (scoring model,
-method), stage 3 once per (scoring model, method, order, size, training model, seed). A step whose
+method), stage 3 once per (scoring model, method, order, size, training model, seed), the orders
+being ``orders`` plus the method's own ``method_orders``. A step whose
 output exists is skipped; a step whose ``*_last.pth`` exists continues from it (``--resume_path``);
 a step another process is running is waited for (stages 1 and 2) or left to it (stage 3).
 """
@@ -84,7 +85,8 @@ def plan(g: Settings) -> list[Step]:
             score = paths.score_path(g.scores_dir, method, g.dataset, score_arch, g.score_seed)
             twos.append(Step(2, {**_forwarded(g, 2), "loss_path": loss, "method": method}, score,
                              paths.lock_of(score)))
-            for order in g.orders:
+            extra = [pair.split(":")[1] for pair in g.method_orders if pair.split(":")[0] == method]
+            for order in dict.fromkeys(g.orders + extra):
                 if order == "random" and method != g.methods[0]:
                     # A uniform draw within each class's pool does not depend on the method's
                     # ranking: one random baseline (over the first method's file) serves them all.

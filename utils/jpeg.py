@@ -318,13 +318,13 @@ class DeviceJpegBatches:
         return len(self.labels)
 
     def _loader(self, key, indices: np.ndarray, batch_size: int, seed: int, rank: int, world: int,
-                train: bool) -> torch.utils.data.DataLoader:
+                shuffle: bool) -> torch.utils.data.DataLoader:
         """One DataLoader per index list, mode, seed and shard, kept with its workers, as FolderBatches does.
 
         The key also holds the seed and ``(rank, world)``: the sampler fixes them when it is built.
         """
         if key not in self._loaders:
-            sampler = _EpochSampler(indices, seed, rank, world, shuffle=train)
+            sampler = _EpochSampler(indices, seed, rank, world, shuffle=shuffle)
             # No pinned memory: the decoder reads the bytes on the host; only labels (and rare
             # worker-decoded images) are copied to the device, too little to gain from pinning.
             self._loaders[key] = torch.utils.data.DataLoader(
@@ -352,14 +352,14 @@ class DeviceJpegBatches:
                     world: int = 1, augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's batches of ``indices`` for one epoch, as ``FolderBatches.train_epoch``.
 
-        With ``augment`` the order is shuffled and each example cropped and flipped from its
-        per-(seed, epoch) seed; without, like FolderBatches, batches are unshuffled evaluation views.
+        The order is shuffled; with ``augment`` each example is cropped and flipped from its
+        per-(seed, epoch) seed, without it each is the evaluation view (resize, centre crop).
 
         Yields:
             ``(x, y)``: (B, 3, S, S) float32 channels_last and (B,) int64 labels, on the device.
         """
         key = ("train", _fingerprint(indices), batch_size, augment, seed, rank, world)
-        loader = self._loader(key, indices, batch_size, seed, rank, world, augment)
+        loader = self._loader(key, indices, batch_size, seed, rank, world, shuffle=True)
         loader.sampler.set_epoch(epoch)
         for batch in loader:
             yield self._assemble(batch, train=augment)
@@ -372,7 +372,7 @@ class DeviceJpegBatches:
             ``(x, y, slots)``: images, labels and the positions in ``indices`` they belong to.
         """
         key = ("eval", _fingerprint(indices), batch_size, rank, world)
-        loader = self._loader(key, indices, batch_size, 0, rank, world, False)
+        loader = self._loader(key, indices, batch_size, 0, rank, world, shuffle=False)
         slots = torch.from_numpy(shard_positions(len(indices), rank, world))
         start = 0
         for batch in loader:

@@ -23,7 +23,7 @@ from utils.cli import UserError
 from utils.formats import atomic_write, ensure_dir
 
 RECIPE_COLUMNS = ("learning_rate", "momentum", "weight_decay", "nesterov", "schedule", "gamma", "batch_size",
-                  "precision", "compile", "world_size", "commit")
+                  "augment", "precision", "compile", "world_size", "commit")
 RESULT_COLUMNS = ("name", "dataset", "model_arch", "method", "score_model_arch", "order", "samples_per_class",
                   "fraction", "coreset_size", "manual_seed", "epochs", *RECIPE_COLUMNS, "best_test_acc",
                   "final_test_acc", "final_train_acc", "seconds", "score_path")

@@ -57,7 +57,7 @@ class Session:
     def train_batches(self, indices: np.ndarray, seed: int):
         """epoch -> that epoch's shuffled, augmented batches of ``indices`` for this process."""
         return lambda epoch: self.train_source.train_epoch(indices, self.recipe.batch_size, seed, epoch,
-                                                           self.dist.rank, self.dist.world)
+                                                           self.dist.rank, self.dist.world, self.recipe.augment)
 
 
 def seed_everything(seed: int) -> None:

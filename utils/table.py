@@ -16,17 +16,18 @@ from typing import Any, Callable, Iterable, Sequence
 
 from utils import paths, progress
 from utils.cli import UserError
+from utils.config import ORDERS
 from utils.flags import Settings
 from utils.formats import atomic_write, ensure_dir
 
 TABLE_COLUMNS = ("method", "order", "score_model_arch", "model_arch", "samples_per_class", "fraction",
-                 "coreset_size", "n_seeds", "mean_test_acc", "std_test_acc", "mean_train_acc")
+                 "coreset_size", "n_seeds", "mean_test_acc", "std_test_acc", "min_train_acc")
 # The table averages the accuracy after the last epoch. best_test_acc is the maximum over epochs
 # of the *test* accuracy, i.e. chosen on the test set, and so optimistically biased.
 ACCURACY_KEY = "final_test_acc"
 # What the runs of one row must agree on (a differing one is named).
 RECIPE_KEYS = ("epochs", "learning_rate", "momentum", "weight_decay", "nesterov", "schedule", "gamma", "batch_size",
-               "precision", "world_size")
+               "augment", "precision", "world_size")
 
 
 def load_runs(steps: Iterable) -> list[dict]:
@@ -47,7 +48,7 @@ def _key(r: dict) -> tuple:
 def summarise(runs: Sequence[dict]) -> list[dict]:
     """One row per (method, order, scoring model, training model, size): mean and sample std
     (ddof=1; empty for a single seed) of the final-epoch test accuracy over seeds, and the mean
-    accuracy on the coreset itself (how well training converged)."""
+    lowest accuracy on the coreset itself (whether training converged)."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault(_key(r), []).append(r)
@@ -62,7 +63,7 @@ def summarise(runs: Sequence[dict]) -> list[dict]:
         train = [float(m["final_train_acc"]) for m in members if m.get("final_train_acc") is not None]
         rows.append(dict(zip(TABLE_COLUMNS, (*key, sizes[0] if len(sizes) == 1 else round(sum(sizes) / len(sizes)),
                                              n, round(mean, 4), None if std is None else round(std, 4),
-                                             round(sum(train) / len(train), 4) if train else None))))
+                                             round(min(train), 4) if train else None))))
     return rows
 
 
@@ -82,7 +83,7 @@ def order_rows(rows: list[dict], g: Settings) -> list[dict]:
 
     return sorted(rows, key=lambda r: (rank(g.score_model_arch, r["score_model_arch"]),
                                        rank(g.model_archs, r["model_arch"]), rank(g.methods, r["method"]),
-                                       rank(g.orders, r["order"]), r["samples_per_class"] or 0, r["fraction"] or 0))
+                                       rank(ORDERS, r["order"]), r["samples_per_class"] or 0, r["fraction"] or 0))
 
 
 def write_table_csv(path: str, rows: Sequence[dict]) -> None:
@@ -116,12 +117,15 @@ def table_markdown(rows: Sequence[dict], g: Settings) -> str:
                 if label not in [x[0] for x in labels]:
                     labels.append((label, n))
             seeds = sorted({r["n_seeds"] for r in sub})
+            converged = [r["min_train_acc"] for r in sub if r["min_train_acc"] is not None]
             parts.append(
                 f"### {g.dataset}: test accuracy (%) of {model_arch} trained on coresets "
                 f"(scores from {score_arch}, {g.score_epochs or g.epochs} epochs, seed {g.score_seed}; "
                 f"{g.epochs} training epoch{'s' if g.epochs > 1 else ''})\n\n"
                 f"Final-epoch test accuracy, mean ± sample std over {'/'.join(map(str, seeds))} seed(s); "
-                "column: budget per class (coreset size).\n")
+                f"column: budget per class (coreset size). Recipe: {recipe_text(g)}."
+                + (f" Accuracy of every run on its own coreset: at least {min(converged):.1f}%." if converged else "")
+                + "\n")
             header = "| method (order) | " + " | ".join(f"{label} ({n})" for label, n in labels) + " |"
             lines = [header, "|---|" + "---:|" * len(labels)]
             row_keys = []
@@ -138,6 +142,13 @@ def table_markdown(rows: Sequence[dict], g: Settings) -> str:
     return "\n".join(parts)
 
 
+def recipe_text(g: Settings) -> str:
+    """The stage-3 recipe in a few words, for captions."""
+    schedule = ",".join(map(str, g.schedule)) or "none"
+    return (f"SGD lr {g.learning_rate:g} (x{g.gamma:g} after epochs {schedule}), batch {g.batch_size}, "
+            f"{g.epochs} epochs, weight decay {g.weight_decay:g}")
+
+
 def plot(path: str, rows: Sequence[dict], g: Settings) -> None:
     """Accuracy against coreset budget, one line per method/order (and model), with std error bars."""
     import matplotlib
@@ -146,11 +157,13 @@ def plot(path: str, rows: Sequence[dict], g: Settings) -> None:
     import matplotlib.pyplot as plt
 
     by_fraction = g.samples_per_class is None
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     lines: dict[tuple, list[dict]] = {}
     for r in rows:
         lines.setdefault((r["method"], r["order"], r["score_model_arch"], r["model_arch"]), []).append(r)
-    for (method, order, score_arch, model_arch), members in lines.items():
+    wide = len(lines) > 8  # many methods: a legend beside the axes, and line styles as well as colours
+    fig, ax = plt.subplots(figsize=(9.6 if wide else 6.4, 5.2 if wide else 4.4))
+    styles = ["-", "--", ":", "-."]
+    for i, ((method, order, score_arch, model_arch), members) in enumerate(lines.items()):
         members = sorted(members, key=lambda r: r["fraction"] if by_fraction else r["samples_per_class"])
         x = [100 * r["fraction"] if by_fraction else r["samples_per_class"] for r in members]
         y = [r["mean_test_acc"] for r in members]
@@ -158,19 +171,22 @@ def plot(path: str, rows: Sequence[dict], g: Settings) -> None:
         label = f"{method} ({order})"
         if len(g.model_archs) > 1 or len(g.score_model_arch) > 1:
             label += f", {model_arch}" + (f" / scores {score_arch}" if len(g.score_model_arch) > 1 else "")
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+        ax.errorbar(x, y, yerr=err, marker="o", markersize=3, capsize=3, label=label, linestyle=styles[i // 10 % 4])
     ax.set_xlabel("coreset size (% of each class)" if by_fraction else "coreset size (examples per class)")
     ax.set_ylabel("final test accuracy (%)")
     seeds = len(g.seeds)
-    ax.set_title(f"{g.dataset}: accuracy vs coreset size ({seeds} seed{'s' if seeds > 1 else ''}, "
-                 f"mean ± std)")
+    ax.set_title(f"{g.dataset}: accuracy vs coreset size ({seeds} seed{'s' if seeds > 1 else ''}, mean ± std)\n"
+                 f"{', '.join(g.model_archs)}: {recipe_text(g)}", fontsize="small")
     ticks = sorted({100 * f for f in g.fractions} if by_fraction else set(g.samples_per_class))
     if ticks[-1] / max(ticks[0], 1e-9) >= 4:  # budgets usually grow geometrically
         ax.set_xscale("log")
         ax.minorticks_off()
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    if wide:
+        ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize="small")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)

@@ -54,13 +54,15 @@ class Recipe:
     nesterov: bool = True
     schedule: tuple[int, ...] = (81, 121)
     gamma: float = 0.1
+    augment: bool = True
 
     @classmethod
     def from_settings(cls, s) -> "Recipe":
         """The recipe from a stage's checked flags (the paper's names)."""
         recipe = cls(epochs=s.epochs, batch_size=s.batch_size, test_batch_size=s.test_batch_size,
                      learning_rate=s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay,
-                     nesterov=not s.disable_nesterov, schedule=tuple(sorted(s.schedule)), gamma=s.gamma)
+                     nesterov=not s.disable_nesterov, schedule=tuple(sorted(s.schedule)), gamma=s.gamma,
+                     augment=s.augment)
         recipe.validate()
         return recipe
 
