@@ -100,7 +100,8 @@ def test_fidelity_compares_cld_of_two_loss_matrices(cpu_run):
     assert fidelity["loss_bf16_vs_fp32"]["max_abs"] > 0  # the two matrices really differ
     assert fidelity["fp32_vs_stage1_max_abs"] < 1e-3  # the fp32 matrix is the losses stage 1 recorded
     target = cpu_run[1]["targets"]["fidelity_jaccard_mean"]
-    assert target["value"] == fidelity["jaccard_mean"] and target["rule"] == ">="
+    assert target["value"] == fidelity["default_jaccard_mean"] and target["rule"] == ">="
+    assert 0.0 <= fidelity["default_jaccard_min"] <= fidelity["default_jaccard_mean"] <= 1.0
 
 
 def test_skip_reuses_earlier_results_and_reruns_the_others(cpu_run, tmp_path):
@@ -209,7 +210,7 @@ def _steps(epoch: float, jaccard: float, failed: int = 0) -> dict:
                                                                "stage1_164_epochs_s": 40.0 + 164 * epoch}}},
             "precision": {"status": "ok", "ok": True},
             "collection": {"status": "ok", "extra_s": 0.25},
-            "fidelity": {"status": "ok", "jaccard_mean": jaccard}}
+            "fidelity": {"status": "ok", "default_jaccard_mean": jaccard, "jaccard_mean": 0.5}}
 
 
 def test_targets_are_checked_against_their_thresholds():

@@ -73,12 +73,13 @@ CRAIG_SHIFT = 1e-3
 TIE_RTOL = 1e-12
 
 
-def _first_max(x: torch.Tensor) -> int:
-    """The lowest position whose value ties with the maximum (within ``TIE_RTOL`` of it)."""
+def _first_max(x: torch.Tensor, scale: float | None = None) -> int:
+    """The lowest position whose value ties with the maximum: within ``TIE_RTOL`` of ``scale``,
+    the magnitude of what the values are computed from (default the maximum's own)."""
     top = x.max()
     if not torch.isfinite(top):
         return int(torch.argmax(x))
-    return int(torch.nonzero(x >= top - TIE_RTOL * top.abs())[0])
+    return int(torch.nonzero(x >= top - TIE_RTOL * (top.abs() if scale is None else scale))[0])
 
 
 def _first_min(x: torch.Tensor) -> int:
@@ -416,13 +417,14 @@ def _facility_greedy(S: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     one lazy greedy gives too (up to its tie handling).
     """
     n = S.shape[0]
+    scale = n * float(S.abs().max())  # a gain sums n differences of similarities: their rounding
     cur = torch.zeros(n, dtype=S.dtype, device=S.device)
     taken = torch.zeros(n, dtype=torch.bool, device=S.device)
     order = np.empty(n, dtype=np.int64)
     gains = np.empty(n, dtype=np.float64)
     for t in range(n):
         gain = (S - cur).clamp_(min=0.0).sum(1).masked_fill_(taken, -np.inf)
-        p = _first_max(gain)
+        p = _first_max(gain, scale)
         order[t], gains[t] = p, float(gain[p])
         cur = torch.maximum(cur, S[p])
         taken[p] = True
@@ -485,13 +487,14 @@ def graph_cut(R: torch.Tensor, E: torch.Tensor, lam: float = 1.0) -> tuple[np.nd
     S = _cosine_kernel(R, E)
     n = S.shape[0]
     base = lam * S.sum(1) - S.diagonal()       # symmetric: row sums are column sums
+    scale = (lam + 2.0) * n * float(S.abs().max())  # the magnitude of the sums a gain is made of
     acc = torch.zeros_like(base)                # sum_{a in A} s_ax
     taken = torch.zeros(n, dtype=torch.bool, device=S.device)
     order = np.empty(n, dtype=np.int64)
     gains = np.empty(n, dtype=np.float64)
     for t in range(n):
         gain = (base - 2.0 * acc).masked_fill_(taken, -np.inf)
-        p = _first_max(gain)
+        p = _first_max(gain, scale)
         order[t], gains[t] = p, float(gain[p])
         acc += S[p]
         taken[p] = True
