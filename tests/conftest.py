@@ -27,6 +27,14 @@ def cifar100_root(tmp_path_factory):
     return str(root), labels
 
 
+@pytest.fixture(scope="session")
+def data(tmp_path_factory) -> str:
+    """A fake CIFAR-10: 4 training images per class (30 train / 10 validation), 2 test images per class."""
+    root = str(tmp_path_factory.mktemp("tiny"))
+    write_fake_cifar(root, "CIFAR10", per_class=4, test_per_class=2)
+    return root
+
+
 def out_dirs(base) -> dict:
     """Every output folder of a run under ``base`` (nothing lands in the working directory)."""
     base = str(base)

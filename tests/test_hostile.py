@@ -22,7 +22,7 @@ import get_loss_values
 import train_on_coresets
 from conftest import REPO, assert_user_error, out_dirs
 from fakedata import write_fake_cifar
-from test_robustness import cli, s1_flags, s3_flags
+from test_robustness import cli, reference, s1_flags, s3_flags  # noqa: F401 (a fixture)
 from utils.checkpoint import load_checkpoint
 from utils.cli import UserError
 from utils.formats import load_losses, load_scores
@@ -33,20 +33,9 @@ RUN1 = "CIFAR10_resnet20_seed1234"
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("tiny"))
-    write_fake_cifar(root, "CIFAR10", per_class=4, test_per_class=2)
-    return root
-
-
-@pytest.fixture(scope="module")
-def run(data, tmp_path_factory) -> dict:
-    """A 3-epoch stage 1 and its CLD score file."""
-    base = tmp_path_factory.mktemp("run")
-    with contextlib.redirect_stdout(io.StringIO()):
-        loss = get_loss_values.main(**s1_flags(data, base))
-        scores = compute_cld_scores.main(loss_path=loss)
-    return {"loss": loss, "scores": scores, "base": str(base)}
+def run(reference) -> dict:
+    """A 3-epoch stage 1 and its CLD score file (test_robustness's)."""
+    return {"loss": reference["loss"], "scores": reference["scores"], "base": reference["s1"]}
 
 
 def _pickle(path, obj) -> str:

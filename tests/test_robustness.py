@@ -207,14 +207,6 @@ class Payload:
 # ----------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> str:
-    """A fake CIFAR-10: 4 training images per class (30 train / 10 validation), 2 test images per class."""
-    root = str(tmp_path_factory.mktemp("tiny"))
-    write_fake_cifar(root, "CIFAR10", per_class=4, test_per_class=2)
-    return root
-
-
-@pytest.fixture(scope="module")
 def reference(data, tmp_path_factory) -> dict:
     """Uninterrupted stage 1, its CLD scores, and an uninterrupted stage 3 on them."""
     base = tmp_path_factory.mktemp("reference")

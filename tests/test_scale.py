@@ -13,20 +13,12 @@ import compute_cld_scores
 import get_loss_values
 from conftest import assert_user_error
 from test_robustness import _argv, cli, run_killed, s1_flags
-from fakedata import write_fake_cifar
 from utils import scores as S
 from utils.checkpoint import load_checkpoint
 from utils.formats import load_losses, load_scores, load_sums
 
 RUN = "CIFAR10_resnet20_seed1234"
 EPOCHS = 4
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("tiny"))
-    write_fake_cifar(root, "CIFAR10", per_class=6, test_per_class=2)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -251,16 +251,26 @@ def test_gradient_gram_is_exactly_symmetric_with_equal_duplicate_rows():
 
 # ----------------------------------------------------------------------------- submodular greedy
 
+def _cosine_inputs(seed, n):
+    """Random gradient factors of n rows and their explicit cosine kernel."""
+    r, e, _ = grad_inputs(np.random.default_rng(seed), n)
+    return r, e, cosine_kernel_np(explicit_g(r, e))
+
+
+def _same_as_brute_force(result, f, n, atol=1e-12):
+    """A greedy result equals the greedy on the set function ``f`` evaluated by brute force."""
+    order, gains = result
+    ref_order, ref_gains = brute_greedy(f, n)
+    np.testing.assert_array_equal(order, ref_order)
+    np.testing.assert_allclose(gains, ref_gains, rtol=1e-9, atol=atol)
+    return order, gains
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_facility_location_matches_explicit_greedy_and_bound(seed):
-    rng = np.random.default_rng(30 + seed)
     n = 6
-    r, e, _ = grad_inputs(rng, n)
-    s = cosine_kernel_np(explicit_g(r, e))
-    order, gains = S.facility_location(T(r), T(e))
-    ref_order, ref_gains = brute_greedy(facility_value(s), n)
-    np.testing.assert_array_equal(order, ref_order)
-    np.testing.assert_allclose(gains, ref_gains, rtol=1e-9, atol=1e-12)
+    r, e, s = _cosine_inputs(30 + seed, n)
+    order, _ = _same_as_brute_force(S.facility_location(T(r), T(e)), facility_value(s), n)
     f = facility_value(s)
     best = max(f(list(A)) for A in itertools.combinations(range(n), 3))
     assert f(list(order[:3])) >= (1 - 1 / math.e) * best
@@ -274,34 +284,24 @@ def test_craig_matches_explicit_greedy(seed):
     g = explicit_g(r, e)
     d = np.array([[np.linalg.norm(g[i] - g[j]) for j in range(n)] for i in range(n)])
     s = d.max() - d + 1e-3
-    order, gains = S.craig(T(r), T(e))
-    ref_order, ref_gains = brute_greedy(facility_value(s), n)
-    np.testing.assert_array_equal(order, ref_order)
-    np.testing.assert_allclose(gains, ref_gains, rtol=1e-9, atol=1e-12)
+    _same_as_brute_force(S.craig(T(r), T(e)), facility_value(s), n)
 
 
 @pytest.mark.parametrize("seed,lam", [(0, 1.0), (1, 1.0), (2, 0.3)])
 def test_graph_cut_matches_explicit_greedy(seed, lam):
-    rng = np.random.default_rng(50 + seed)
     n = 7
-    r, e, _ = grad_inputs(rng, n)
-    s = cosine_kernel_np(explicit_g(r, e))
+    r, e, s = _cosine_inputs(50 + seed, n)
 
     def f(A):
         return lam * s[:, A].sum() - s[np.ix_(A, A)].sum() if A else 0.0
 
-    order, gains = S.graph_cut(T(r), T(e), lam=lam)
-    ref_order, ref_gains = brute_greedy(f, n)
-    np.testing.assert_array_equal(order, ref_order)
-    np.testing.assert_allclose(gains, ref_gains, rtol=1e-9, atol=1e-9)
+    _same_as_brute_force(S.graph_cut(T(r), T(e), lam=lam), f, n, atol=1e-9)
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_log_determinant_matches_explicit_greedy(seed):
-    rng = np.random.default_rng(60 + seed)
     n = 7
-    r, e, _ = grad_inputs(rng, n)
-    s = cosine_kernel_np(explicit_g(r, e))
+    r, e, s = _cosine_inputs(60 + seed, n)
 
     def f(A):
         return np.linalg.slogdet(s[np.ix_(A, A)])[1] if A else 0.0

@@ -97,21 +97,13 @@ class RunFiles:
     name: str
     output: str = ""
 
-    @property
-    def last(self) -> str:
-        return os.path.join(self.checkpoint_dir, f"{self.name}_last.pth")
+    last = property(lambda self: self._checkpoint_file("_last.pth"))
+    best = property(lambda self: self._checkpoint_file("_best.pth"))
+    lock = property(lambda self: self._checkpoint_file(".lock"))
+    log = property(lambda self: os.path.join(self.log_dir, f"{self.name}.csv"))
 
-    @property
-    def best(self) -> str:
-        return os.path.join(self.checkpoint_dir, f"{self.name}_best.pth")
-
-    @property
-    def log(self) -> str:
-        return os.path.join(self.log_dir, f"{self.name}.csv")
-
-    @property
-    def lock(self) -> str:
-        return os.path.join(self.checkpoint_dir, f"{self.name}.lock")
+    def _checkpoint_file(self, suffix: str) -> str:
+        return os.path.join(self.checkpoint_dir, self.name + suffix)
 
     def snapshot(self, epoch: int) -> str:
         """The model weights after ``epoch`` epochs (stage 1's ``--snapshot_epochs``)."""
