@@ -20,7 +20,7 @@ import utils.collect
 import utils.coreset
 import utils.scoring
 from fakedata import write_fake_cifar
-from utils import config, grid, table
+from utils import config, grid, methods, table
 from utils.cli import UserError, run_cli
 from utils.config import GRID
 
@@ -246,3 +246,28 @@ def test_emit_script(tmp_path):
 def test_bad_flags_are_user_errors(tmp_path, change, message):
     with pytest.raises(UserError, match=message):
         reproduce_table.main(**{**grid_flags(str(tmp_path)), **change}, dry_run=True)
+
+
+def test_jobs_run_the_coreset_runs_in_parallel_workers(finished, tmp_path):
+    """--jobs 2: the stage-3 runs go to two worker processes; every run lands once."""
+    root, flags, _, _ = finished
+    parallel = {**flags, "results_dir": str(tmp_path / "Results"), "checkpoint_path": str(tmp_path / "C"),
+                "logpath": str(tmp_path / "L"), "jobs": 2}
+    rows = reproduce_table.main(**parallel)
+    names = sorted(os.listdir(os.path.join(parallel["results_dir"], "runs")))
+    assert len(names) == 8 and len(rows) == 4
+    with open(os.path.join(parallel["results_dir"], "results.csv")) as f:
+        assert sorted(r["name"] + ".json" for r in csv.DictReader(f)) == names
+
+
+def test_the_paper_style_comparison_grid_lists_every_method(tmp_path, capsys):
+    """CLD against every DeepCore method, 3 seeds: the dry run names a stage-2 command per method."""
+    every = [m.name for m in methods.METHODS.values() if m.name != "random"]
+    flags = {**grid_flags(str(tmp_path)), "methods": every, "seeds": [0, 1, 2], "samples_per_class": None,
+             "fractions": [0.01, 0.05, 0.1, 0.2, 0.3], "orders": ["top", "random"]}
+    reproduce_table.main(**flags, dry_run=True)
+    out = capsys.readouterr().out
+    for method in every:
+        assert f"compute_cld_scores.py --loss_path" in out and f"--method {method}" in out, method
+    runs = [line for line in out.splitlines() if line.startswith("python train_on_coresets.py")]
+    assert len(runs) == (len(every) + 1) * 5 * 3  # each method's top, one random, x 5 sizes x 3 seeds

@@ -241,7 +241,7 @@ class Runner:
 
     def run(self) -> dict:
         later = []
-        for step in self.steps:
+        for step in progress.bar(self.steps, "grid", unit="step"):
             if step.stage == 3 and self.jobs > 1:
                 later.append(step)
             elif not self._one(step):

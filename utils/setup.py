@@ -47,6 +47,7 @@ class Session:
         """Per-example results for ``indices`` of ``source``, complete on every process."""
         distributed.broadcast_buffers(self.model)
         batches = source.eval_batches(indices, self.recipe.test_batch_size, self.dist.rank, self.dist.world)
+        batches = progress.Sized(batches, self._count(len(indices), self.recipe.test_batch_size))
         out = self.trainer.evaluate(progress.bar(batches, desc), len(indices), signals=signals, precision=precision)
         return {key: distributed.merge_by_slot(value, self.dist) for key, value in out.items()}
 
@@ -56,8 +57,13 @@ class Session:
 
     def train_batches(self, indices: np.ndarray, seed: int):
         """epoch -> that epoch's shuffled, augmented batches of ``indices`` for this process."""
-        return lambda epoch: self.train_source.train_epoch(indices, self.recipe.batch_size, seed, epoch,
-                                                           self.dist.rank, self.dist.world, self.recipe.augment)
+        count = self._count(len(indices), self.recipe.batch_size)
+        return lambda epoch: progress.Sized(self.train_source.train_epoch(
+            indices, self.recipe.batch_size, seed, epoch, self.dist.rank, self.dist.world, self.recipe.augment), count)
+
+    def _count(self, n: int, batch_size: int) -> int:
+        """Batches this process gets of ``n`` examples (shards are padded to equal size)."""
+        return -(-(-(-n // self.dist.world)) // batch_size)
 
 
 def seed_everything(seed: int) -> None:
