@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from utils import paths
 from utils.cli import UserError
 from utils.formats import load_pickle
 
@@ -103,9 +104,9 @@ def load_dataset(name: str, data_path: str, download: bool = True) -> LoadedData
 # ----------------------------------------------------------------------------- CIFAR
 
 def _load_cifar(info: DatasetInfo, data_path: str, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
-    root = os.path.join(data_path, "cifar")
+    root = paths.cifar_root(data_path)
     folder, train_files, test_files, label_key = _CIFAR_FILES[info.name]
-    expected = [os.path.join(root, folder, f) for f in train_files + test_files]
+    expected = paths.cifar_files(data_path, folder, train_files + test_files)
     if not all(os.path.isfile(p) for p in expected):
         _download_cifar(info, root, download, expected)
     train = _read_cifar_batches(expected[:len(train_files)], label_key, info)
@@ -184,10 +185,10 @@ def load_digits() -> tuple[ArrayDataset, ArrayDataset]:
 def _load_image_folder(info: DatasetInfo, data_path: str) -> LoadedDataset:
     from torchvision import datasets
 
-    root = os.path.join(data_path, "imagenet")
+    root = paths.image_folder(data_path)
     parts = {}
     for part in ("train", "val"):
-        folder = os.path.join(root, part)
+        folder = paths.image_folder(data_path, part)
         if not os.path.isdir(folder):
             raise UserError(f"{info.name} folder {folder} not found; expected {root}/{{train,val}}/<class>/<image>")
         try:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from utils import paths
 from utils.cli import UserError
 
 LOSS_FORMAT = "cld-losses/1"
@@ -59,7 +60,7 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
     remove_stale_temps(path)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=paths.temp_prefix(path), suffix=".tmp", dir=folder)
         with os.fdopen(fd, "wb") as f:
             _try_lock(f.fileno())
             os.fchmod(f.fileno(), 0o666 & ~_umask())
@@ -89,10 +90,6 @@ def write_error(path: str, exc: OSError) -> UserError:
     return UserError(f"cannot write {path} ({exc.strerror or exc}); nothing was written")
 
 
-def _temp_prefix(path: str) -> str:
-    return "." + os.path.basename(path) + "."
-
-
 def _try_lock(fd: int) -> bool:
     """Take an exclusive flock without waiting; False if it is held elsewhere or unsupported."""
     try:
@@ -109,9 +106,7 @@ def remove_stale_temps(path: str) -> list[str]:
     it). Where the filesystem offers no locks, nothing is removed.
     """
     removed = []
-    pattern = os.path.join(glob.escape(os.path.dirname(os.path.abspath(path))),
-                           glob.escape(_temp_prefix(path)) + "*.tmp")
-    for tmp in glob.glob(pattern):
+    for tmp in glob.glob(paths.temp_pattern(path)):
         try:
             with open(tmp, "rb") as f:
                 if _try_lock(f.fileno()):

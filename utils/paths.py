@@ -65,8 +65,13 @@ def coreset_run_name(dataset: str, model_arch: str, method: str, score_arch: str
     return f"{name}_{tag}" if tag else name
 
 
+def runs_dir(results_dir: str) -> str:
+    """The folder of stage 3's run results, one JSON per run."""
+    return os.path.join(results_dir, "runs")
+
+
 def run_json(results_dir: str, name: str) -> str:
-    return os.path.join(results_dir, "runs", f"{name}.json")
+    return os.path.join(runs_dir(results_dir), f"{name}.json")
 
 
 def results_csv(results_dir: str) -> str:
@@ -77,6 +82,31 @@ def table_files(results_dir: str) -> dict[str, str]:
     """What ``reproduce_table.py`` writes into the results folder."""
     return {"csv": os.path.join(results_dir, "table.csv"), "md": os.path.join(results_dir, "table.md"),
             "png": os.path.join(results_dir, "accuracy_vs_size.png")}
+
+
+def cifar_root(data_path: str) -> str:
+    """Where CIFAR lives in torchvision's layout (``cifar-10-batches-py/``, ``cifar-100-python/``)."""
+    return os.path.join(data_path, "cifar")
+
+
+def cifar_files(data_path: str, folder: str, names: list[str]) -> list[str]:
+    return [os.path.join(cifar_root(data_path), folder, name) for name in names]
+
+
+def image_folder(data_path: str, part: str = "") -> str:
+    """An ImageFolder dataset's root (``imagenet/``), or one of its parts (``train``, ``val``)."""
+    return os.path.join(data_path, "imagenet", part) if part else os.path.join(data_path, "imagenet")
+
+
+def temp_prefix(path: str) -> str:
+    """The start of the hidden temporary files an atomic write of ``path`` creates beside it."""
+    return "." + os.path.basename(path) + "."
+
+
+def temp_pattern(path: str) -> str:
+    """A glob matching every temporary file of ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.path.join(glob.escape(folder), glob.escape(temp_prefix(path)) + "*.tmp")
 
 
 def lock_of(path: str) -> str:

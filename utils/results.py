@@ -65,9 +65,9 @@ def refresh_csv(results_dir: str, changed: str | None = None, log=print) -> str:
     """Rewrite ``results.csv`` from its rows and the run JSONs (see the module doc), reading the
     JSON of ``changed`` and of every run without a row; returns the CSV's path."""
     csv_path = paths.results_csv(results_dir)
-    runs_dir = os.path.dirname(paths.run_json(results_dir, "x"))
+    runs_dir = paths.runs_dir(results_dir)
     ensure_dir(runs_dir)
-    with open(csv_path + ".lock", "a") as lock:
+    with open(paths.lock_of(csv_path), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             rows = _read_rows(csv_path, log)
