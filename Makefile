@@ -16,7 +16,7 @@ $(VENV_STAMP): requirements.txt
 	touch $(VENV_STAMP)
 
 test: $(SETUP)
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q --durations=15 tests
 
 # The demo grid (reproduce_table.py) on the embedded digits (no download), on the CPU, outputs in
 # demo/: stage 1 trains a small CNN for 30 epochs and records the loss trajectories (keeping its

@@ -271,3 +271,14 @@ def test_the_paper_style_comparison_grid_lists_every_method(tmp_path, capsys):
         assert f"compute_cld_scores.py --loss_path" in out and f"--method {method}" in out, method
     runs = [line for line in out.splitlines() if line.startswith("python train_on_coresets.py")]
     assert len(runs) == (len(every) + 1) * 5 * 3  # each method's top, one random, x 5 sizes x 3 seeds
+
+
+def test_a_random_row_is_named_as_the_uniform_baseline(tmp_path):
+    """A random order reads a method's file but not its scores: its row must not carry the method's name."""
+    g = GRID.settings({**grid_flags(str(tmp_path)), "orders": ["top", "random"], "samples_per_class": [2]})
+    row = dict(score_model_arch="resnet20", model_arch="resnet20", samples_per_class=2, fraction=None,
+               coreset_size=20, n_seeds=2, min_train_acc=100.0, std_test_acc=0.5)
+    md = table.table_markdown([{**row, "method": "cld", "order": "top", "mean_test_acc": 41.0},
+                               {**row, "method": "cld", "order": "random", "mean_test_acc": 40.0}], g)
+    assert "| cld (top) | 41.00 ± 0.50 |" in md
+    assert "| random (uniform per class) | 40.00 ± 0.50 |" in md and "cld (random)" not in md

@@ -98,6 +98,12 @@ def _size_label(r: dict) -> str:
     return f"k={r['samples_per_class']}" if r["samples_per_class"] is not None else f"{100 * r['fraction']:g}%"
 
 
+def row_label(method: str, order: str) -> str:
+    """A table row's or plot line's name. A random order ignores its file's scores (a uniform draw
+    within each class), so it is named as the baseline it is, not after the method it read."""
+    return "random (uniform per class)" if order == "random" else f"{method} ({order})"
+
+
 def _cell(r: dict) -> str:
     return f"{r['mean_test_acc']:.2f}" + ("" if r["std_test_acc"] is None else f" ± {r['std_test_acc']:.2f}")
 
@@ -137,7 +143,7 @@ def table_markdown(rows: Sequence[dict], g: Settings) -> str:
                 for label, _ in labels:
                     hit = [r for r in sub if (r["method"], r["order"]) == (method, order) and _size_label(r) == label]
                     cells.append(_cell(hit[0]) if hit else "")
-                lines.append(f"| {method} ({order}) | " + " | ".join(cells) + " |")
+                lines.append(f"| {row_label(method, order)} | " + " | ".join(cells) + " |")
             parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 
@@ -168,7 +174,7 @@ def plot(path: str, rows: Sequence[dict], g: Settings) -> None:
         x = [100 * r["fraction"] if by_fraction else r["samples_per_class"] for r in members]
         y = [r["mean_test_acc"] for r in members]
         err = [r["std_test_acc"] or 0.0 for r in members]
-        label = f"{method} ({order})"
+        label = row_label(method, order)
         if len(g.model_archs) > 1 or len(g.score_model_arch) > 1:
             label += f", {model_arch}" + (f" / scores {score_arch}" if len(g.score_model_arch) > 1 else "")
         ax.errorbar(x, y, yerr=err, marker="o", markersize=3, capsize=3, label=label, linestyle=styles[i // 10 % 4])
