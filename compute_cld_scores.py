@@ -18,9 +18,10 @@ from utils.config import STAGE2
 @STAGE2.command(__doc__.split("\n\n")[0])
 def main(**flags) -> str:
     """Returns the path of the written score file."""
+    s = STAGE2.settings(flags)
     from utils.scoring import score
 
-    return score(STAGE2.settings(flags))
+    return score(s)
 
 
 if __name__ == "__main__":

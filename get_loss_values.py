@@ -13,9 +13,10 @@ from utils.config import STAGE1
 @STAGE1.command(__doc__.split("\n\n")[0])
 def main(**flags) -> str:
     """Returns the path of the loss file (or sums file; '' with --evaluate_only)."""
+    s = STAGE1.settings(flags)
     from utils.collect import collect_losses  # torch is imported here, after the flags are checked
 
-    return collect_losses(STAGE1.settings(flags))
+    return collect_losses(s)
 
 
 if __name__ == "__main__":

@@ -20,17 +20,17 @@ from utils.config import GRID
 @GRID.command(__doc__.split("\n\n")[0])
 def main(**flags) -> list:
     """Returns the rows of table.csv (empty with --dry_run or --emit_script)."""
-    from utils import grid, table
-
     g = GRID.settings(flags)
+    from utils import grid, table  # imported after the flags are checked
+
     steps = grid.plan(g)
-    runner = grid.Runner(steps, g.launcher, g.jobs)
-    n = {s: sum(1 for x in steps if x.stage == s) for s in (1, 2, 3)}
+    n = grid.stage_counts(steps)
     if g.emit_script:
         table_cmd = GRID.render("reproduce_table.py", {k: v for k, v in g.items() if k != "emit_script"})
         grid.write_script(g.emit_script, steps, table_cmd, g.launcher)
         print(f"wrote {g.emit_script}: {n[1]} stage-1, {n[2]} stage-2 and {n[3]} stage-3 commands, then the table")
         return []
+    runner = grid.Runner(steps, g.launcher, g.jobs)
     if g.dry_run:
         print(f"# grid: {n[1]} stage-1, {n[2]} stage-2, {n[3]} stage-3 runs; commands that would run now:")
         runner.dry_run()

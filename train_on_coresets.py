@@ -14,9 +14,10 @@ from utils.config import STAGE3
 @STAGE3.command(__doc__.split("\n\n")[0])
 def main(**flags) -> dict:
     """Returns the run's result (also written to ``{results_dir}/runs/<name>.json``)."""
+    s = STAGE3.settings(flags)
     from utils.coreset import train_on_coreset  # torch is imported here, after the flags are checked
 
-    return train_on_coreset(STAGE3.settings(flags))
+    return train_on_coreset(s)
 
 
 if __name__ == "__main__":

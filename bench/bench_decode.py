@@ -39,6 +39,7 @@ if ROOT not in sys.path:
 
 import numpy as np  # noqa: E402  (after the path fix above)
 
+from bench.bench_training import print_table  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
 
 # torch is imported where it is used, so that a mistyped flag is refused at once.
@@ -160,13 +161,6 @@ def run(root: str, device_spec: str, workers: list[int], batch_size: int, image_
     return rows
 
 
-def print_table(rows: list[tuple]) -> None:
-    """Left-aligned columns under :data:`COLUMNS`."""
-    widths = [max(len(str(r[i])) for r in rows + [COLUMNS]) for i in range(len(COLUMNS))]
-    for row in [COLUMNS] + rows:
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="quick CPU mode (tests): 32 small images, 1 worker")
@@ -214,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
     print(f"== decode benchmark (batch {args.batch_size}, {args.image_size} px crops)")
-    print_table(rows)
+    print_table(rows, COLUMNS)
     print(f"({os.cpu_count()} CPUs; torch {torch.__version__}, torchvision {torchvision.__version__}; "
           f"device: {device_name(torch.device(args.device))}; {torch.get_num_threads()} intra-op threads)")
     return 0

@@ -1,11 +1,13 @@
-"""Benchmark the per-class selection methods of utils/selectors.py at CIFAR-100 scale.
+"""Benchmark the per-class model methods of stage 2 (utils/model_scores.py) at CIFAR-100 scale.
 
 Builds synthetic CIFAR-100-shaped features with a fixed seed (45,000 training rows, 100 classes
-of 450 rows, 512-dim embeddings, 100-class logits/probabilities, 50 validation rows per class),
-then times every method ranking ALL rows of EVERY class, called once per class as stage 2 calls
-it, and prints one row per method: seconds for the whole class loop, the target (60 s for the
-embedding/probability methods, 120 s for the gradient methods), ok/MISSED. Exit status 1 if a
-target is missed (full size only).
+of 450 rows, 512-dim embeddings, 100-class logits, 50 validation rows per class), as the
+evaluation pass of stage 2 gives them, then times every method ranking ALL rows of EVERY class
+through stage 2's own per-class path (:func:`utils.model_scores.rank_classes`: the method's
+scorer called once per class on its :class:`~utils.model_scores.ClassFeatures`), and prints one
+row per method: seconds for the whole class loop, the target (60 s for the embedding/probability
+methods, 120 s for the gradient methods), ok/MISSED. Exit status 1 if a target is missed (full
+size only). DeepFool, which evaluates the network itself, is not timed here.
 
     python bench/bench_methods.py                 # full size on the CPU (2 threads)
     python bench/bench_methods.py --device cuda   # the same on the GPU
@@ -25,8 +27,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from utils import selectors as S  # noqa: E402  (after the path fix above)
+from utils import methods, model_scores  # noqa: E402  (after the path fix above)
 from utils.cli import ArgumentParser  # noqa: E402
+from utils.config import STAGE2  # noqa: E402
 
 SEED = 0
 GLISTER_ETA = 0.1              # DeepCore's default: the training learning rate
@@ -37,8 +40,10 @@ SIZES = {"full": (100, 450, 512, 50), "small": (10, 40, 32, 5)}
 
 
 def make_data(classes: int, per_class: int, dim: int, val_per_class: int, device: torch.device) -> dict:
-    """Synthetic per-class features: post-ReLU-like embeddings around a class centre, logits that
-    favour the true class (mostly confident, some not), float32 as a model would export them."""
+    """Synthetic features of a training and a validation split, as stage 2's evaluation pass gives
+    them: post-ReLU-like embeddings around a class centre, logits that favour the true class
+    (mostly confident, some not), float32. Returns the features and the split's labels in the
+    layout of a loss file (``train_indices``, ``tr_lbl``, ``val_indices``, ``val_lbl``)."""
     g = torch.Generator().manual_seed(SEED)
 
     def split(n_per):
@@ -47,50 +52,30 @@ def make_data(classes: int, per_class: int, dim: int, val_per_class: int, device
         emb = torch.relu(centre[y] + torch.randn(len(y), dim, generator=g)) * (10.0 / dim ** 0.5)
         logits = 2.0 * torch.randn(len(y), classes, generator=g)
         logits[torch.arange(len(y)), y] += 6.0 * torch.rand(len(y), generator=g)
-        return y, emb, logits
+        return model_scores.Features(logits.to(device), emb.to(device), y.to(device)), y.numpy()
 
-    y, emb, logits = split(per_class)
-    y_val, emb_val, logits_val = split(val_per_class)
-    prob = torch.softmax(logits, 1)
-    prob_val = torch.softmax(logits_val, 1)
-    resid = prob - torch.nn.functional.one_hot(y, classes).float()
-    resid_val = prob_val - torch.nn.functional.one_hot(y_val, classes).float()
-    data = dict(E=emb, P=prob, R=resid, E_val=emb_val, Z_val=logits_val, R_val=resid_val, Y_val=y_val)
-    return {k: v.to(device) for k, v in data.items()}
+    train, y = split(per_class)
+    val, y_val = split(val_per_class)
+    losses = {"train_indices": np.arange(len(y), dtype=np.int64), "tr_lbl": y,
+              "val_indices": np.arange(len(y), len(y) + len(y_val), dtype=np.int64), "val_lbl": y_val}
+    return {"train": train, "val": val, "losses": losses}
 
 
-def method_calls(data: dict, classes: int, per_class: int, val_per_class: int) -> dict[str, tuple[Callable, float]]:
-    """name -> (call(c) running the method on class c, target seconds)."""
-    def rows(key, c):
-        n = val_per_class if key.endswith("_val") else per_class
-        return data[key][c * n:(c + 1) * n]
+def method_calls(data: dict) -> dict[str, tuple[Callable, float]]:
+    """name -> (call() ranking every class with the method as stage 2 does, target seconds), the
+    embedding and probability methods first."""
+    options = {"seed": SEED, "cal_neighbors": STAGE2["cal_neighbors"].default, "glister_eta": GLISTER_ETA}
+    full = model_scores.full_gradients(data["train"])
 
-    def first(c):
-        return int(np.random.default_rng(SEED + c).integers(per_class))
+    def call(method):
+        val = data["val"] if method.validation else None
+        return lambda: model_scores.rank_classes(method, data["train"], val, data["losses"], options, full)
 
-    E, P, R = (lambda c: rows("E", c)), (lambda c: rows("P", c)), (lambda c: rows("R", c))
-    emb = {
-        "least_confidence": lambda c: S.least_confidence(P(c)),
-        "entropy": lambda c: S.entropy(P(c)),
-        "margin": lambda c: S.margin(P(c)),
-        "moderate": lambda c: S.moderate(E(c)),
-        "herding": lambda c: S.herding(E(c)),
-        "kcenter": lambda c: S.kcenter(E(c), first(c)),
-        "contextual_diversity": lambda c: S.contextual_diversity(P(c), first(c)),
-        "cal": lambda c: S.cal(E(c), P(c)),
-    }
-    grad = {
-        "grand": lambda c: S.grand(R(c), E(c)),
-        "craig": lambda c: S.craig(R(c), E(c)),
-        "facility_location": lambda c: S.facility_location(R(c), E(c)),
-        "graph_cut": lambda c: S.graph_cut(R(c), E(c)),
-        "log_determinant": lambda c: S.log_determinant(R(c), E(c)),
-        "gradmatch": lambda c: S.gradmatch(R(c), E(c), rows("R_val", c), rows("E_val", c)),
-        "glister": lambda c: S.glister(R(c), E(c), rows("Z_val", c), rows("Y_val", c), rows("E_val", c),
-                                       GLISTER_ETA),
-    }
-    return {**{k: (f, EMBEDDING_TARGET_S) for k, f in emb.items()},
-            **{k: (f, GRADIENT_TARGET_S) for k, f in grad.items()}}
+    def target(method):
+        return GRADIENT_TARGET_S if "grads" in method.inputs else EMBEDDING_TARGET_S
+
+    timed = sorted((m for m in methods.METHODS.values() if m.uses_model and "model" not in m.inputs), key=target)
+    return {m.name: (call(m), target(m)) for m in timed}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     classes, per_class, dim, val_per_class = SIZES[size]
 
     data = make_data(classes, per_class, dim, val_per_class, device)
-    calls = method_calls(data, classes, per_class, val_per_class)
+    calls = method_calls(data)
     if args.only:
         wanted = [m.strip() for m in args.only.split(",") if m.strip()]
         unknown = sorted(set(wanted) - set(calls))
@@ -125,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (call, target) in calls.items():
         sync()
         start = time.perf_counter()
-        for c in range(classes):
-            call(c)
+        call()
         sync()
         seconds = time.perf_counter() - start
         ok = seconds <= target

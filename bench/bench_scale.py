@@ -32,6 +32,7 @@ if ROOT not in sys.path:
 
 import numpy as np  # noqa: E402  (after the path fix above)
 
+from bench.bench_training import print_table  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
 
 IMAGENET = dict(n_train=1_268_000, n_val=12_800, classes=1000)
@@ -113,13 +114,10 @@ def sums_memory(n: int, epochs: int, classes: int) -> dict:
             "bytes_per_example": (peak_kb - base_kb) * 1024 / n, "seconds": seconds}
 
 
-def _table(rows: list[dict], columns: list[str]) -> None:
+def _table(rows: list[dict], columns: tuple[str, ...]) -> None:
     def cell(v):
         return f"{v:,.1f}" if isinstance(v, float) else f"{v:,}"
-    widths = [max(len(c), *(len(cell(r[c])) for r in rows)) for c in columns]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
-    for r in rows:
-        print("  ".join(cell(r[c]).ljust(w) for c, w in zip(columns, widths)))
+    print_table([tuple(cell(r[c]) for c in columns) for r in rows], columns)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,10 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = checkpoint_bytes(work, size["n_train"], size["n_val"], epochs, model)
         print(f"== bytes written per epoch: {size['n_train']:,} training + {size['n_val']:,} validation examples, "
               f"{model} run state ({time.perf_counter() - started:.0f} s) ==")
-        _table(ckpt, ["epoch", "written_mb", "checkpoint_mb", "rows_mb", "old_checkpoint_mb"])
+        _table(ckpt, ("epoch", "written_mb", "checkpoint_mb", "rows_mb", "old_checkpoint_mb"))
         sums = [sums_memory(n, e, size["classes"]) for n in sums_n for e in ((5, 20) if n == sums_n[0] else (5,))]
         print("== CLD running sums (--trajectories sums): peak memory of the process ==")
-        _table(sums, ["examples", "epochs", "peak_mb", "start_mb", "bytes_per_example", "seconds"])
+        _table(sums, ("examples", "epochs", "peak_mb", "start_mb", "bytes_per_example", "seconds"))
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)

@@ -64,24 +64,29 @@ if ROOT not in sys.path:
 
 import numpy as np  # noqa: E402  (after the path fix above; no torch here: the supervisor stays light)
 
+from bench import bench_training as bt  # noqa: E402  (no torch at import either)
+from utils import paths  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
+from utils.config import STAGE1  # noqa: E402
 
 SCHEMA = "cld-gpu-check/1"
 STEPS = ("pytest", "bench", "precision", "collection", "fidelity")
-PAPER_EPOCHS = 164           # stage 1's default --epochs: what the extrapolation is for
+PAPER_EPOCHS = STAGE1["epochs"].default  # what the extrapolation is for
 TOP_FRACTION = 0.1           # the coreset compared by the fidelity step: top 10% of every class
 LABEL_NOISE = 0.2            # share of the fake training labels shuffled (see the docstring)
 DATA_SEED = 0
-CORESET_FRACTION = 0.1       # stage 3 trains on 10% of every class (bench_training's choice)
 TAIL_LINES = 40              # output lines kept for a failed step's record
 MIN_STEP_S = 20.0            # a step is not started with less of the budget left
 
 # The targets of the GPU work (seconds on one H200 unless stated; the first three are
-# bench_training.TARGETS). name: (step, rule, threshold, what).
+# bench_training's). name: (step, rule, threshold, what).
 TARGETS: dict[str, tuple[str, str, Any, str]] = {
-    "stage1_epoch_s": ("bench", "<=", 1.3, "compiled bf16 stage-1 epoch (train + test + collect), steady state"),
-    "stage3_epoch_s": ("bench", "<=", 0.35, "compiled bf16 stage-3 epoch on 5,000 examples, steady state"),
-    "compile_warmup_s": ("bench", "<=", 60.0, "one-time warm-up of the compiled stages (the larger of 1 and 3)"),
+    "stage1_epoch_s": ("bench", "<=", bt.TARGETS["stage1_epoch"],
+                       "compiled bf16 stage-1 epoch (train + test + collect), steady state"),
+    "stage3_epoch_s": ("bench", "<=", bt.TARGETS["stage3_epoch"],
+                       "compiled bf16 stage-3 epoch on 5,000 examples, steady state"),
+    "compile_warmup_s": ("bench", "<=", bt.TARGETS["warmup"],
+                         "one-time warm-up of the compiled stages (the larger of 1 and 3)"),
     "stage1_164_epochs_s": ("bench", "<", 300.0, "default stage 1: warm-up + 164 steady epochs"),
     "fidelity_jaccard_mean": ("fidelity", ">=", 0.95, "mean over classes of the Jaccard index of the top-10% "
                                                       "CLD sets from the losses stage 1 recorded (its default "
@@ -394,7 +399,7 @@ def write_noisy_cifar(path: str, per_class: int, test_per_class: int, num_classe
     write_fake_cifar(path, "CIFAR100", per_class=per_class, test_per_class=test_per_class,
                      num_classes=num_classes, seed=seed)
     folder, (train_file,), _, label_key, _ = LAYOUT["CIFAR100"]
-    train_path = os.path.join(path, "cifar", folder, train_file)
+    (train_path,) = paths.cifar_files(path, folder, [train_file])
     batch = load_pickle(train_path, "fake CIFAR-100 file", encoding="latin1")
     labels = np.asarray(batch[label_key], dtype=np.int64)
     rng = np.random.default_rng(seed + 1)
@@ -459,8 +464,6 @@ def _timing_record(t, counts: dict | None) -> dict:
 
 def _bench_config(ctx: Context, name: str, precision: str, compile: bool | str, data: str) -> tuple[dict, list]:
     """Stage 1 then stage 3 of one configuration; (record, the StageTimings for the table)."""
-    from bench import bench_training as bt
-
     m = ctx.mode
     flags = dict(model_arch=m.model_arch, device=m.device, precision=precision, compile=compile,
                  epochs=m.bench_epochs, batch_size=m.batch_size, test_batch_size=m.test_batch_size,
@@ -470,7 +473,7 @@ def _bench_config(ctx: Context, name: str, precision: str, compile: bool | str, 
     say(f"bench: {name} ({precision}, compile {compile}) stage 1, {m.bench_epochs} epochs")
     stage1, loss_path = bt.run_stage1(data, work, flags, quiet=not m.verbose, warm_cache=True)
     counts1 = _compile_counts() if compiling else None
-    per_class = max(1, round(CORESET_FRACTION * m.per_class))
+    per_class = max(1, round(bt.CORESET_FRACTION * m.per_class))
     say(f"bench: {name} stage 3, {per_class} examples per class")
     stage3 = bt.run_stage3(data, work, loss_path, per_class, flags, quiet=not m.verbose, warm_cache=True)
     counts3 = _compile_counts() if compiling else None
@@ -483,7 +486,6 @@ def _bench_config(ctx: Context, name: str, precision: str, compile: bool | str, 
 
 def step_bench(ctx: Context) -> dict:
     """bench_training's stage 1 and 3 runs, compiled (the fast path) and eager fp32 (reference)."""
-    from bench import bench_training as bt
     from utils.training import resolve_compile, resolve_device
 
     data = ensure_data(ctx)
@@ -505,8 +507,6 @@ def step_bench(ctx: Context) -> dict:
 
 def step_precision(ctx: Context) -> dict:
     """bench_training.compare_precision on the check's data (eager: it is about numerics)."""
-    from bench import bench_training as bt
-
     data = ensure_data(ctx)
     m = ctx.mode
     _reset_compiler()
@@ -794,7 +794,6 @@ class Worker:
 class Plan:
     """One supervisor run: where things go and when it must end."""
     args: argparse.Namespace
-    mode: Mode
     work: str
     run_dir: str
     started: float
@@ -953,7 +952,7 @@ def supervise(args: argparse.Namespace) -> int:
     work = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="gpu_check_"))
     os.makedirs(work, exist_ok=True)
     start = time.monotonic()
-    plan = Plan(args, mode, work, tempfile.mkdtemp(prefix="run_", dir=work), start, start + args.budget)
+    plan = Plan(args, work, tempfile.mkdtemp(prefix="run_", dir=work), start, start + args.budget)
     report = new_report(mode, args, previous)
 
     def save() -> None:

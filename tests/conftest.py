@@ -1,6 +1,9 @@
-"""Shared fixtures: tiny fake datasets in torchvision's layout and one small stage-1 run."""
+"""Shared fixtures: tiny fake datasets in torchvision's layout, small stage-1 runs, a finished
+stage 1 + 2 + 3 pipeline, and helpers that run the scripts as a user would."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -52,10 +55,69 @@ def stage1_run(cifar100_root, tmp_path_factory):
     return path, str(base)
 
 
-def run_script(script: str, *args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
+# Stage 1 and 3's epochs in the tiny CIFAR-10 runs of s1_flags / s3_flags.
+EPOCHS = 3
+
+
+def flag_args(flags: dict) -> list[str]:
+    """``flags`` as a command line: ``--name value`` for each."""
+    return [item for key, value in flags.items() for item in (f"--{key}", str(value))]
+
+
+def s1_flags(data: str, base, **extra) -> dict:
+    """Stage 1 on the tiny CIFAR-10: 30 training images, batch 8 (4 steps an epoch), fp32 on the CPU."""
+    return {**dict(data_path=data, dataset="CIFAR10", model_arch="resnet20", device="cpu", precision="fp32",
+                   batch_size=8, test_batch_size=64, workers=0, download=False, epochs=EPOCHS),
+            **out_dirs(base), **extra}
+
+
+def s3_flags(data: str, score_path: str, base, **extra) -> dict:
+    return {**dict(score_path=score_path, data_path=data, samples_per_class=2, device="cpu", precision="fp32",
+                   batch_size=8, test_batch_size=64, workers=0, download=False, epochs=EPOCHS, name="run",
+                   checkpoint_path=os.path.join(base, "ckpt"), logpath=os.path.join(base, "logs"),
+                   results_dir=os.path.join(base, "res")), **extra}
+
+
+@pytest.fixture(scope="session")
+def reference(data, tmp_path_factory) -> dict:
+    """Uninterrupted stage 1 on the tiny CIFAR-10, its CLD scores, and an uninterrupted stage 3 on them.
+
+    Shared by every test that uses it: tests only read these files (a test that writes copies
+    first, or writes under its own ``tmp_path``).
+    """
+    import compute_cld_scores
+    import get_loss_values
+    import train_on_coresets
+
+    base = tmp_path_factory.mktemp("reference")
+    with contextlib.redirect_stdout(io.StringIO()):
+        loss = get_loss_values.main(**s1_flags(data, base / "s1"))
+        scores = compute_cld_scores.main(loss_path=loss)
+        result = train_on_coresets.main(**s3_flags(data, scores, str(base / "s3")))
+    return {"loss": loss, "s1": str(base / "s1"), "scores": scores, "result": result, "s3": str(base / "s3")}
+
+
+def cli(module, *args: str) -> subprocess.CompletedProcess:
+    """Run a script's command line in this process (no interpreter start-up): exit status and output.
+
+    The same path as ``python script.py ...``: Fire parses ``args`` and ``run_cli`` turns a user
+    error into ``error: ...`` and exit 2; any other exception propagates and fails the test.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = [module.__file__, *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = module.run_cli(module.main)
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def run_script(script: str, *args: str, cwd: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run one of the scripts as a user would; returns the finished process (text output)."""
     return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=cwd or REPO,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -39,8 +39,7 @@ def test_a_mistyped_flag_is_refused_at_once_and_writes_nothing(script, typo, mea
 
 @pytest.mark.parametrize("bench", ["bench_training.py", "bench_scores.py", "bench_methods.py"])
 def test_benchmarks_refuse_a_mistyped_flag_in_one_line(bench, tmp_path):
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "bench", bench), "--smal"], cwd=str(tmp_path),
-                          capture_output=True, text=True, timeout=120)
+    proc = run_script(os.path.join("bench", bench), "--smal", cwd=str(tmp_path), timeout=120)
     assert_user_error(proc, "unknown flag --smal", "did you mean --small?")
     assert os.listdir(tmp_path) == []
 
@@ -87,6 +86,9 @@ def test_stage3_values_and_names():
 def test_booleans_accept_true_false_yes_no_1_0_and_the_bare_flag(words, value):
     argv = ["--overwrite" + words[0]] if words and words[0].startswith("=") else ["--overwrite", *words]
     assert config.STAGE2.parse_argv(argv) == {"overwrite": value}
+
+
+def test_a_no_prefix_turns_a_boolean_off():
     assert config.STAGE2.parse_argv(["--nooverwrite"]) == {"overwrite": False}
 
 

@@ -14,13 +14,12 @@ batches, and the two are compared:
 (c) nothing compiles after the first epoch, no graph breaks, no CUDA-graph fallbacks;
 (d) the fp32 collection pass runs with both TF32 flags off (and restores them), while bf16
     autocast training still runs in bf16;
-(e) with ``utils.jpeg`` present, an ImageFolder of JPEGs decoded on the GPU gives the batches'
-    shapes of the CPU decoder.
+(e) an ImageFolder of JPEGs decoded on the GPU (``utils.jpeg``) gives the batches' shapes of the CPU
+    decoder.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,8 +30,9 @@ import torch.nn as nn
 from torch._dynamo.utils import counters
 
 from bench.fake_cifar import fake_images
-from utils.batches import TensorBatches
-from utils.data import DATASETS, ArrayDataset
+from utils import jpeg
+from utils.batches import TensorBatches, make_batches
+from utils.data import DATASETS, ArrayDataset, load_dataset
 from utils.training import Recipe, Trainer, build_optimizer
 
 pytestmark = [pytest.mark.gpu,
@@ -297,12 +297,6 @@ def _write_jpegs(root, classes: int = 2, per_class: int = 5) -> None:
 
 
 def test_gpu_jpeg_decoding_gives_the_cpu_shapes(tmp_path):
-    if importlib.util.find_spec("utils.jpeg") is None:
-        pytest.skip("utils.jpeg (GPU JPEG decoding) is not in this checkout")
-    from utils import jpeg
-    from utils.batches import make_batches
-    from utils.data import load_dataset
-
     _write_jpegs(tmp_path)
     data = load_dataset("ImageNet", str(tmp_path), download=False)
     cpu = make_batches(data.train, data.info, CUDA, workers=0, decode="cpu")

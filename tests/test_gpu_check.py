@@ -5,21 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 from bench import gpu_check
-from conftest import REPO
+from conftest import assert_user_error, run_script
 
-SCRIPT = os.path.join(REPO, "bench", "gpu_check.py")
-
-
-def _run(*args: str, cwd: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+SCRIPT = "bench/gpu_check.py"
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +22,7 @@ def cpu_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("gpu_check")
     out = base / "x.json"
     started = time.perf_counter()
-    proc = _run("--cpu", "--out", str(out), "--workdir", str(base / "work"), cwd=str(base))
+    proc = run_script(SCRIPT, "--cpu", "--out", str(out), "--workdir", str(base / "work"), cwd=str(base))
     seconds = time.perf_counter() - started
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     with open(out) as f:
@@ -109,7 +103,7 @@ def test_skip_reuses_earlier_results_and_reruns_the_others(cpu_run, tmp_path):
     out = tmp_path / "x.json"
     shutil.copy(cpu_run[2] / "x.json", out)
     started = time.perf_counter()
-    proc = _run("--cpu", "--out", str(out), "--skip", "done", cwd=str(tmp_path))
+    proc = run_script(SCRIPT, "--cpu", "--out", str(out), "--skip", "done", cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert time.perf_counter() - started < 30  # nothing ran
     again = json.loads(out.read_text())
@@ -119,30 +113,31 @@ def test_skip_reuses_earlier_results_and_reruns_the_others(cpu_run, tmp_path):
     assert again["steps"]["fidelity"]["jaccard_mean"] == report["steps"]["fidelity"]["jaccard_mean"]
     assert again["device"] == report["device"] and again["targets"] == report["targets"]
     # Skipping all but one step: that step runs again, the others are taken from the report.
-    proc = _run("--cpu", "--out", str(out), "--skip", "pytest,bench,collection,fidelity", cwd=str(tmp_path))
+    proc = run_script(SCRIPT, "--cpu", "--out", str(out), "--skip", "pytest,bench,collection,fidelity",
+                      cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     third = json.loads(out.read_text())
     assert "reused" not in third["steps"]["precision"] and third["steps"]["precision"]["status"] == "ok"
     assert all(third["steps"][n]["reused"] for n in gpu_check.STEPS if n != "precision")
     # Without an earlier report a skipped step is recorded as skipped.
     fresh = tmp_path / "fresh.json"
-    proc = _run("--cpu", "--out", str(fresh), "--skip", ",".join(gpu_check.STEPS), cwd=str(tmp_path))
+    proc = run_script(SCRIPT, "--cpu", "--out", str(fresh), "--skip", ",".join(gpu_check.STEPS), cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert {s["status"] for s in json.loads(fresh.read_text())["steps"].values()} == {"skipped"}
 
 
 def test_a_failing_or_late_step_is_recorded_and_the_next_step_still_runs(tmp_path):
     out = tmp_path / "failed.json"
-    proc = _run("--cpu", "--out", str(out), "--skip", "pytest,bench,collection", "--data_path", "missing",
-                cwd=str(tmp_path))
+    proc = run_script(SCRIPT, "--cpu", "--out", str(out), "--skip", "pytest,bench,collection", "--data_path", "missing",
+                      cwd=str(tmp_path))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     steps = json.loads(out.read_text())["steps"]
     for name in ("precision", "fidelity"):  # the second ran in a fresh worker after the first failed
         assert steps[name]["status"] == "error" and str(tmp_path / "missing") in steps[name]["error"]
         assert steps[name]["traceback"]
     late = tmp_path / "late.json"
-    proc = _run("--cpu", "--out", str(late), "--skip", "pytest,collection,fidelity", "--timeout", "1",
-                cwd=str(tmp_path))
+    proc = run_script(SCRIPT, "--cpu", "--out", str(late), "--skip", "pytest,collection,fidelity", "--timeout", "1",
+                      cwd=str(tmp_path))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     report = json.loads(late.read_text())
     assert [report["steps"][n]["status"] for n in gpu_check.STEPS] == \
@@ -151,10 +146,9 @@ def test_a_failing_or_late_step_is_recorded_and_the_next_step_still_runs(tmp_pat
 
 
 def test_bad_flags_are_one_line_errors(tmp_path):
-    proc = _run("--cpu", "--skip", "fidelty", cwd=str(tmp_path))
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
-    assert "fidelty" in lines[0] and "fidelity" in lines[0] and not os.listdir(tmp_path)
+    proc = run_script(SCRIPT, "--cpu", "--skip", "fidelty", cwd=str(tmp_path))
+    assert_user_error(proc, "fidelty", "fidelity")
+    assert not os.listdir(tmp_path)
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -225,10 +219,3 @@ def test_targets_are_checked_against_their_thresholds():
     assert verdict["value"] is None and verdict["ok"] is False
     assert all(t["ok"] is None for t in gpu_check.check_targets(_steps(1.6, 0.9), enforce=False).values())
 
-
-def test_targets_agree_with_the_training_benchmark():
-    from bench import bench_training
-
-    assert gpu_check.TARGETS["stage1_epoch_s"][2] == bench_training.TARGETS["stage1_epoch"]
-    assert gpu_check.TARGETS["stage3_epoch_s"][2] == bench_training.TARGETS["stage3_epoch"]
-    assert gpu_check.TARGETS["compile_warmup_s"][2] == bench_training.TARGETS["warmup"]

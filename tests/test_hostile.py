@@ -20,22 +20,15 @@ import torch
 import compute_cld_scores
 import get_loss_values
 import train_on_coresets
-from conftest import REPO, assert_user_error, out_dirs
+from conftest import REPO, assert_user_error, cli, flag_args, s1_flags, s3_flags
 from fakedata import write_fake_cifar
-from test_robustness import cli, reference, s1_flags, s3_flags  # noqa: F401 (a fixture)
 from utils.checkpoint import load_checkpoint
 from utils.cli import UserError
 from utils.formats import load_losses, load_scores
 from utils.results import write_result
-from utils.run import RunBusy, RunLock
+from utils.locks import RunBusy, RunLock
 
 RUN1 = "CIFAR10_resnet20_seed1234"
-
-
-@pytest.fixture(scope="module")
-def run(reference) -> dict:
-    """A 3-epoch stage 1 and its CLD score file (test_robustness's)."""
-    return {"loss": reference["loss"], "scores": reference["scores"], "base": reference["s1"]}
 
 
 def _pickle(path, obj) -> str:
@@ -50,16 +43,16 @@ def _tree(path) -> list[str]:
 
 # ----------------------------------------------------------------------------- recipe-safe resume
 
-def test_a_resume_with_another_recipe_is_refused_naming_each_field(data, run, tmp_path):
-    flags = s3_flags(data, run["scores"], tmp_path, epochs=2)
+def test_a_resume_with_another_recipe_is_refused_naming_each_field(data, reference, tmp_path):
+    flags = s3_flags(data, reference["scores"], tmp_path, epochs=2)
     with contextlib.redirect_stdout(io.StringIO()):
         train_on_coresets.main(**flags)
     last = str(tmp_path / "ckpt" / "run_last.pth")
     resume = dict(flags, epochs=4, resume_path=last, overwrite=True)
-    assert_user_error(cli(train_on_coresets, *_argv(dict(resume, learning_rate=0.01, batch_size=7))),
+    assert_user_error(cli(train_on_coresets, *flag_args(dict(resume, learning_rate=0.01, batch_size=7))),
                       "learning_rate: checkpoint has 0.1, this run has 0.01", "batch_size: checkpoint has 8, this run has 7")
-    assert_user_error(cli(train_on_coresets, *_argv(dict(resume, schedule="[3]"))), "schedule: checkpoint has")
-    assert_user_error(cli(train_on_coresets, *_argv(dict(resume, disable_nesterov=True))), "nesterov")
+    assert_user_error(cli(train_on_coresets, *flag_args(dict(resume, schedule="[3]"))), "schedule: checkpoint has")
+    assert_user_error(cli(train_on_coresets, *flag_args(dict(resume, disable_nesterov=True))), "nesterov")
     # Only --epochs may grow; what the result records is what ran.
     with contextlib.redirect_stdout(io.StringIO()):
         result = train_on_coresets.main(**resume)
@@ -67,15 +60,11 @@ def test_a_resume_with_another_recipe_is_refused_naming_each_field(data, run, tm
     assert result["config"]["learning_rate"] == 0.1 and result["config"]["epochs"] == 4
 
 
-def _argv(flags: dict) -> list[str]:
-    return [w for k, v in flags.items() for w in (f"--{k}", str(v).replace(" ", ""))]
-
-
 # ----------------------------------------------------------------------------- one writer per run
 
 def test_a_second_process_of_the_same_run_is_refused_at_once_naming_the_first(data, tmp_path):
     flags = s1_flags(data, tmp_path, epochs=400)
-    first = subprocess.Popen([sys.executable, os.path.join(REPO, "get_loss_values.py"), *_argv(flags)],
+    first = subprocess.Popen([sys.executable, os.path.join(REPO, "get_loss_values.py"), *flag_args(flags)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lock = tmp_path / "ckpt" / f"{RUN1}.lock"
     try:
@@ -84,7 +73,7 @@ def test_a_second_process_of_the_same_run_is_refused_at_once_naming_the_first(da
             time.sleep(0.1)
         started = time.perf_counter()
         second = subprocess.run([sys.executable, os.path.join(REPO, "get_loss_values.py"),
-                                 *_argv(dict(flags, learning_rate=0.05))], capture_output=True, text=True, timeout=120)
+                                 *flag_args(dict(flags, learning_rate=0.05))], capture_output=True, text=True, timeout=120)
         assert_user_error(second, f"run {RUN1} is running in process {first.pid}", str(lock))
         assert time.perf_counter() - started < 30
     finally:
@@ -97,7 +86,7 @@ def test_a_second_process_of_the_same_run_is_refused_at_once_naming_the_first(da
 def test_a_lock_is_exclusive_while_its_process_lives_and_is_taken_over_after(tmp_path):
     path = str(tmp_path / "x.lock")
     child = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-                              "from utils.run import RunLock; lock = RunLock(sys.argv[2], 'x'); print('held', flush=True); "
+                              "from utils.locks import RunLock; lock = RunLock(sys.argv[2], 'x'); print('held', flush=True); "
                               "time.sleep(60)", REPO, path], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "held"
     with pytest.raises(RunBusy, match=f"process {child.pid}"):
@@ -180,7 +169,7 @@ def test_overwrite_replaces_its_own_row(tmp_path):
 
 def test_a_full_disk_during_a_checkpoint_is_one_error_line(data, tmp_path):
     with disk_full_for("_last.pth"):
-        proc = cli(get_loss_values, *_argv(s1_flags(data, tmp_path, epochs=1)))
+        proc = cli(get_loss_values, *flag_args(s1_flags(data, tmp_path, epochs=1)))
     assert_user_error(proc, "no space left to write", f"{RUN1}_last.pth", "MB free")
     assert not [p for p in _tree(tmp_path) if p.endswith(".tmp") or p.endswith("_last.pth")]
 
@@ -188,18 +177,18 @@ def test_a_full_disk_during_a_checkpoint_is_one_error_line(data, tmp_path):
 # ----------------------------------------------------------------------------- names from files
 
 @pytest.mark.parametrize("method", ["../../x/escaped", "x/y", "cld\0", "../x"])
-def test_a_score_file_cannot_steer_paths(method, data, run, tmp_path):
-    record = load_scores(run["scores"])
+def test_a_score_file_cannot_steer_paths(method, data, reference, tmp_path):
+    record = load_scores(reference["scores"])
     path = _pickle(tmp_path / "evil.pickle", {**record, "method": method})
     flags = s3_flags(data, path, str(tmp_path / "out"))
     flags.pop("name")
-    proc = cli(train_on_coresets, *_argv(flags))
+    proc = cli(train_on_coresets, *flag_args(flags))
     assert_user_error(proc, "unknown method")
     assert _tree(tmp_path) == ["evil.pickle"]
 
 
-def test_a_loss_file_cannot_steer_paths(run, tmp_path):
-    d = load_losses(run["loss"])
+def test_a_loss_file_cannot_steer_paths(reference, tmp_path):
+    d = load_losses(reference["loss"])
     path = _pickle(tmp_path / "evil_losses.pickle", {**d, "model_arch": "../../escaped"})
     assert_user_error(cli(compute_cld_scores, "--loss_path", path), "cannot be part of a file name")
     assert _tree(tmp_path) == ["evil_losses.pickle"]
@@ -233,8 +222,8 @@ def test_allocation_bombs_are_refused_before_allocating(payload, fragment, tmp_p
     assert time.perf_counter() - started < 1.0
 
 
-def test_labels_outside_the_classes_are_refused_before_anything_is_sized_by_them(run, tmp_path):
-    d = load_losses(run["loss"])
+def test_labels_outside_the_classes_are_refused_before_anything_is_sized_by_them(reference, tmp_path):
+    d = load_losses(reference["loss"])
     d["tr_lbl"] = d["tr_lbl"].copy()
     d["tr_lbl"][0] = 2 ** 40
     path = _pickle(tmp_path / "big_losses.pickle", d)
@@ -246,17 +235,17 @@ def test_labels_outside_the_classes_are_refused_before_anything_is_sized_by_them
 
 # ----------------------------------------------------------------------------- no silent acceptance
 
-def _score_variant(run, tmp_path, change) -> str:
-    record = load_scores(run["scores"])
+def _score_variant(reference, tmp_path, change) -> str:
+    record = load_scores(reference["scores"])
     change(record)
     return _pickle(tmp_path / "variant_scores.pickle", record)
 
 
-def test_a_score_file_missing_a_class_is_refused_unless_allowed(data, run, tmp_path):
+def test_a_score_file_missing_a_class_is_refused_unless_allowed(data, reference, tmp_path):
     def drop(r):
         del r["indices"][3], r["scores"][3]
-    path = _score_variant(run, tmp_path, drop)
-    proc = cli(train_on_coresets, *_argv(s3_flags(data, path, str(tmp_path / "o"), epochs=1)))
+    path = _score_variant(reference, tmp_path, drop)
+    proc = cli(train_on_coresets, *flag_args(s3_flags(data, path, str(tmp_path / "o"), epochs=1)))
     assert_user_error(proc, "ranks no example of class 3", "--allow_missing_classes")
     with contextlib.redirect_stdout(io.StringIO()):
         result = train_on_coresets.main(**s3_flags(data, path, str(tmp_path / "o"), epochs=1, allow_missing_classes=True))
@@ -272,8 +261,9 @@ def test_a_score_file_missing_a_class_is_refused_unless_allowed(data, run, tmp_p
     (lambda r: r["scores"][2].__setitem__(0, np.nan), "class 2 holds NaN or infinite scores"),
     (lambda r: r.__setitem__("hard_end", "middle"), "hard_end 'middle'"),
 ])
-def test_malformed_score_files_are_refused(change, fragment, data, run, tmp_path):
-    proc = cli(train_on_coresets, *_argv(s3_flags(data, _score_variant(run, tmp_path, change), str(tmp_path / "o"))))
+def test_malformed_score_files_are_refused(change, fragment, data, reference, tmp_path):
+    path = _score_variant(reference, tmp_path, change)
+    proc = cli(train_on_coresets, *flag_args(s3_flags(data, path, str(tmp_path / "o"))))
     assert_user_error(proc, fragment)
 
 
@@ -282,8 +272,8 @@ def test_malformed_score_files_are_refused(change, fragment, data, run, tmp_path
     (lambda d: d["train_indices"].__setitem__(0, -5), "is negative (-5)"),
     (lambda d: d["val_indices"].__setitem__(0, d["train_indices"][0]), "is listed twice"),
 ])
-def test_stage2_refuses_duplicate_or_negative_indices(change, fragment, run, tmp_path):
-    d = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in load_losses(run["loss"]).items()}
+def test_stage2_refuses_duplicate_or_negative_indices(change, fragment, reference, tmp_path):
+    d = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in load_losses(reference["loss"]).items()}
     change(d)
     path = _pickle(tmp_path / "bad_losses.pickle", d)
     assert_user_error(cli(compute_cld_scores, "--loss_path", path), fragment)
@@ -299,23 +289,23 @@ def test_stage2_refuses_duplicate_or_negative_indices(change, fragment, run, tmp
     (lambda s: s.__setitem__("identity", "CIFAR10"), "'identity' is missing or not a dict"),
     (lambda s: s["identity"].__setitem__("dataset", {"a": 1}), "identity field 'dataset' holds dict"),
 ])
-def test_crafted_checkpoints_are_refused_in_one_line(change, fragment, data, run, tmp_path):
-    state = load_checkpoint(os.path.join(run["base"], "ckpt", f"{RUN1}_last.pth"))
+def test_crafted_checkpoints_are_refused_in_one_line(change, fragment, data, reference, tmp_path):
+    state = load_checkpoint(os.path.join(reference["s1"], "ckpt", f"{RUN1}_last.pth"))
     change(state)
     ckpt = tmp_path / "ckpt" / f"{RUN1}_last.pth"
     os.makedirs(ckpt.parent)
     torch.save(state, ckpt)
-    assert_user_error(cli(get_loss_values, *_argv(s1_flags(data, tmp_path, resume_path=ckpt))), fragment)
+    assert_user_error(cli(get_loss_values, *flag_args(s1_flags(data, tmp_path, resume_path=ckpt))), fragment)
 
 
-def test_resuming_from_a_best_checkpoint_is_one_error_line(data, run, tmp_path):
-    best = os.path.join(run["base"], "ckpt", f"{RUN1}_best.pth")
-    assert_user_error(cli(get_loss_values, *_argv(s1_flags(data, tmp_path, resume_path=best))),
+def test_resuming_from_a_best_checkpoint_is_one_error_line(data, reference, tmp_path):
+    best = os.path.join(reference["s1"], "ckpt", f"{RUN1}_best.pth")
+    assert_user_error(cli(get_loss_values, *flag_args(s1_flags(data, tmp_path, resume_path=best))),
                       "is a *_best.pth", "resume from the run's *_last.pth")
 
 
-def test_an_output_path_that_is_a_folder_is_refused_before_any_work(run, tmp_path):
+def test_an_output_path_that_is_a_folder_is_refused_before_any_work(reference, tmp_path):
     folder = tmp_path / "out"
     folder.mkdir()
-    assert_user_error(cli(compute_cld_scores, "--loss_path", run["loss"], "--output_path", str(folder), "--overwrite"),
-                      "is a folder")
+    assert_user_error(cli(compute_cld_scores, "--loss_path", reference["loss"], "--output_path", str(folder),
+                          "--overwrite"), "is a folder")

@@ -42,6 +42,11 @@ def _score(run, method, tmp_path, **flags) -> dict:
     return load_scores(out)
 
 
+def test_every_registered_method_resolves_to_its_scorer():
+    for m in methods.METHODS.values():
+        assert callable(methods.scorer(m)), m.name
+
+
 def test_stage1_keeps_the_snapshots_and_records_them(run):
     d = run["losses"]
     snap = os.path.join(run["base"], "ckpt", f"{RUN}_epoch2.pth")

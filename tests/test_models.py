@@ -152,3 +152,21 @@ def test_models_are_independent_instances() -> None:
     # The registry holds constructors, not modules: two calls share no weights.
     a, b = get_model("resnet20", 10), get_model("resnet20", 10)
     assert all(pa is not pb for pa, pb in zip(a.parameters(), b.parameters()))
+
+
+def test_checkpoint_weights_load_with_one_torch_load(tmp_path, monkeypatch) -> None:
+    # Validating a checkpoint of this project reuses the state already read: the file is read,
+    # CRC-checked and unpickled once.
+    from utils import checkpoint
+
+    model = get_model("resnet20", NUM_CLASSES)
+    path = str(tmp_path / "run_best.pth")
+    checkpoint.save_checkpoint(path, {"kind": "best", "epoch": 3, "identity": {"model_arch": "resnet20"},
+                                      "model": model.state_dict()})
+    calls = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a) or real_load(*a, **k))
+    weights, epoch, identity = checkpoint.load_model_weights(path)
+    assert len(calls) == 1
+    assert (epoch, identity) == (3, {"model_arch": "resnet20"})
+    get_model("resnet20", NUM_CLASSES).load_state_dict(weights)

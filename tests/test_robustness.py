@@ -35,53 +35,16 @@ import torch
 import compute_cld_scores
 import get_loss_values
 import train_on_coresets
-from conftest import REPO, assert_user_error, out_dirs
+from conftest import EPOCHS, REPO, assert_user_error, cli, flag_args, s1_flags, s3_flags
 from fakedata import write_fake_cifar
 from utils.checkpoint import load_checkpoint
-from utils.cli import UserError
 from utils.formats import atomic_write, load_losses, load_scores, load_split, remove_stale_temps
 from utils.results import RESULT_COLUMNS, write_result
 
 RUN1 = "CIFAR10_resnet20_seed1234"
-EPOCHS = 3
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def _argv(flags: dict) -> list[str]:
-    return [item for key, value in flags.items() for item in (f"--{key}", str(value))]
-
-
-def s1_flags(data: str, base, **extra) -> dict:
-    """Stage 1 on the tiny CIFAR-10: 30 training images, batch 8 (4 steps an epoch), fp32 on the CPU."""
-    return {**dict(data_path=data, dataset="CIFAR10", model_arch="resnet20", device="cpu", precision="fp32",
-                   batch_size=8, test_batch_size=64, workers=0, download=False, epochs=EPOCHS),
-            **out_dirs(base), **extra}
-
-
-def s3_flags(data: str, score_path: str, base, **extra) -> dict:
-    return {**dict(score_path=score_path, data_path=data, samples_per_class=2, device="cpu", precision="fp32",
-                   batch_size=8, test_batch_size=64, workers=0, download=False, epochs=EPOCHS, name="run",
-                   checkpoint_path=os.path.join(base, "ckpt"), logpath=os.path.join(base, "logs"),
-                   results_dir=os.path.join(base, "res")), **extra}
-
-
-def cli(module, *args: str) -> subprocess.CompletedProcess:
-    """Run a script's command line in this process (no interpreter start-up): exit status and output.
-
-    The same path as ``python script.py ...``: Fire parses ``args`` and ``run_cli`` turns a user
-    error into ``error: ...`` and exit 2; any other exception propagates and fails the test.
-    """
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = [module.__file__, *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = module.run_cli(module.main)
-    finally:
-        sys.argv = argv
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
 
 # Prepended to a killed run: helpers that SIGKILL the process at a chosen moment.
 _KILLER = '''
@@ -146,7 +109,7 @@ def between(first, k, then):
 def run_killed(script: str, flags: dict, patch: str) -> None:
     """Run ``script`` with ``flags`` and ``patch`` (calls of the helpers above); it must die of SIGKILL."""
     path = os.path.join(REPO, script)
-    code = "\n".join([_KILLER, patch, f"sys.argv = {[path, *_argv(flags)]!r}",
+    code = "\n".join([_KILLER, patch, f"sys.argv = {[path, *flag_args(flags)]!r}",
                       "runpy.run_path(sys.argv[0], run_name='__main__')"])
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
@@ -204,19 +167,6 @@ class Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-# ----------------------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="module")
-def reference(data, tmp_path_factory) -> dict:
-    """Uninterrupted stage 1, its CLD scores, and an uninterrupted stage 3 on them."""
-    base = tmp_path_factory.mktemp("reference")
-    with contextlib.redirect_stdout(io.StringIO()):
-        loss = get_loss_values.main(**s1_flags(data, base / "s1"))
-        scores = compute_cld_scores.main(loss_path=loss)
-        result = train_on_coresets.main(**s3_flags(data, scores, str(base / "s3")))
-    return {"loss": loss, "s1": str(base / "s1"), "scores": scores, "result": result, "s3": str(base / "s3")}
-
-
 # ----------------------------------------------------------------------------- killed runs
 
 def test_killed_stage1_resumes_to_the_uninterrupted_files(data, reference, tmp_path):
@@ -229,7 +179,7 @@ def test_killed_stage1_resumes_to_the_uninterrupted_files(data, reference, tmp_p
     run_killed("get_loss_values.py", flags, "from utils.training import Trainer\non_call(Trainer, 'evaluate', 5)")
     assert check_loadable(tmp_path) == [] and epochs_in(last) == 1 and len(log_rows(log)) == 1
     # What the user does next: a plain rerun is refused with the flag that continues the run.
-    assert_user_error(cli(get_loss_values, *_argv(flags)), "already exists", f"--resume_path {last}")
+    assert_user_error(cli(get_loss_values, *flag_args(flags)), "already exists", f"--resume_path {last}")
 
     # 2. Resumed, then killed half-way through writing the checkpoint of epoch 2.
     run_killed("get_loss_values.py", resume, "half_way('_last.pth')")
@@ -256,9 +206,9 @@ def test_killed_stage1_resumes_to_the_uninterrupted_files(data, reference, tmp_p
         os.path.join(reference["s1"], "ckpt", f"{RUN1}_last.pth"))["model"].keys()
 
     # A finished run is neither resumed nor rerun over its outputs.
-    assert_user_error(cli(get_loss_values, *_argv(resume)), "holds all 3 epochs", "the run is complete",
+    assert_user_error(cli(get_loss_values, *flag_args(resume)), "holds all 3 epochs", "the run is complete",
                       "--overwrite")
-    assert_user_error(cli(get_loss_values, *_argv(flags)), loss, "already exists", "--overwrite")
+    assert_user_error(cli(get_loss_values, *flag_args(flags)), loss, "already exists", "--overwrite")
 
 
 def test_killed_stage3_resumes_to_the_uninterrupted_result(data, reference, tmp_path):
@@ -274,7 +224,7 @@ def test_killed_stage3_resumes_to_the_uninterrupted_result(data, reference, tmp_
     # 2. Resumed, then killed after the checkpoint of epoch 3 but before that epoch's log row.
     run_killed("train_on_coresets.py", resume, "between('_last.pth', 2, 'run.csv')")
     assert len(check_loadable(tmp_path)) == 1 and epochs_in(last) == EPOCHS and len(log_rows(log)) == EPOCHS - 1
-    assert_user_error(cli(train_on_coresets, *_argv(flags)), f"--resume_path {last}")
+    assert_user_error(cli(train_on_coresets, *flag_args(flags)), f"--resume_path {last}")
 
     # 3. Resumed (nothing left to train), then killed half-way through writing the results JSON.
     run_killed("train_on_coresets.py", resume, "half_way('run.json')")
@@ -291,7 +241,7 @@ def test_killed_stage3_resumes_to_the_uninterrupted_result(data, reference, tmp_
     with open(result_json) as f:
         assert json.load(f)["final_test_acc"] == straight["final_test_acc"]
     assert len(pd.read_csv(tmp_path / "res" / "results.csv")) == 1
-    assert_user_error(cli(train_on_coresets, *_argv(resume)), "the run is complete")
+    assert_user_error(cli(train_on_coresets, *flag_args(resume)), "the run is complete")
 
 
 # ----------------------------------------------------------------------------- damaged inputs
@@ -333,18 +283,18 @@ def test_damaged_inputs_are_refused_naming_the_file(how, data, reference, tmp_pa
     refused(cli(compute_cld_scores, "--loss_path", str(legacy), "--split_path", split), split)
     # Score file -> stage 3.
     scores = _damaged(reference["scores"], tmp_path / "scores.pickle", how)
-    refused(cli(train_on_coresets, *_argv(s3_flags(data, scores, tmp_path))), scores)
+    refused(cli(train_on_coresets, *flag_args(s3_flags(data, scores, tmp_path))), scores)
     # Checkpoints -> evaluate_only (stage 1 and 3), resume of stage 3.
     ckpt = _damaged(s1_last, tmp_path / "last.pth", how)
-    refused(cli(get_loss_values, *_argv(s1_flags(data, tmp_path, evaluate_only=True, resume_path=ckpt))), ckpt)
+    refused(cli(get_loss_values, *flag_args(s1_flags(data, tmp_path, evaluate_only=True, resume_path=ckpt))), ckpt)
     ckpt3 = _damaged(s3_last, tmp_path / "run_last.pth", how)
-    refused(cli(train_on_coresets, *_argv(s3_flags(data, reference["scores"], tmp_path, resume_path=ckpt3))), ckpt3)
+    refused(cli(train_on_coresets, *flag_args(s3_flags(data, reference["scores"], tmp_path, resume_path=ckpt3))), ckpt3)
     # A CIFAR batch file -> stage 1.
     root = tmp_path / "data"
     shutil.copytree(data, root)
     batch = root / "cifar" / "cifar-10-batches-py" / "data_batch_3"
     _damaged(str(batch), batch, how)
-    refused(cli(get_loss_values, *_argv(s1_flags(str(root), tmp_path / "out"))), str(batch))
+    refused(cli(get_loss_values, *flag_args(s1_flags(str(root), tmp_path / "out"))), str(batch))
     assert not os.path.exists(tmp_path / "out" / "scores" / f"{RUN1}_losses.pickle")
 
 
@@ -356,14 +306,14 @@ def test_damaged_checkpoint_is_refused_on_resume_and_a_split_file_on_rerun(data,
         raw = bytearray(f.read())
     raw[-len(raw) // 3] ^= 0x01  # one bit of some tensor: torch.load alone would not notice
     ckpt.write_bytes(bytes(raw))
-    assert_user_error(cli(get_loss_values, *_argv(s1_flags(data, tmp_path, resume_path=ckpt))),
+    assert_user_error(cli(get_loss_values, *flag_args(s1_flags(data, tmp_path, resume_path=ckpt))),
                       str(ckpt), "checksum mismatch")
     ckpt.unlink()
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # the refused resume left no folder behind
     split = tmp_path / "splits" / f"{RUN1}_split.pkl"
     os.makedirs(split.parent)
     _damaged(os.path.join(reference["s1"], "splits", f"{RUN1}_split.pkl"), split, "half")
-    assert_user_error(cli(get_loss_values, *_argv(s1_flags(data, tmp_path))), str(split), "truncated")
+    assert_user_error(cli(get_loss_values, *flag_args(s1_flags(data, tmp_path))), str(split), "truncated")
     assert not os.path.exists(tmp_path / "scores" / f"{RUN1}_losses.pickle")
 
 
@@ -385,13 +335,13 @@ def test_pickles_and_checkpoints_that_would_run_code_are_refused(data, reference
     split = dump("split.pkl", {"train_indices": [0], "val_indices": evil})
     assert_user_error(cli(compute_cld_scores, "--loss_path", legacy, "--split_path", split), split, "posix.system")
     scores = dump("scores.pickle", {0: evil})
-    assert_user_error(cli(train_on_coresets, *_argv(s3_flags(data, scores, tmp_path))), scores, "posix.system")
+    assert_user_error(cli(train_on_coresets, *flag_args(s3_flags(data, scores, tmp_path))), scores, "posix.system")
     root = tmp_path / "data"
     shutil.copytree(data, root)
     batch = root / "cifar" / "cifar-10-batches-py" / "test_batch"
     with open(batch, "wb") as f:
         pickle.dump({"data": evil, "labels": [0]}, f, protocol=2)
-    assert_user_error(cli(get_loss_values, *_argv(s1_flags(str(root), tmp_path / "o"))), str(batch), "posix.system")
+    assert_user_error(cli(get_loss_values, *flag_args(s1_flags(str(root), tmp_path / "o"))), str(batch), "posix.system")
 
     # A checkpoint with a pickled callable, in the project's format otherwise.
     state = load_checkpoint(os.path.join(reference["s1"], "ckpt", f"{RUN1}_last.pth"))
@@ -399,9 +349,9 @@ def test_pickles_and_checkpoints_that_would_run_code_are_refused(data, reference
     ckpt = str(tmp_path / "ckpt" / f"{RUN1}_last.pth")
     os.makedirs(os.path.dirname(ckpt))
     torch.save(state, ckpt)
-    for proc in (cli(get_loss_values, *_argv(s1_flags(data, tmp_path, resume_path=ckpt))),
-                 cli(get_loss_values, *_argv(s1_flags(data, tmp_path, resume_path=ckpt, evaluate_only=True))),
-                 cli(train_on_coresets, *_argv(s3_flags(data, reference["scores"], tmp_path, resume_path=ckpt)))):
+    for proc in (cli(get_loss_values, *flag_args(s1_flags(data, tmp_path, resume_path=ckpt))),
+                 cli(get_loss_values, *flag_args(s1_flags(data, tmp_path, resume_path=ckpt, evaluate_only=True))),
+                 cli(train_on_coresets, *flag_args(s3_flags(data, reference["scores"], tmp_path, resume_path=ckpt)))):
         assert_user_error(proc, ckpt, "could run code", "posix.system")
         assert "weights_only" not in proc.stderr  # torch's advice to load it unsafely is not passed on
     assert not marker.exists()
@@ -430,7 +380,7 @@ def test_files_of_another_run_or_kind_are_refused_with_the_mismatch_named(data, 
     split = os.path.join(reference["s1"], "splits", f"{RUN1}_split.pkl")
     assert_user_error(cli(compute_cld_scores, "--loss_path", split), "cld-split/1", "not a loss file")
     # Stage 3 given a loss file, or a score file of another dataset or class count.
-    assert_user_error(cli(train_on_coresets, *_argv(s3_flags(data, reference["loss"], tmp_path))),
+    assert_user_error(cli(train_on_coresets, *flag_args(s3_flags(data, reference["loss"], tmp_path))),
                       "cld-losses/1", "not a score file")
     record = load_scores(reference["scores"])
     for change, fragments in (({"dataset": "CIFAR100"}, ["made on dataset CIFAR100, not CIFAR10"]),
@@ -438,7 +388,7 @@ def test_files_of_another_run_or_kind_are_refused_with_the_mismatch_named(data, 
         path = str(tmp_path / "other_scores.pickle")
         with open(path, "wb") as f:
             pickle.dump({**record, **change}, f)
-        assert_user_error(cli(train_on_coresets, *_argv(s3_flags(data, path, tmp_path, dataset="CIFAR10"))),
+        assert_user_error(cli(train_on_coresets, *flag_args(s3_flags(data, path, tmp_path, dataset="CIFAR10"))),
                           path, *fragments)
     # Resume / evaluate with a checkpoint of another model, seed, dataset or stage.
     cifar100 = str(tmp_path / "c100")
@@ -452,10 +402,11 @@ def test_files_of_another_run_or_kind_are_refused_with_the_mismatch_named(data, 
              "dataset: checkpoint has 'CIFAR10', this run has 'CIFAR100'"),
             (s1_flags(data, tmp_path, resume_path=s1_last, evaluate_only=True, model_arch="resnet32"),
              "model_arch: checkpoint has 'resnet20'")):
-        assert_user_error(cli(get_loss_values, *_argv(flags)), s1_last, "belongs to another run", fragment)
-    assert_user_error(cli(train_on_coresets, *_argv(s3_flags(data, reference["scores"], tmp_path, resume_path=s1_last))),
+        assert_user_error(cli(get_loss_values, *flag_args(flags)), s1_last, "belongs to another run", fragment)
+    stage1_resume = s3_flags(data, reference["scores"], tmp_path, resume_path=s1_last)
+    assert_user_error(cli(train_on_coresets, *flag_args(stage1_resume)),
                       "written by get_loss_values.py (stage 1), not by train_on_coresets.py (stage 3)")
-    assert_user_error(cli(get_loss_values, *_argv(s1_flags(data, tmp_path, resume_path=s3_last))),
+    assert_user_error(cli(get_loss_values, *flag_args(s1_flags(data, tmp_path, resume_path=s3_last))),
                       "written by train_on_coresets.py (stage 3), not by get_loss_values.py (stage 1)")
     # None of these refused runs wrote anything (a refused resume writes no split file either).
     assert not any(os.path.exists(tmp_path / d) and os.listdir(tmp_path / d) for d in ("scores", "splits", "logs", "res"))
@@ -474,15 +425,15 @@ def test_existing_outputs_are_never_replaced_silently(data, reference, tmp_path,
     log = tmp_path / "logs" / f"{RUN1}.csv"
     shutil.copy(os.path.join(reference["s1"], "logs", f"{RUN1}.csv"), log)
     before = log.read_bytes()
-    assert_user_error(cli(get_loss_values, *_argv(s1_flags(data, tmp_path))), str(log), "--overwrite")
+    assert_user_error(cli(get_loss_values, *flag_args(s1_flags(data, tmp_path))), str(log), "--overwrite")
     assert log.read_bytes() == before
     # Stage 3: the same, and an existing result.
     os.makedirs(tmp_path / "s3" / "logs")
     shutil.copy(os.path.join(reference["s3"], "logs", "run.csv"), tmp_path / "s3" / "logs" / "run.csv")
-    assert_user_error(cli(train_on_coresets, *_argv(s3_flags(data, reference["scores"], str(tmp_path / "s3")))),
+    assert_user_error(cli(train_on_coresets, *flag_args(s3_flags(data, reference["scores"], str(tmp_path / "s3")))),
                       "run.csv", "--overwrite")
     result = os.path.join(reference["s3"], "res", "runs", "run.json")
-    assert_user_error(cli(train_on_coresets, *_argv(s3_flags(data, reference["scores"], reference["s3"]))),
+    assert_user_error(cli(train_on_coresets, *flag_args(s3_flags(data, reference["scores"], reference["s3"]))),
                       result, "already exists", "--overwrite")
     # A *_best.pth alone (a run killed during its first checkpoint) is replaced, and the run says so.
     log.unlink()

@@ -11,8 +11,8 @@ import torch
 
 import compute_cld_scores
 import get_loss_values
-from conftest import assert_user_error
-from test_robustness import _argv, cli, run_killed, s1_flags
+from conftest import assert_user_error, cli, s1_flags
+from test_robustness import run_killed
 from utils import scores as S
 from utils.checkpoint import load_checkpoint
 from utils.formats import load_losses, load_scores, load_sums
@@ -26,6 +26,14 @@ def full(data, tmp_path_factory) -> str:
     base = tmp_path_factory.mktemp("full")
     with contextlib.redirect_stdout(io.StringIO()):
         return get_loss_values.main(**s1_flags(data, base, epochs=EPOCHS))
+
+
+@pytest.fixture(scope="module")
+def sums(data, tmp_path_factory) -> str:
+    """The same run with ``--trajectories sums``: its sums file (tests only read it)."""
+    base = tmp_path_factory.mktemp("sums")
+    with contextlib.redirect_stdout(io.StringIO()):
+        return get_loss_values.main(**s1_flags(data, base, epochs=EPOCHS, trajectories="sums"))
 
 
 def _arrays(state, path=""):
@@ -72,17 +80,16 @@ def test_a_resume_that_raises_the_epochs_grows_the_rows(data, full, tmp_path):
     assert np.array_equal(load_losses(grown)["tr_loss"], load_losses(full)["tr_loss"])
 
 
-def test_cld_from_running_sums_equals_cld_from_the_full_trajectories(data, full, tmp_path):
+def test_cld_from_running_sums_equals_cld_from_the_full_trajectories(full, sums, tmp_path):
     with contextlib.redirect_stdout(io.StringIO()):
-        sums_path = get_loss_values.main(**s1_flags(data, tmp_path, epochs=EPOCHS, trajectories="sums"))
-        from_sums = load_scores(compute_cld_scores.main(loss_path=sums_path))
+        from_sums = load_scores(compute_cld_scores.main(loss_path=sums, output_path=str(tmp_path / "sums.pickle")))
         from_full = load_scores(compute_cld_scores.main(loss_path=full, output_path=str(tmp_path / "full.pickle")))
-    assert sums_path.endswith("_cld_sums.npz") and load_sums(sums_path)["sums"]["epochs"] == EPOCHS
+    assert sums.endswith("_cld_sums.npz") and load_sums(sums)["sums"]["epochs"] == EPOCHS
     for c in from_full["indices"]:
         np.testing.assert_array_equal(from_sums["indices"][c], from_full["indices"][c])
         np.testing.assert_allclose(from_sums["scores"][c], from_full["scores"][c], rtol=0, atol=1e-9)
     # What stage 1 in sums mode keeps: O(N) state, no (epochs, N) array.
-    state = os.listdir(tmp_path / "ckpt" / f"{RUN}_trajectories")
+    state = os.listdir(os.path.join(os.path.dirname(os.path.dirname(sums)), "ckpt", f"{RUN}_trajectories"))
     assert state == [f"cld_sums_epoch{EPOCHS}.npz"]
 
 
@@ -100,10 +107,9 @@ def test_running_sums_equal_the_batch_correlation_on_random_trajectories():
     assert sums.scores()[0] == 0.0
 
 
-def test_a_killed_sums_run_resumes_to_the_same_sums(data, tmp_path):
-    flags = s1_flags(data, tmp_path, epochs=EPOCHS, trajectories="sums")
-    with contextlib.redirect_stdout(io.StringIO()):
-        straight = load_sums(get_loss_values.main(**s1_flags(data, tmp_path / "a", epochs=EPOCHS, trajectories="sums")))
+def test_a_killed_sums_run_resumes_to_the_same_sums(data, sums, tmp_path):
+    flags = s1_flags(data, tmp_path, epochs=EPOCHS, trajectories="sums")  # its own run: the fixture's is only read
+    straight = load_sums(sums)
     run_killed("get_loss_values.py", flags, "on_call(os, 'replace', 3, match='_last.pth')")
     last = str(tmp_path / "ckpt" / f"{RUN}_last.pth")
     assert load_checkpoint(last)["epoch"] == 2
@@ -114,10 +120,11 @@ def test_a_killed_sums_run_resumes_to_the_same_sums(data, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["loss", "forgetting", "herding"])
-def test_methods_that_need_full_trajectories_refuse_a_sums_file(method, data, tmp_path):
-    with contextlib.redirect_stdout(io.StringIO()):
-        sums_path = get_loss_values.main(**s1_flags(data, tmp_path, epochs=3, trajectories="sums"))
-    assert_user_error(cli(compute_cld_scores, "--loss_path", sums_path, "--method", method),
+def test_methods_that_need_full_trajectories_refuse_a_sums_file(method, sums):
+    assert_user_error(cli(compute_cld_scores, "--loss_path", sums, "--method", method),
                       "holds CLD's running sums only", "--trajectories full")
-    assert_user_error(cli(compute_cld_scores, "--loss_path", sums_path, "--first_epochs", "3"),
+
+
+def test_epoch_selection_refuses_a_sums_file(sums):
+    assert_user_error(cli(compute_cld_scores, "--loss_path", sums, "--first_epochs", "3"),
                       "--first_epochs and --epoch_stride need the full trajectories")

@@ -69,6 +69,31 @@ def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, 
     return padded[batch, rows[:, :, None], cols[:, None, :]]
 
 
+def normaliser(info: DatasetInfo, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` with ``x * scale + shift == (x / 255 - mean) / std`` for pixels ``x`` in 0..255.
+
+    Normalisation as one fused multiply-add: a third of the passes over the batch.
+
+    Args:
+        info: the dataset's mean and std.
+        device: where the two tensors go.
+        dtype: the precision they are computed in before rounding to float32; each batch source
+            keeps its own, so that its normalised values do not change.
+
+    Returns:
+        Two (1, 3, 1, 1) float32 tensors on ``device``.
+    """
+    mean = torch.tensor(info.mean, device=device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(info.std, device=device, dtype=dtype).view(1, 3, 1, 1)
+    return (1.0 / (255.0 * std)).float(), (-mean / std).float()
+
+
+def eval_resize(image_size: int) -> int:
+    """The shorter side that evaluation resizes an image to before its centre crop of ``image_size``
+    (256 for 224, the ImageNet convention)."""
+    return int(round(image_size * 256 / 224))
+
+
 class TensorBatches:
     """An in-memory dataset resident on ``device`` as uint8 NHWC.
 
@@ -81,10 +106,7 @@ class TensorBatches:
         self.labels = np.asarray(data.labels, dtype=np.int64)
         self.images = torch.from_numpy(np.ascontiguousarray(data.images)).to(device)
         self.targets = torch.from_numpy(self.labels).to(device)
-        std = torch.tensor(info.std, device=device, dtype=torch.float64).view(1, 3, 1, 1) * 255.0
-        mean = torch.tensor(info.mean, device=device, dtype=torch.float64).view(1, 3, 1, 1) * 255.0
-        # (x - mean) / std as one fused x * scale + shift (a third of the passes over the batch)
-        self.scale, self.shift = (1.0 / std).float(), (-mean / std).float()
+        self.scale, self.shift = normaliser(info, device, torch.float64)
         self.flip = info.flip
 
     def __len__(self) -> int:
@@ -171,51 +193,94 @@ class _EpochSampler(torch.utils.data.Sampler):
 
 
 class FolderBatches:
-    """An ImageFolder dataset read through DataLoaders (one per index list, workers kept alive)."""
+    """An ImageFolder dataset read through DataLoaders (one per index list, workers kept alive).
+
+    The workers decode, augment and normalise with PIL and torchvision's transforms.
+    :class:`utils.jpeg.DeviceJpegBatches` keeps the loaders, sharding and seeding and changes only
+    what the workers return (:meth:`_dataloader`) and how a loaded batch becomes the device's
+    tensors (:meth:`_on_device`).
+    """
 
     def __init__(self, folder, info: DatasetInfo, device: torch.device, workers: int, image_size: int = 224):
-        from torchvision import transforms
-
-        normalise = transforms.Normalize(info.mean, info.std)
-        self.train_tf = transforms.Compose([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
-                                            transforms.ToTensor(), normalise])
-        resize = int(round(image_size * 256 / 224))
-        self.eval_tf = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(image_size),
-                                           transforms.ToTensor(), normalise])
-        self.folder, self.device, self.workers = folder, device, workers
+        """
+        Args:
+            folder: a ``torchvision.datasets.ImageFolder`` (its ``samples`` and ``targets`` are read).
+            info: the dataset's mean/std, for normalisation.
+            device: where batches are delivered.
+            workers: DataLoader worker processes.
+            image_size: side of the square training and evaluation crops.
+        """
+        self.folder, self.info, self.device, self.workers = folder, info, torch.device(device), workers
+        self.image_size = image_size
         self.labels = np.asarray(folder.targets, dtype=np.int64)
         self._loaders: dict = {}
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _loader(self, key, indices, batch_size, seed, rank, world, shuffle, augment):
+    def _loader(self, key, indices: np.ndarray, batch_size: int, seed: int, rank: int, world: int, shuffle: bool,
+                augment: bool) -> torch.utils.data.DataLoader:
+        """One DataLoader per index list, mode, seed and shard, kept with its workers.
+
+        The key also holds the seed and ``(rank, world)``: the sampler fixes them when it is built.
+        """
         if key not in self._loaders:
             sampler = _EpochSampler(indices, seed, rank, world, shuffle=shuffle)
-            dataset = _SeededSample(self.folder, self.train_tf if augment else self.eval_tf)
-            self._loaders[key] = torch.utils.data.DataLoader(
-                dataset, batch_size=batch_size, sampler=sampler, num_workers=self.workers,
-                pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0)
+            self._loaders[key] = self._dataloader(sampler, batch_size, augment)
         return self._loaders[key]
 
-    def train_epoch(self, indices, batch_size, seed, epoch, rank=0, world=1, augment=True):
+    def _dataloader(self, sampler: _EpochSampler, batch_size: int, augment: bool) -> torch.utils.data.DataLoader:
+        """Workers that decode and transform each image, into pinned memory when bound for a GPU."""
+        from torchvision import transforms
+
+        size = self.image_size
+        if augment:
+            steps = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()]
+        else:
+            steps = [transforms.Resize(eval_resize(size)), transforms.CenterCrop(size)]
+        transform = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(self.info.mean,
+                                                                                            self.info.std)])
+        return torch.utils.data.DataLoader(
+            _SeededSample(self.folder, transform), batch_size=batch_size, sampler=sampler, num_workers=self.workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0)
+
+    def _on_device(self, batch, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loaded batch as ``(images, labels)`` on the device, the images in channels_last."""
+        x, y, _ = batch
+        return (x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last),
+                y.to(self.device, non_blocking=True))
+
+    def train_epoch(self, indices: np.ndarray, batch_size: int, seed: int, epoch: int, rank: int = 0,
+                    world: int = 1, augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's batches of ``indices`` for one epoch.
+
+        The order is shuffled; with ``augment`` each example is cropped and flipped from its
+        per-(seed, epoch) seed, without it each is the evaluation view (resize, centre crop).
+
+        Yields:
+            ``(x, y)``: (B, 3, S, S) float32 channels_last and (B,) int64 labels, on the device.
+        """
         key = ("train", _fingerprint(indices), batch_size, augment, seed, rank, world)
         loader = self._loader(key, indices, batch_size, seed, rank, world, shuffle=True, augment=augment)
         loader.sampler.set_epoch(epoch)
-        for x, y, _ in loader:
-            yield (x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last),
-                   y.to(self.device, non_blocking=True))
+        for batch in loader:
+            yield self._on_device(batch, augment)
 
-    def eval_batches(self, indices, batch_size, rank=0, world=1):
-        loader = self._loader(("eval", _fingerprint(indices), batch_size, rank, world), indices, batch_size, 0, rank,
-                              world, shuffle=False, augment=False)
+    def eval_batches(self, indices: np.ndarray, batch_size: int, rank: int = 0,
+                     world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """This rank's unaugmented batches of ``indices`` in order.
+
+        Yields:
+            ``(x, y, slots)``: images, labels and the positions in ``indices`` they belong to.
+        """
+        key = ("eval", _fingerprint(indices), batch_size, rank, world)
+        loader = self._loader(key, indices, batch_size, 0, rank, world, shuffle=False, augment=False)
         slots = torch.from_numpy(shard_positions(len(indices), rank, world))
         start = 0
-        for x, y, _ in loader:
-            stop = start + len(y)
-            yield (x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last),
-                   y.to(self.device, non_blocking=True), slots[start:stop].to(self.device))
-            start = stop
+        for batch in loader:
+            x, y = self._on_device(batch, augment=False)
+            yield x, y, slots[start:start + len(y)].to(self.device)
+            start += len(y)
 
 
 def _fingerprint(indices: np.ndarray) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import torch
 
 from utils.cli import UserError
-from utils.formats import ZIP_MAGIC, atomic_write
+from utils.formats import ZIP_MAGIC, atomic_write, first_line
 
 RUN_FORMAT = "cld-run/1"
 _SCRIPTS = {"losses": "get_loss_values.py (stage 1)", "coreset": "train_on_coresets.py (stage 3)"}
@@ -51,7 +51,7 @@ def _torch_load(path: str, what: str) -> Any:
                         f"loaded (loading it could run code; {detail})") from None
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError, TypeError,
             UnicodeDecodeError) as exc:
-        raise UserError(f"{what} {path} is truncated or corrupt ({_first_line(exc)})") from None
+        raise UserError(f"{what} {path} is truncated or corrupt ({first_line(exc)})") from None
 
 
 def load_checkpoint(path: str, what: str = "checkpoint") -> dict:
@@ -60,7 +60,12 @@ def load_checkpoint(path: str, what: str = "checkpoint") -> dict:
     The archive's CRC-32 checksums are verified first (``torch.load`` does not check them), so a
     damaged checkpoint is refused instead of loading garbage weights.
     """
-    state = _torch_load(path, what)
+    return _validated(_torch_load(path, what), path)
+
+
+def _validated(state: Any, path: str) -> dict:
+    """``state``, loaded from ``path``, once it is known to be a checkpoint of this project whose
+    identity and epoch are well-formed."""
     if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
         raise UserError(f"{path} is not a checkpoint of this project (no '{RUN_FORMAT}' format tag)")
     _require_fields(state, path, {"identity": dict, "model": dict})
@@ -102,7 +107,7 @@ def load_model_weights(path: str) -> tuple[dict, Any, dict | None]:
     of one written by the paper's code (DataParallel's ``module.`` prefixes removed)."""
     state = _torch_load(path, "checkpoint")
     if isinstance(state, dict) and state.get("format") == RUN_FORMAT:
-        state = load_checkpoint(path)
+        state = _validated(state, path)
         return state["model"], state.get("epoch"), state["identity"]
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         weights = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state["state_dict"].items()}
@@ -136,11 +141,6 @@ def _check_identity_values(identity: dict, path: str) -> None:
                             "corrupt")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 def _check_archive(path: str, what: str) -> None:
     """Refuse a file that is not a whole zip archive (what ``torch.save`` writes) with intact CRCs."""
     try:
@@ -154,9 +154,7 @@ def _check_archive(path: str, what: str) -> None:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as exc:
-        raise UserError(f"{what} {path} is truncated or corrupt ({_first_line(exc)})") from None
-    except IsADirectoryError:
-        raise UserError(f"{what} {path} is a folder, not a checkpoint") from None
+        raise UserError(f"{what} {path} is truncated or corrupt ({first_line(exc)})") from None
     except OSError as exc:
         raise UserError(f"cannot read {what} {path} ({exc.strerror or exc})") from None
     if bad is not None:

@@ -81,10 +81,13 @@ def _run(s: Settings, session, files: paths.RunFiles, recipe: Recipe, ratio: flo
     def collect(epoch: int) -> dict:
         tr = session.collect(train_idx, signals=not sums, desc=f"epoch {epoch + 1} collect train")
         val = session.collect(val_idx, desc=f"epoch {epoch + 1} collect val")
-        rows = device_rows(tr, val, signals=not sums)
         if is_main:
+            rows = device_rows(tr, val, signals=not sums)
             store.record(epoch, rows)
-        return {"val_loss_mean": float(rows["val_loss"].mean(dtype=np.float64))}
+            val_loss = rows["val_loss"]
+        else:  # only the main process records rows; the others need the mean (the divergence check)
+            val_loss = val["loss"].cpu().numpy()
+        return {"val_loss_mean": float(val_loss.mean(dtype=np.float64))}
 
     def before_checkpoint(done: int) -> None:  # what the checkpoint counts is on disk first
         store.flush(done)
@@ -93,7 +96,7 @@ def _run(s: Settings, session, files: paths.RunFiles, recipe: Recipe, ratio: flo
 
     run.fit(session.train_batches(train_idx, s.manual_seed), session.test_eval, after_epoch=collect,
             before_checkpoint=before_checkpoint,
-            after_checkpoint=store.forget_before if sums else None, log=say)
+            after_checkpoint=store.forget_before, log=say)
     with distributed.fail_together():  # every process returns once the output exists
         if is_main:
             record = {"dataset": info.name, "model_arch": s.model_arch, "manual_seed": s.manual_seed,

@@ -89,20 +89,20 @@ DECODE = Flag("decode", Choice(("cpu", "gpu")), "cpu",
 MODEL_ARCH = Flag("model_arch", Str(), "resnet18", "model: a name of the registry (torchvision names for ImageNet)")
 
 RECIPE = [
-    Flag("epochs", Int(1, MAX_EPOCHS), 164, "epochs to train", recipe=True),
+    Flag("epochs", Int(1, MAX_EPOCHS), 164, "epochs to train"),
     Flag("start_epoch", Int(0, MAX_EPOCHS), 0, "the paper code's flag; only 0 (a resumed run continues from "
          "the epoch stored in its checkpoint)"),
-    Flag("batch_size", Int(1, MAX_BATCH), 128, "training batch size (per process under torchrun)", recipe=True),
+    Flag("batch_size", Int(1, MAX_BATCH), 128, "training batch size (per process under torchrun)"),
     Flag("test_batch_size", Int(1, MAX_BATCH), 256, "batch size of every evaluation pass"),
-    Flag("learning_rate", Float(0, 100, lo_open=True), 0.1, "initial SGD learning rate", recipe=True),
-    Flag("momentum", Float(0, 1, hi_open=True), 0.9, "SGD momentum", recipe=True),
-    Flag("weight_decay", Float(0, 1), 5e-4, "SGD weight decay", recipe=True),
-    Flag("disable_nesterov", Bool(), False, "plain momentum instead of Nesterov", recipe=True),
+    Flag("learning_rate", Float(0, 100, lo_open=True), 0.1, "initial SGD learning rate"),
+    Flag("momentum", Float(0, 1, hi_open=True), 0.9, "SGD momentum"),
+    Flag("weight_decay", Float(0, 1), 5e-4, "SGD weight decay"),
+    Flag("disable_nesterov", Bool(), False, "plain momentum instead of Nesterov"),
     Flag("schedule", ListOf(Int(0, MAX_EPOCHS)), [81, 121], "epochs after which the learning rate is "
-         "multiplied by gamma", recipe=True),
-    Flag("gamma", Float(0, 1e6, lo_open=True), 0.1, "learning-rate decay factor", recipe=True),
+         "multiplied by gamma"),
+    Flag("gamma", Float(0, 1e6, lo_open=True), 0.1, "learning-rate decay factor"),
     Flag("augment", Bool(), True, "augment every training batch: random crop, and horizontal flip where the "
-         "dataset allows it (false: the images as they are)", recipe=True),
+         "dataset allows it (false: the images as they are)"),
 ]
 
 RUN = [
@@ -202,17 +202,14 @@ def check_model(model_arch: str, dataset: str) -> str:
     return model_arch
 
 
-def _dataset_name(name: str) -> str:
-    from utils.data import dataset_info
-    return dataset_info(name).name
-
-
 def _check_training(s: Settings) -> Settings:
     require(s.start_epoch == 0, f"--start_epoch {s.start_epoch} is not supported: a run resumed with "
             "--resume_path continues from the epoch stored in its checkpoint, and a fresh run starts at 0 "
             "(use --epochs to train for fewer epochs)")
     if s.evaluate_only:
         require(bool(s.resume_path), "--evaluate_only needs --resume_path with the checkpoint to evaluate")
+    require(s.momentum > 0 or s.disable_nesterov,
+            f"momentum must lie in [0, 1) and be positive with Nesterov, got {s.momentum}")
     return s
 
 
@@ -244,11 +241,7 @@ def _check_stage3(s: Settings) -> Settings:
     return s.replace(samples_per_class=k, topk_per_class=None)
 
 
-def _values(flags: list[Flag], **defaults: Any) -> list[Flag]:
-    return [f.with_default(defaults[f.name]) if f.name in defaults else f for f in flags]
-
-
-STAGE1 = FlagSet([*_values(DATA[:2]), MODEL_ARCH, DATA[2], *RECIPE[:3], RECIPE[3], VAL_SPLIT, *RECIPE[4:], *RUN,
+STAGE1 = FlagSet([*DATA[:2], MODEL_ARCH, DATA[2], *RECIPE[:3], RECIPE[3], VAL_SPLIT, *RECIPE[4:], *RUN,
                   *DEVICE, COLLECT_PRECISION, *STAGE1_OUTPUTS, DATA[3], DECODE,
                   OVERWRITE.with_default(False, "replace an existing loss file, or start an existing run over")],
                  check=_check_stage1)
@@ -273,9 +266,10 @@ def _score_flag(flag: Flag) -> Flag:
                 f"stage 1's {flag.name}; default the same as --{flag.name}")
 
 
-STAGE1_RECIPE = [f.name for f in RECIPE if f.name != "start_epoch"]
+STAGE1_RECIPE_FLAGS = [f for f in RECIPE if f.name != "start_epoch"]
+STAGE1_RECIPE = [f.name for f in STAGE1_RECIPE_FLAGS]
 GRID_OWN = [
-    Flag("dataset", DATA[1].kind, "CIFAR100", DATA[1].help),
+    DATA[1],
     Flag("score_model_arch", ListOf(Str(), unique=True), ["resnet18"], "model(s) trained in stage 1 to record "
          "the trajectories (and the model methods' snapshots)"),
     Flag("model_archs", ListOf(Str(), unique=True), ["resnet18"], "models trained on the coresets in stage 3 "
@@ -311,7 +305,7 @@ def _by_name(*groups) -> dict[str, Flag]:
 _ALL = _by_name(STAGE1, STAGE2, STAGE3)
 # Stage flags the grid forwards under the same name (the rest it sets itself, per step).
 GRID_FORWARDED = [
-    *[f for f in RECIPE if f.name != "start_epoch"],
+    *STAGE1_RECIPE_FLAGS,
     *(_ALL[n] for n in ("data_path", "workers", "download", "decode", "val_split_ratio", "device", "precision",
                         "compile", "collect_precision", "snapshot_epochs", "trajectories", "first_epochs",
                         "epoch_stride", "el2n_epochs", "dyn_unc_window", "snapshot_epoch", "cal_neighbors",
@@ -330,33 +324,31 @@ GRID_SETS = {
 
 
 def _check_grid(s: Settings) -> Settings:
-    from utils.data import dataset_info
-
-    dataset = dataset_info(s.dataset).name
     for key in ("score_model_arch", "model_archs", "methods", "orders", "seeds"):
         require(len(s[key]) > 0, f"--{key} needs at least one value")
-    for arch in s.score_model_arch + s.model_archs:
-        check_model(arch, dataset)
     require((s.samples_per_class is None) != (s.fractions is None),
             "give the subset sizes as --samples_per_class K1,K2,... or as --fractions F1,F2,... (one of them)")
     require(bool(s.samples_per_class or s.fractions), "the budget list is empty")
+    names = [methods.get(m).name for m in s.methods]
     extra = []
     for pair in s.method_orders:
         method, _, order = pair.partition(":")
         require(order in ORDERS, f"--method_orders takes method:order pairs with an order of {', '.join(ORDERS)}, "
                 f"got {pair!r}")
-        extra.append(f"{methods.get(method).name}:{order}")
-        require(extra[-1].split(":")[0] in [methods.get(m).name for m in s.methods],
-                f"--method_orders names {method!r}, which is not in --methods")
+        name = methods.get(method).name
+        require(name in names, f"--method_orders names {method!r}, which is not in --methods")
+        extra.append(f"{name}:{order}")
     if s.trajectories == "sums":
-        require([methods.get(m).name for m in s.methods] == ["cld"], "--trajectories sums keeps CLD's sums only; "
+        require(names == ["cld"], "--trajectories sums keeps CLD's sums only; "
                 "the other methods need the full trajectories (--methods cld, or --trajectories full)")
     epochs = s.score_epochs if s.score_epochs is not None else s.epochs
     require(epochs >= 3, f"stage 1 must record at least 3 epochs (CLD correlates 2+ loss differences), got {epochs}")
     require(s.launcher.strip() != "", "--launcher must be a command such as python or torchrun")
-    return s.replace(dataset=dataset, methods=[methods.get(m).name for m in s.methods], method_orders=extra,
-                     score_seed=s.seeds[0] if s.score_seed is None else s.score_seed)
+    # Last: the model registry imports torch, which the cheaper checks above need not wait for.
+    for arch in s.score_model_arch + s.model_archs:
+        check_model(arch, s.dataset)
+    return s.replace(methods=names, method_orders=extra, score_seed=s.seeds[0] if s.score_seed is None else s.score_seed)
 
 
-GRID = FlagSet([*GRID_OWN, *(_score_flag(f) for f in RECIPE if f.name in STAGE1_RECIPE), *GRID_FORWARDED,
+GRID = FlagSet([*GRID_OWN, *(_score_flag(f) for f in STAGE1_RECIPE_FLAGS), *GRID_FORWARDED,
                 *GRID_RUNNING], check=_check_grid)

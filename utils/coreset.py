@@ -134,7 +134,7 @@ def _train(s: Settings, session, files: paths.RunFiles, recipe: Recipe, coreset:
         "method": scores["method"], "score_model_arch": score_arch, "order": s.order,
         "samples_per_class": budget[1] if budget[0] == "samples_per_class" else None,
         "fraction": budget[1] if budget[0] == "fraction" else None, "coreset_size": int(len(coreset)),
-        "manual_seed": s.manual_seed, "epochs": recipe.epochs, **recipe.as_dict(),
+        "manual_seed": s.manual_seed, **recipe.as_dict(),
         "precision": session.precision, "compile": str(s.compile), "world_size": session.dist.world,
         "commit": project_commit(), "best_test_acc": round(run.best_acc, 4),
         "final_test_acc": round(float(run.rows[-1]["test_acc"]), 4),

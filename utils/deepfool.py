@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from utils.selectors import safe_divide
+
 # Added to the step length so that the step lands just past the linearised boundary (DeepFool).
 STEP_PAD = 1e-4
 
@@ -90,18 +92,19 @@ def _deepfool(model: nn.Module, x: torch.Tensor, max_iter: int, overshoot: float
     r_tot = torch.zeros_like(x)
     if b == 0:
         return r_tot
-    with torch.no_grad():
-        f0 = model(x)
-    k0 = f0.argmax(1)
-    m = min(int(candidates), f0.shape[1] - 1)
-    if m < 1:
-        return r_tot                    # one class: there is no boundary to cross
-    others = f0.masked_fill(nn.functional.one_hot(k0, f0.shape[1]).bool(), float("-inf"))
-    cand = torch.sort(others, dim=1, descending=True, stable=True).indices[:, :m]   # (B, m)
     active = torch.arange(b, device=x.device)
+    k0 = None
     for _ in range(max_iter):
         xi = (x[active] + (1.0 + overshoot) * r_tot[active]).requires_grad_(True)
         f = model(xi)
+        if k0 is None:  # the first pass is at x itself (r_tot = 0): the original prediction and candidates
+            f0 = f.detach()
+            k0 = f0.argmax(1)
+            m = min(int(candidates), f0.shape[1] - 1)
+            if m < 1:
+                break                   # one class: there is no boundary to cross
+            others = f0.masked_fill(nn.functional.one_hot(k0, f0.shape[1]).bool(), float("-inf"))
+            cand = torch.sort(others, dim=1, descending=True, stable=True).indices[:, :m]   # (B, m)
         still = f.detach().argmax(1) == k0[active]
         if not bool(still.any()):
             break
@@ -111,11 +114,11 @@ def _deepfool(model: nn.Module, x: torch.Tensor, max_iter: int, overshoot: float
                          for j in range(m)], dim=1)                           # (A, m, numel)
         fdiff = fdiff.detach().abs()
         wn = torch.linalg.vector_norm(w, dim=2)
-        dist = torch.where(wn > 0, fdiff / torch.where(wn > 0, wn, 1.0), float("inf"))
+        dist = safe_divide(fdiff, wn, float("inf"))
         l = dist.argmin(1)
         rows = torch.arange(len(active), device=x.device)
         wl, wln, fl = w[rows, l], wn[rows, l], fdiff[rows, l]
-        scale = torch.where(wln > 0, (fl + STEP_PAD) / torch.where(wln > 0, wln, 1.0).square(), 0.0)
+        scale = safe_divide(fl + STEP_PAD, wln.square(), 0.0, positive=wln)
         step = (scale[:, None] * wl).view_as(xi)
         idx = active[still]
         r_tot[idx] += step[still]

@@ -48,9 +48,7 @@ class Kind:
 
 
 def _bad(flag: str, what: str, value: Any) -> UserError:
-    shown = value if isinstance(value, str) else repr(value)
-    return UserError(f"--{flag} takes {what}, got {shown!r}" if isinstance(value, str) else
-                     f"--{flag} takes {what}, got {shown}")
+    return UserError(f"--{flag} takes {what}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -277,13 +275,11 @@ class Flag:
         kind: how values are read and checked.
         default: the value when the flag is not given.
         help: one line for ``--help``.
-        recipe: part of the training recipe: recorded with every result and equal on resume.
     """
     name: str
     kind: Kind
     default: Any
     help: str
-    recipe: bool = False
 
     def with_default(self, default: Any, help: str | None = None) -> "Flag":
         return replace(self, default=default, help=help or self.help)
@@ -351,13 +347,6 @@ class FlagSet:
 
     def __getitem__(self, name: str) -> Flag:
         return self.flags[name]
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return {f.name: f.default for f in self}
-
-    def recipe_names(self) -> list[str]:
-        return [f.name for f in self if f.recipe]
 
     # ------------------------------------------------------------------ checking
 
@@ -478,11 +467,6 @@ class FlagSet:
             else:
                 words += [f"--{name}", shlex.quote(flag.kind.render(value))]
         return " ".join(words)
-
-    def differing(self, values: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
-        """The entries of ``values`` among ``names`` that differ from this set's defaults."""
-        return {n: values[n] for n in names if n in self.flags and n in values
-                and not _same(values[n], self.flags[n].default)}
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -71,9 +71,16 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
     except BaseException as exc:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, UserError):
+        if isinstance(exc, OSError):
             raise write_error(path, exc) from None
         raise
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), or its type's name if the
+    message is empty: library errors can be long, span several lines, or say nothing."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def write_error(path: str, exc: OSError) -> UserError:
@@ -599,8 +606,7 @@ def load_npz(path: str, what: str) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
     except (ValueError, OSError, EOFError, KeyError) as exc:
-        raise UserError(f"{what} {path} is truncated, corrupt or not an .npz file ({str(exc).splitlines()[0]})") \
-            from None
+        raise UserError(f"{what} {path} is truncated, corrupt or not an .npz file ({first_line(exc)})") from None
 
 
 # ----------------------------------------------------------------------------- CLD sums files

@@ -28,8 +28,8 @@ from typing import Any, Callable, Sequence
 from utils import config, paths, progress
 from utils.cli import UserError
 from utils.flags import FlagSet, Settings
-from utils.formats import atomic_write
-from utils.run import RunBusy, RunLock
+from utils.formats import _try_lock, atomic_write, ensure_dir
+from utils.locks import RunBusy, RunLock
 
 SCRIPTS = {1: "get_loss_values.py", 2: "compute_cld_scores.py", 3: "train_on_coresets.py"}
 FLAGSETS: dict[int, FlagSet] = {1: config.STAGE1, 2: config.STAGE2, 3: config.STAGE3}
@@ -142,9 +142,14 @@ def guarded(step: Step, launcher: str = "python") -> str:
     return f"[ -e {out} ] || {cmd}  # stage{step.stage}"
 
 
+def stage_counts(steps: Sequence[Step]) -> dict[int, int]:
+    """{stage: number of its steps} for stages 1, 2 and 3."""
+    return {s: sum(1 for x in steps if x.stage == s) for s in (1, 2, 3)}
+
+
 def write_script(path: str, steps: Sequence[Step], table_command: str, launcher: str = "python") -> None:
     """Write the grid as a bash script: one command per line, tagged ``# stage1/2/3`` / ``# table``."""
-    counts = {s: sum(1 for x in steps if x.stage == s) for s in (1, 2, 3)}
+    counts = stage_counts(steps)
     head = f"""#!/usr/bin/env bash
 # Grid written by reproduce_table.py; run from the repository root.
 # Stages depend on each other: every 'stage1' line must finish before any 'stage2' line starts,
@@ -187,9 +192,9 @@ def run_subprocess(step: Step, cmd: str) -> None:
 
 
 @contextlib.contextmanager
-def _held(path: str):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    lock = RunLock(path, f"stage 2 for {path[:-len('.lock')]}")
+def _held(step: Step):
+    ensure_dir(os.path.dirname(os.path.abspath(step.lock)))
+    lock = RunLock(step.lock, f"stage 2 for {step.output}")
     try:
         yield
     finally:
@@ -201,9 +206,7 @@ def busy(lock: str) -> bool:
     if not os.path.exists(lock):
         return False
     with open(lock, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not _try_lock(f.fileno()):
             return True
         fcntl.flock(f, fcntl.LOCK_UN)
     return False
@@ -268,7 +271,7 @@ class Runner:
         started = time.perf_counter()
         try:
             # Stages 1 and 3 lock their run themselves; stage 2 is locked here, for the grid.
-            with _held(step.lock) if step.stage == 2 else contextlib.nullcontext():
+            with _held(step) if step.stage == 2 else contextlib.nullcontext():
                 if launcher_of(step.stage, self.launcher) == "python":
                     run_stage(step.stage, flags)
                 else:
@@ -296,7 +299,11 @@ class Runner:
                 raise UserError(f"run {step.name} is still held by another process")
 
     def _parallel(self, steps: list[Step]) -> list[Step]:
-        todo = [s for s in steps if decide(s)[0] != "skip"]
+        todo = []  # (step, the flags it runs with)
+        for step in steps:
+            action, flags = decide(step)
+            if action != "skip":
+                todo.append((step, flags))
         self.counts["skipped"][3] += len(steps) - len(todo)
         if not todo:
             return []
@@ -306,7 +313,7 @@ class Runner:
         counter = context.Value("i", 0)
         with concurrent.futures.ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_worker_start,
                                                     initargs=(counter, threads)) as pool:
-            futures = {pool.submit(_worker_run, decide(s)[1]): s for s in todo}
+            futures = {pool.submit(_worker_run, flags): step for step, flags in todo}
             bar = progress.bar(concurrent.futures.as_completed(futures), "grid", total=len(futures), unit="run")
             for future in bar:
                 step = futures[future]

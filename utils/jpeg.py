@@ -34,14 +34,14 @@ pixels; they are rare, so this costs nothing measurable.
 from __future__ import annotations
 
 import io
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from utils.batches import _EpochSampler, _fingerprint, shard_positions
+from utils.batches import FolderBatches, _EpochSampler, eval_resize, normaliser
 from utils.data import DatasetInfo
 
 # RandomResizedCrop's defaults, which FolderBatches uses.
@@ -99,7 +99,7 @@ def eval_geometry(height: int, width: int, image_size: int) -> tuple[int, int, i
     Returns:
         ``(resized_height, resized_width, top, left)``: the size to resize to, then the crop's corner.
     """
-    resize = int(round(image_size * 256 / 224))
+    resize = eval_resize(image_size)
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = resize, int(resize * long / short)
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
@@ -288,55 +288,33 @@ def _batch_images(batch: _Batch, device: torch.device) -> list[torch.Tensor]:
     return [next(decoded) if encoded else next(pixels).to(device, non_blocking=True) for encoded in batch.encoded]
 
 
-class DeviceJpegBatches:
+class DeviceJpegBatches(FolderBatches):
     """An ImageFolder dataset whose JPEGs are decoded and augmented on ``device``.
 
-    The interface, sharding, seeding and output format are those of
+    The interface, loaders, sharding, seeding and output format are those of
     :class:`utils.batches.FolderBatches`; see the module docstring for what differs (pixel values,
     slightly) and when to prefer it. ``device`` is normally CUDA (nvJPEG); the CPU works too
-    (libjpeg-turbo in the main process), which the tests use.
+    (libjpeg-turbo in the main process), which the tests use. The workers read files and draw
+    parameters only.
     """
 
     def __init__(self, folder, info: DatasetInfo, device: torch.device, workers: int, image_size: int = 224):
-        """
-        Args:
-            folder: a ``torchvision.datasets.ImageFolder`` (its ``samples`` and ``targets`` are read).
-            info: the dataset's mean/std, for normalisation.
-            device: where batches are decoded and delivered.
-            workers: DataLoader worker processes (they read files and draw parameters only).
-            image_size: side of the square training and evaluation crops.
-        """
-        self.folder, self.device, self.workers, self.image_size = folder, torch.device(device), workers, image_size
-        self.labels = np.asarray(folder.targets, dtype=np.int64)
-        # Normalise pixels in 0..255 in one multiply-add: (x / 255 - mean) / std == x * scale + shift.
-        mean = torch.tensor(info.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(info.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
-        self._loaders: dict = {}
+        super().__init__(folder, info, device, workers, image_size)
+        self.scale, self.shift = normaliser(info, self.device, torch.float32)
 
-    def __len__(self) -> int:
-        return len(self.labels)
+    def _dataloader(self, sampler: _EpochSampler, batch_size: int, augment: bool) -> torch.utils.data.DataLoader:
+        """Workers that read files and draw parameters, whatever ``augment`` (the device applies them or not)."""
+        # No pinned memory: the decoder reads the bytes on the host; only labels (and rare
+        # worker-decoded images) are copied to the device, too little to gain from pinning.
+        return torch.utils.data.DataLoader(
+            _EncodedSample(self.folder), batch_size=batch_size, sampler=sampler, num_workers=self.workers,
+            collate_fn=_collate, persistent_workers=self.workers > 0)
 
-    def _loader(self, key, indices: np.ndarray, batch_size: int, seed: int, rank: int, world: int,
-                shuffle: bool) -> torch.utils.data.DataLoader:
-        """One DataLoader per index list, mode, seed and shard, kept with its workers, as FolderBatches does.
-
-        The key also holds the seed and ``(rank, world)``: the sampler fixes them when it is built.
-        """
-        if key not in self._loaders:
-            sampler = _EpochSampler(indices, seed, rank, world, shuffle=shuffle)
-            # No pinned memory: the decoder reads the bytes on the host; only labels (and rare
-            # worker-decoded images) are copied to the device, too little to gain from pinning.
-            self._loaders[key] = torch.utils.data.DataLoader(
-                _EncodedSample(self.folder), batch_size=batch_size, sampler=sampler, num_workers=self.workers,
-                collate_fn=_collate, persistent_workers=self.workers > 0)
-        return self._loaders[key]
-
-    def _assemble(self, batch: _Batch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode, crop/resize/flip (train) or resize/centre-crop (eval), normalise; plus labels."""
+    def _on_device(self, batch: _Batch, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode, crop/resize/flip (augment) or resize/centre-crop, normalise; plus labels."""
         images = _batch_images(batch, self.device)
         size = self.image_size
-        if train:
+        if augment:
             boxes = batch.boxes.tolist()
             # Crops differ in size, so one resize per image; then batch-wide operations only.
             x = flip_where(torch.stack([train_view(image, tuple(box), size) for image, box in zip(images, boxes)]),
@@ -347,35 +325,3 @@ class DeviceJpegBatches:
         out = torch.empty_like(x, memory_format=torch.channels_last)
         torch.addcmul(self.shift, x, self.scale, out=out)
         return out, batch.labels.to(self.device, non_blocking=True)
-
-    def train_epoch(self, indices: np.ndarray, batch_size: int, seed: int, epoch: int, rank: int = 0,
-                    world: int = 1, augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's batches of ``indices`` for one epoch, as ``FolderBatches.train_epoch``.
-
-        The order is shuffled; with ``augment`` each example is cropped and flipped from its
-        per-(seed, epoch) seed, without it each is the evaluation view (resize, centre crop).
-
-        Yields:
-            ``(x, y)``: (B, 3, S, S) float32 channels_last and (B,) int64 labels, on the device.
-        """
-        key = ("train", _fingerprint(indices), batch_size, augment, seed, rank, world)
-        loader = self._loader(key, indices, batch_size, seed, rank, world, shuffle=True)
-        loader.sampler.set_epoch(epoch)
-        for batch in loader:
-            yield self._assemble(batch, train=augment)
-
-    def eval_batches(self, indices: np.ndarray, batch_size: int, rank: int = 0,
-                     world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """This rank's unaugmented batches of ``indices`` in order, as ``FolderBatches.eval_batches``.
-
-        Yields:
-            ``(x, y, slots)``: images, labels and the positions in ``indices`` they belong to.
-        """
-        key = ("eval", _fingerprint(indices), batch_size, rank, world)
-        loader = self._loader(key, indices, batch_size, 0, rank, world, shuffle=False)
-        slots = torch.from_numpy(shard_positions(len(indices), rank, world))
-        start = 0
-        for batch in loader:
-            x, y = self._assemble(batch, train=False)
-            yield x, y, slots[start:start + len(y)].to(self.device)
-            start += len(y)

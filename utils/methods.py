@@ -10,8 +10,9 @@ Two families write the same score file:
 
 A record names what the method reads, what the top of its ranking means (always the end that the
 method's authors select first), which end holds the hardest examples (CCS trims that end), the
-stage-2 flags it uses, and whether its ranking is a greedy order (then every prefix is the
-method's selection at that budget, and the recorded scores are the greedy gains).
+stage-2 flags it uses, whether its ranking is a greedy order (then every prefix is the
+method's selection at that budget, and the recorded scores are the greedy gains), and what stage 2
+must evaluate besides the training split.
 """
 from __future__ import annotations
 
@@ -34,11 +35,15 @@ class Method:
         name: the ``--method`` value.
         family: 'trajectory' or 'model'.
         inputs: trajectory methods: the loss-file arrays read; model methods: the features read
-            ('embeddings', 'probs', 'grads', 'logits', or 'model' for the network itself).
+            ('embeddings', 'probs', 'grads', 'logits'), or 'model' for the network itself (its
+            scorer then evaluates the whole training split, not one class's features).
         top_means: what the top of each class's ranking is.
         hard_end: 'top' or 'bottom', the end holding the hardest examples.
         options: the stage-2 flags the method reads (recorded in the score file).
         greedy: the ranking is a greedy order and the scores are the greedy gains.
+        validation: a model method that also reads the validation split's features.
+        run_defaults: ``(option, stage-1 config key)`` pairs: an option left unset takes the value
+            the stage-1 run was trained with.
         paper: where it comes from.
     """
     name: str
@@ -48,6 +53,8 @@ class Method:
     hard_end: str
     options: tuple[str, ...] = ()
     greedy: bool = False
+    validation: bool = False
+    run_defaults: tuple[tuple[str, str], ...] = ()
     paper: str = ""
 
     @property
@@ -59,8 +66,9 @@ def _trajectory(name, inputs, top_means, hard_end, options=(), paper=""):
     return Method(name, "trajectory", inputs, top_means, hard_end, EPOCH_OPTIONS + options, paper=paper)
 
 
-def _model(name, inputs, top_means, hard_end, options=(), greedy=False, paper=""):
-    return Method(name, "model", inputs, top_means, hard_end, MODEL_OPTIONS + options, greedy, paper)
+def _model(name, inputs, top_means, hard_end, options=(), greedy=False, validation=False, run_defaults=(), paper=""):
+    return Method(name, "model", inputs, top_means, hard_end, MODEL_OPTIONS + options, greedy, validation,
+                  run_defaults, paper)
 
 
 _RECORDS = [
@@ -98,9 +106,11 @@ _RECORDS = [
     _model("craig", ("grads",), "facility-location greedy order on gradient distances", "top", greedy=True,
            paper="Mirzasoleiman et al. 2020 (DeepCore)"),
     _model("gradmatch", ("grads",), "orthogonal-matching-pursuit order matching the class's mean validation gradient",
-           "top", greedy=True, paper="Killamsetty et al. 2021 (DeepCore)"),
+           "top", greedy=True, validation=True, paper="Killamsetty et al. 2021 (DeepCore)"),
+    # GLISTER's step size defaults to the run's learning rate, as DeepCore's does
     _model("glister", ("grads", "logits"), "greedy order raising the validation log-likelihood most (Taylor estimate)",
-           "top", ("glister_eta",), greedy=True, paper="Killamsetty et al. 2021 (DeepCore)"),
+           "top", ("glister_eta",), greedy=True, validation=True, run_defaults=(("glister_eta", "learning_rate"),),
+           paper="Killamsetty et al. 2021 (DeepCore)"),
     _model("facility_location", ("grads",), "facility-location greedy order (cosine similarity of gradients)", "top",
            greedy=True, paper="Iyer et al. 2021 (DeepCore's Submodular)"),
     _model("graph_cut", ("grads",), "graph-cut greedy order (cosine similarity of gradients)", "top", greedy=True,
@@ -130,7 +140,8 @@ def get(name: str) -> Method:
 
 def scorer(method: Method) -> Callable:
     """The function that scores ``method``: utils.scores for trajectories (numpy only), else
-    utils.model_scores (imports torch)."""
+    utils.model_scores (imports torch), where it takes one class's features, or the network and
+    the training split when ``'model'`` is among its inputs."""
     if method.family == "trajectory":
         from utils import scores
         return getattr(scores, method.name)

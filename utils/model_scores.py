@@ -12,7 +12,8 @@ gradient of example i's loss w.r.t. the final layer is ``g_i = [r_i, r_i (x) e_i
 weights), which the selectors never materialise.
 
 Each method below takes one class's :class:`ClassFeatures` (rows in ascending dataset index) and
-returns scores (higher = ranked first) or a greedy ``(order, gains)``.
+returns scores (higher = ranked first) or a greedy ``(order, gains)``; :func:`deepfool`, which reads
+the network itself, takes the model and the training split instead and returns a distance per row.
 """
 from __future__ import annotations
 
@@ -27,14 +28,13 @@ from utils.checkpoint import check_identity, load_model_weights
 from utils.cli import UserError
 from utils.data import load_dataset
 from utils.flags import Settings
-from utils.formats import save_npz
+from utils.formats import first_line, save_npz
 from utils.methods import Method
 from utils.scores import rank_per_class
-from utils.training import exact_fp32, resolve_collect_precision, resolve_device, resolve_precision
+from utils.training import precision_context, resolve_collect_precision, resolve_device, resolve_precision
 
 SELECTION_EPOCH = 40  # DeepCore's selection_epochs: the default snapshot
 MAX_FULL_GRADS = 1 << 30  # bytes: a larger gradient matrix is exported as its two factors
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -165,7 +165,16 @@ def glister(f: ClassFeatures, glister_eta: float, **_: Any):
     return selectors.glister(f.residual, f.embeddings, f.val.logits, f.val.labels, f.val.embeddings, glister_eta)
 
 
-_NEEDS_VALIDATION = ("gradmatch", "glister")
+def deepfool(model: torch.nn.Module, source, indices: np.ndarray, batch_size: int, device: torch.device,
+             precision: str, deepfool_max_iter: int, **_: Any) -> np.ndarray:
+    """DeepFool distance of every example of ``indices`` (float32, in that order)."""
+    from utils.deepfool import deepfool_distances
+
+    out = torch.zeros(len(indices), device=device)
+    with precision_context(precision, device):
+        for x, _, slots in progress.bar(source.eval_batches(indices, batch_size), "deepfool"):
+            out[slots] = deepfool_distances(model, x, max_iter=deepfool_max_iter).float()
+    return out.cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -173,8 +182,10 @@ _NEEDS_VALIDATION = ("gradmatch", "glister")
 def score_classes(method: Method, losses: dict, loss_path: str, s: Settings, options: dict) -> tuple:
     """Rank every class of a stage-1 run with a model method.
 
-    Returns ``(indices, scores, extra)``: the score file's per-class rankings and scores, and
-    what it records beside them (the weights used, the resolved options).
+    ``options`` holds the method's flags; their ``snapshot_epoch`` and ``collect_precision`` are
+    resolved here, in place, to the weights and precision used. Returns ``(indices, scores,
+    extra)``: the score file's per-class rankings and scores, and what it records beside them
+    (the weights used).
     """
     weights, epoch, path = _snapshot(losses, loss_path, s.snapshot_epoch)
     config = losses.get("config") or {}
@@ -185,22 +196,20 @@ def score_classes(method: Method, losses: dict, loss_path: str, s: Settings, opt
     batch = int(config.get("test_batch_size", 256))
     train, val = losses["train_indices"], losses["val_indices"]
     options.update({"snapshot_epoch": epoch, "collect_precision": precision})
-    options.update({name: s[name] for name in method.options if name not in options})
-    if method.name == "glister" and options.get("glister_eta") is None:
-        options["glister_eta"] = float(config.get("learning_rate", 0.1))
-    extra = {"options": options, "snapshot": path, "snapshot_epoch": epoch}
-    if method.name == "deepfool":
-        distances = _deepfool(model, source, train, batch, device, precision, s.deepfool_max_iter)
+    extra = {"snapshot": path, "snapshot_epoch": epoch}
+    if "model" in method.inputs:
+        distances = methods.scorer(method)(model, source, train, batch, device, precision, **options)
         if s.save_features:
             _save(s.save_features, {"distances": distances}, losses)
         indices, scores = rank_per_class(-distances.astype(np.float64), losses["tr_lbl"], train)
         return indices, scores, extra
     feats = extract_features(model, source, train, batch, device, precision, "train split")
     vfeats = extract_features(model, source, val, batch, device, precision, "validation split") \
-        if method.name in _NEEDS_VALIDATION else None
+        if method.validation else None
+    full = full_gradients(feats)
     if s.save_features:
-        _save(s.save_features, _exported(method, feats, vfeats, losses), losses, vfeats is not None)
-    return (*_rank(method, feats, vfeats, losses, options), extra)
+        _save(s.save_features, _exported(method, feats, vfeats, full), losses, vfeats is not None)
+    return (*rank_classes(method, feats, vfeats, losses, options, full), extra)
 
 
 def _snapshot(losses: dict, loss_path: str, wanted: int | None) -> tuple[dict, int, str]:
@@ -249,17 +258,10 @@ def _model_and_data(losses: dict, weights: dict, path: str, s: Settings, device:
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        raise UserError(f"checkpoint {path} does not fit {losses['model_arch']} ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"checkpoint {path} does not fit {losses['model_arch']} ({first_line(exc)})") from None
     model.eval()
     workers = int(config.get("workers", 0)) if isinstance(config.get("workers", 0), int) else 0
     return model, make_batches(data.train, data.info, device, workers, config.get("decode", "cpu"))
-
-
-def _precision(precision: str, device: torch.device):
-    """The context of a per-example pass: exact fp32 (TF32 off), or autocast."""
-    if precision == "fp32":
-        return exact_fp32(device)
-    return torch.autocast(device.type, dtype=_AUTOCAST[precision])
 
 
 @torch.no_grad()
@@ -276,7 +278,7 @@ def extract_features(model: torch.nn.Module, source, indices: np.ndarray, batch_
     embeddings = torch.zeros(n, layer.in_features, device=device)
     labels = torch.zeros(n, dtype=torch.long, device=device)
     try:
-        with _precision(precision, device):
+        with precision_context(precision, device):
             for x, y, slots in progress.bar(source.eval_batches(indices, batch_size), f"evaluate {what}"):
                 captured.clear()
                 logits[slots] = model(x).float()
@@ -287,22 +289,16 @@ def extract_features(model: torch.nn.Module, source, indices: np.ndarray, batch_
     return Features(logits, embeddings, labels)
 
 
-def _deepfool(model, source, indices: np.ndarray, batch_size: int, device: torch.device, precision: str,
-              max_iter: int) -> np.ndarray:
-    from utils.deepfool import deepfool_distances
+def rank_classes(method: Method, feats: Features, vfeats: Features | None, losses: dict, options: dict,
+                 full: bool) -> tuple[dict, dict]:
+    """Per class: the method's scores ranked (ties to the lower index), or its greedy order.
 
-    out = torch.zeros(len(indices), device=device)
-    with _precision(precision, device):
-        for x, _, slots in progress.bar(source.eval_batches(indices, batch_size), "deepfool"):
-            out[slots] = deepfool_distances(model, x, max_iter=max_iter).float()
-    return out.cpu().numpy()
-
-
-def _rank(method: Method, feats: Features, vfeats: Features | None, losses: dict, options: dict) -> tuple[dict, dict]:
-    """Per class: the method's scores ranked (ties to the lower index), or its greedy order."""
+    ``feats`` (``vfeats``) are the evaluation pass's features of ``losses["train_indices"]``
+    (``losses["val_indices"]``, or None when the method does not read them); ``full``: whether the
+    gradient matrix is formed whole (:meth:`ClassFeatures.gradients`).
+    """
     train, labels = losses["train_indices"], losses["tr_lbl"]
     fn = methods.scorer(method)
-    full = _full_size(feats) <= MAX_FULL_GRADS
     values = np.zeros(len(train))
     indices, scores = {}, {}
     for c in progress.bar(np.unique(labels), f"{method.name} per class", unit="class"):
@@ -320,8 +316,8 @@ def _rank(method: Method, feats: Features, vfeats: Features | None, losses: dict
     return indices, scores
 
 
-def _exported(method: Method, feats: Features, vfeats: Features | None, losses: dict) -> dict[str, np.ndarray]:
-    """The matrices ``--save_features`` writes for ``method``."""
+def _exported(method: Method, feats: Features, vfeats: Features | None, full: bool) -> dict[str, np.ndarray]:
+    """The matrices ``--save_features`` writes for ``method`` (``full``: the gradient matrix whole)."""
     out: dict[str, np.ndarray] = {}
     for part, f in (("", feats), ("val_", vfeats)):
         if f is None:
@@ -333,7 +329,7 @@ def _exported(method: Method, feats: Features, vfeats: Features | None, losses: 
         if "logits" in method.inputs:
             out[part + "logits"] = f.logits.cpu().numpy()
         if "grads" in method.inputs:
-            if _full_size(feats) <= MAX_FULL_GRADS:
+            if full:
                 out[part + "grads"] = _factors(f, True)[0].cpu().numpy()
             else:  # exact factors instead of a matrix larger than a gigabyte: g = [r, r (x) e]
                 out[part + "grad_bias"] = _residual(f.logits, f.labels).cpu().numpy()
@@ -341,10 +337,11 @@ def _exported(method: Method, feats: Features, vfeats: Features | None, losses: 
     return out
 
 
-def _full_size(feats: Features) -> int:
-    """Bytes of the training split's whole float32 gradient matrix, N x C (D + 1)."""
+def full_gradients(feats: Features) -> bool:
+    """Whether the training split's whole float32 gradient matrix, N x C (D + 1), is small enough to
+    form and export (:data:`MAX_FULL_GRADS` bytes)."""
     n, c = feats.logits.shape
-    return n * c * (feats.embeddings.shape[1] + 1) * 4
+    return n * c * (feats.embeddings.shape[1] + 1) * 4 <= MAX_FULL_GRADS
 
 
 def _save(path: str, arrays: dict[str, np.ndarray], losses: dict, with_val: bool = False) -> None:

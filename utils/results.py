@@ -61,16 +61,16 @@ def write_result(results_dir: str, name: str, result: Mapping[str, Any]) -> str:
     return path
 
 
-def refresh_csv(results_dir: str, changed: str | None = None, log=print) -> str:
+def refresh_csv(results_dir: str, changed: str | None = None) -> str:
     """Rewrite ``results.csv`` from its rows and the run JSONs (see the module doc), reading the
-    JSON of ``changed`` and of every run without a row; returns the CSV's path."""
+    JSON of ``changed`` and of every run without a row; returns the CSV's path. The runs folder
+    exists (the caller wrote a JSON there)."""
     csv_path = paths.results_csv(results_dir)
     runs_dir = paths.runs_dir(results_dir)
-    ensure_dir(runs_dir)
     with open(paths.lock_of(csv_path), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            rows = _read_rows(csv_path, log)
+            rows = _read_rows(csv_path)
             names = sorted(f[:-5] for f in os.listdir(runs_dir) if f.endswith(".json") and not f.startswith("."))
             fresh = {}
             for name in names:
@@ -93,7 +93,7 @@ def refresh_csv(results_dir: str, changed: str | None = None, log=print) -> str:
     return csv_path
 
 
-def _read_rows(csv_path: str, log) -> dict[str, dict]:
+def _read_rows(csv_path: str) -> dict[str, dict]:
     """The rows of an existing ``results.csv`` by run name; one of other columns (an older version)
     is kept aside as ``results.csv.bak`` and the CSV is rebuilt from the JSONs."""
     if not os.path.exists(csv_path):
@@ -108,7 +108,7 @@ def _read_rows(csv_path: str, log) -> dict[str, dict]:
             raise ValueError("a ragged row")
     except (OSError, ValueError, csv.Error, UnicodeDecodeError):
         os.replace(csv_path, csv_path + ".bak")
-        log(f"note: {csv_path} had other columns or a damaged row; it is kept as {csv_path}.bak and rebuilt from "
-            "the run results")
+        print(f"note: {csv_path} had other columns or a damaged row; it is kept as {csv_path}.bak and rebuilt from "
+              "the run results")
         return {}
     return {row["name"]: row for row in rows}

@@ -5,19 +5,16 @@ step the LR scheduler, then run the stage's own per-epoch work (stage 1 records 
 losses). After every epoch the run state is checkpointed atomically (``*_last.pth``), the best
 model by test accuracy is kept (``*_best.pth``, as the paper code chooses it), and the per-epoch
 CSV log is rewritten from the rows held in the checkpoint, so log and checkpoint never disagree
-after a crash. A run holds an exclusive lock on its name for its whole life (:class:`RunLock`).
+after a crash. A run holds an exclusive lock on its name for its whole life (:class:`utils.locks.RunLock`).
 """
 from __future__ import annotations
 
 import contextlib
 import csv
-import errno
-import fcntl
 import io
 import math
 import os
 import shutil
-import socket
 import time
 from typing import Any, Callable, Iterator
 
@@ -26,48 +23,13 @@ import torch
 from utils import distributed, progress
 from utils.checkpoint import check_identity, load_run_state, rng_state, save_checkpoint, set_rng_state
 from utils.cli import UserError
-from utils.formats import atomic_write, check_output_free, ensure_dir
+from utils.formats import atomic_write, check_output_free, ensure_dir, first_line
+from utils.locks import RunLock
 from utils.paths import RunFiles
 from utils.training import Recipe, Trainer
 
 # A training loss this many times the first epoch's means the run diverged (before it overflows).
 DIVERGENCE_FACTOR = 100.0
-
-
-class RunLock:
-    """An exclusive ``flock`` on a run's lock file, held while the run lives.
-
-    The kernel drops the lock when its process dies, so the lock of a killed run is taken over by
-    the next process; the file keeps the holder's PID and host for the message a second process
-    gets.
-    """
-
-    def __init__(self, path: str, what: str):
-        self.path = path
-        self._file = open(path, "a+")
-        try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            self._file.seek(0)
-            holder = self._file.read().strip() or "another process"
-            self._file.close()
-            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
-                raise RunBusy(f"{what} is running in {holder} (it holds {path}); wait for it to finish, or give "
-                              "this run another name or folder") from None
-            raise UserError(f"cannot lock {path} ({exc.strerror})") from None
-        self._file.seek(0)
-        self._file.truncate()
-        self._file.write(f"process {os.getpid()} on {socket.gethostname()}\n")
-        self._file.flush()
-
-    def release(self) -> None:
-        if not self._file.closed:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
-            self._file.close()
-
-
-class RunBusy(UserError):
-    """The run (or output) is being produced by another live process right now."""
 
 
 class RunClaim:
@@ -242,7 +204,7 @@ class TrainingRun:
             self.trainer.scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-            raise UserError(f"checkpoint {path} does not fit this run ({str(exc).splitlines()[0][:200]}); the file "
+            raise UserError(f"checkpoint {path} does not fit this run ({first_line(exc)}); the file "
                             "is corrupt or of another model") from None
         self.epoch, self.best_acc, self.rows = done, float(state["best_acc"]), list(state["log"])
         if self.is_main:  # a kill between checkpoint and log leaves the log an epoch behind

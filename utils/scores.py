@@ -152,19 +152,19 @@ def _population_corr(sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray,
 
 def check_validation_classes(classes: np.ndarray, val_counts: np.ndarray) -> None:
     """Every class with training examples needs a validation example (the paper code silently gave
-    the others an empty ranking)."""
-    counts = np.concatenate([val_counts, np.zeros(max(0, int(classes.max(initial=-1)) + 1 - len(val_counts)), int)])
-    missing = classes[counts[classes] == 0]
+    the others an empty ranking). ``val_counts``: validation examples per class, one entry for
+    every class in ``classes`` at least."""
+    missing = classes[val_counts[classes] == 0]
     if missing.size:
         shown = ", ".join(str(int(c)) for c in missing[:10]) + (" ..." if missing.size > 10 else "")
         raise UserError(f"class {shown} has training examples but no validation example, so its CLD is "
                         "undefined; rerun stage 1 with a larger val_split_ratio")
 
 
-def class_means(values: np.ndarray, labels: np.ndarray, n_cls: int) -> np.ndarray:
-    """(C,) float64 mean of one epoch's float32 ``values`` per class (0 for an empty class)."""
-    counts = np.bincount(labels, minlength=n_cls)
-    return np.bincount(labels, weights=values, minlength=n_cls) / np.maximum(counts, 1)
+def class_means(values: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(C,) float64 mean of one epoch's float32 ``values`` per class (0 for an empty class);
+    ``counts = np.bincount(labels, minlength=C)``, computed once for every epoch."""
+    return np.bincount(labels, weights=values, minlength=len(counts)) / np.maximum(counts, 1)
 
 
 def class_mean_val_loss(losses: Mapping[str, Any], classes: np.ndarray) -> np.ndarray:
@@ -172,8 +172,9 @@ def class_mean_val_loss(losses: Mapping[str, Any], classes: np.ndarray) -> np.nd
     ``classes`` must have a validation example."""
     val, val_lbl = losses["val_loss"], losses["val_lbl"]
     n_cls = int(max(classes.max(initial=-1), val_lbl.max(initial=-1))) + 1
-    check_validation_classes(classes, np.bincount(val_lbl, minlength=n_cls))
-    return np.stack([class_means(val[t], val_lbl, n_cls) for t in range(val.shape[0])])
+    counts = np.bincount(val_lbl, minlength=n_cls)
+    check_validation_classes(classes, counts)
+    return np.stack([class_means(val[t], val_lbl, counts) for t in range(val.shape[0])])
 
 
 def _zero_spread(m2: np.ndarray, n: int, mean: np.ndarray) -> np.ndarray:
@@ -289,6 +290,7 @@ class CLDSums:
 
     def __init__(self, tr_lbl: np.ndarray, val_lbl: np.ndarray, n_cls: int):
         self.tr_lbl, self.val_lbl, self.n_cls = np.asarray(tr_lbl), np.asarray(val_lbl), int(n_cls)
+        self.val_counts = np.bincount(self.val_lbl, minlength=self.n_cls)
         n = self.tr_lbl.size
         self.epochs = 0  # rows seen; epochs - 1 differences
         self.prev = np.zeros(n, np.float32)
@@ -297,7 +299,7 @@ class CLDSums:
 
     def update(self, tr_loss: np.ndarray, val_loss: np.ndarray) -> None:
         """Take one epoch's float32 training and validation losses."""
-        v = class_means(val_loss, self.val_lbl, self.n_cls)
+        v = class_means(val_loss, self.val_lbl, self.val_counts)
         if self.epochs:
             d = self.epochs  # the number of differences after this one
             x = np.subtract(tr_loss, self.prev, dtype=np.float64)
@@ -316,10 +318,10 @@ class CLDSums:
     def scores(self) -> np.ndarray:
         """CLD of every training column (a constant side gives 0, as :func:`cld`)."""
         n = self.epochs - 1
-        check_validation_classes(np.unique(self.tr_lbl), np.bincount(self.val_lbl, minlength=self.n_cls))
+        check_validation_classes(np.unique(self.tr_lbl), self.val_counts)
         x_zero = _zero_spread(self.m2_x, n, self.mean_x)
         y_zero = _zero_spread(self.m2_y, n, self.mean_y)[self.tr_lbl]
-        return _population_corr(self.c_xy.copy(), self.m2_x, self.m2_y[self.tr_lbl], x_zero, y_zero)
+        return _population_corr(self.c_xy, self.m2_x, self.m2_y[self.tr_lbl], x_zero, y_zero)
 
     def state(self) -> dict[str, np.ndarray]:
         return {key: np.asarray(getattr(self, key)) for key in self.STATE}

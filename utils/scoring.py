@@ -17,7 +17,7 @@ import numpy as np
 from utils import methods, paths
 from utils import scores as S
 from utils.cli import UserError, require
-from utils.config import STAGE3
+from utils.config import STAGE1, STAGE3
 from utils.flags import Settings
 from utils.formats import check_output_free, load_losses, load_sums, save_scores
 
@@ -41,7 +41,7 @@ def score(s: Settings) -> str:
             f"--output_path {out} is the loss file itself; choose another output path")
     check_output_free(out, s.overwrite)
     S.check_labels(losses, n_cls)
-    options = {"seed": seed if s.seed is None else s.seed}
+    options = _options(method, s, seed, losses.get("config") or {})
     if method.family == "trajectory":
         indices, per_class, extra = _score_trajectories(losses, method, s, options)
     else:
@@ -50,13 +50,24 @@ def score(s: Settings) -> str:
         indices, per_class, extra = model_scores.score_classes(method, losses, loss_path, s, options)
     record = {
         "method": method.name, "dataset": ds, "model_arch": arch, "manual_seed": seed, "num_classes": n_cls,
-        "loss_path": os.path.abspath(loss_path), "options": {**options, **extra.pop("options", {})},
+        "loss_path": os.path.abspath(loss_path), "options": options,
         "top_means": method.top_means, "hard_end": method.hard_end, "greedy": method.greedy,
         "indices": indices, "scores": per_class, **extra,
     }
     save_scores(out, record)
     print(_summary(record, method, out, time.perf_counter() - started, losses.get("config") or {}))
     return out
+
+
+def _options(method: methods.Method, s: Settings, seed: int, config: dict) -> dict:
+    """The flags ``method`` reads (recorded in the score file), the seed first: the run's unless
+    ``--seed`` is given; an unset flag the method takes from the run (``run_defaults``) gets the
+    run's value."""
+    options = {"seed": seed if s.seed is None else s.seed, **{n: s[n] for n in method.options if n != "seed"}}
+    for name, key in method.run_defaults:
+        if options[name] is None:
+            options[name] = float(config.get(key, STAGE1[key].default))
+    return options
 
 
 def _read(path: str, s: Settings, method: methods.Method) -> dict:
@@ -95,7 +106,6 @@ def _run_metadata(losses: dict, loss_path: str, dataset: str, model_arch: str) -
 
 def _score_trajectories(losses: dict, method: methods.Method, s: Settings, options: dict) -> tuple:
     """Rankings from the loss trajectories (or CLD's sums)."""
-    options.update({name: s[name] for name in method.options if name != "seed"})
     if "sums" in losses:
         sums = S.CLDSums(losses["tr_lbl"], losses["val_lbl"], int(losses["num_classes"]))
         sums.restore(losses["sums"])

@@ -16,7 +16,7 @@ authors keep). A coreset takes ``budget[c]`` examples of every class c, from the
   spread the budget over the non-empty strata from the smallest up (each gets
   ``min(its size, remaining budget // remaining strata)``, as in the authors' ``bin_allocate``)
   and draw uniformly inside each stratum. Which end is "hardest" depends on the method
-  (``utils.scores.HARD_END``; score files record it as ``hard_end``).
+  (``Method.hard_end`` in ``utils.methods``; score files record it as ``hard_end``).
 
 Random draws use one generator per class seeded with ``(seed, class)``, so a class's draw does not
 depend on which other classes are present. numpy only.
@@ -32,9 +32,6 @@ from utils.config import ORDERS
 
 CCS_STRATA = 50
 SCORED_ORDERS = ("zero", "ccs")  # orders that read the scores, not only the ranking
-
-
-
 _NEEDS_SCORES = ("order {order!r} needs per-example scores, and this score file lists indices only (a legacy "
                  "file of the paper's code); rescore with compute_cld_scores.py")
 
@@ -142,6 +139,8 @@ def select_class(idx: np.ndarray, sc: np.ndarray | None, k: int, order: str = "t
     idx = np.asarray(idx, dtype=np.int64)
     n = idx.size
     require(0 <= k <= n, f"class {cls} has only {n} ranked examples, fewer than the {k} asked for")
+    if order in SCORED_ORDERS and sc is None:
+        raise UserError(_NEEDS_SCORES.format(order=order))
     if order == "top":
         return idx[:k]
     if order == "bottom":
@@ -150,15 +149,11 @@ def select_class(idx: np.ndarray, sc: np.ndarray | None, k: int, order: str = "t
         start = (n - k) // 2
         return idx[start:start + k]
     if order == "zero":
-        if sc is None:
-            raise UserError(_NEEDS_SCORES.format(order=order))
         return idx[np.lexsort((idx, np.abs(np.asarray(sc, dtype=np.float64))))[:k]]
     rng = np.random.default_rng([int(seed), int(cls)])
     if order == "random":
         return idx[np.sort(rng.choice(n, size=k, replace=False))]
     if order == "ccs":
-        if sc is None:
-            raise UserError(_NEEDS_SCORES.format(order=order))
         return _ccs_class(idx, sc, k, rng, ccs_beta, hard_end, cls, strata)
     raise UserError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
 

@@ -124,6 +124,22 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (g + g.T)
 
 
+def _squared_distances(g: torch.Tensor) -> torch.Tensor:
+    """``||x_i - x_j||^2`` from the Gram matrix ``g`` of the rows x (exactly symmetric when ``g`` is;
+    may be slightly negative from rounding)."""
+    sq = g.diagonal()
+    return sq[:, None] + sq[None, :] - 2.0 * g
+
+
+def safe_divide(num: torch.Tensor, den: torch.Tensor, fill: float,
+                positive: torch.Tensor | None = None) -> torch.Tensor:
+    """``num / den`` where ``positive`` (default ``den``) is > 0, else ``fill``. Nothing is divided
+    by zero, so no inf or NaN is formed (not even in the discarded entries, where it would reach
+    gradients)."""
+    ok = (den if positive is None else positive) > 0
+    return torch.where(ok, num / torch.where(ok, den, 1.0), fill)
+
+
 def _sym_kl_to(logp: torch.Tensor, p: torch.Tensor, a: int) -> torch.Tensor:
     """Symmetric KL between row ``a`` and every row: sum_c 0.5 (p_a - p)(log p_a - log p).
 
@@ -317,9 +333,7 @@ def cal(E: torch.Tensor, P: torch.Tensor, neighbors: int = 10) -> np.ndarray:
     n = _check_rows(E, p)
     if n == 1:
         return np.zeros(1)
-    g = _gram(E)
-    sq = g.diagonal()
-    d2 = (sq[:, None] + sq[None, :] - 2.0 * g).fill_diagonal_(np.inf)  # squared: same order
+    d2 = _squared_distances(_gram(E)).fill_diagonal_(np.inf)  # squared: same order
     nbr = torch.sort(d2, dim=1, stable=True).indices[:, :min(neighbors, n - 1)]
     kl = 0.5 * ((p[:, None, :] - p[nbr]) * (logp[:, None, :] - logp[nbr])).sum(2)
     return _np(kl.mean(1))
@@ -386,7 +400,7 @@ def _cosine_kernel(R: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
     norm = g.diagonal().clamp(min=0.0).sqrt()
     nz = norm > 0
     denom = norm[:, None] * norm[None, :]
-    cos = torch.where(denom > 0, g / torch.where(denom > 0, denom, 1.0), 0.0).clamp(-1.0, 1.0)
+    cos = safe_divide(g, denom, 0.0).clamp(-1.0, 1.0)
     cos.diagonal().copy_(nz.to(cos.dtype))
     return 0.5 + 0.5 * cos
 
@@ -446,9 +460,7 @@ def craig(R: torch.Tensor, E: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(order, gains)``; gains are the marginal gains of facility location (non-increasing).
     """
-    g = gradient_gram(R, E)
-    sq = g.diagonal()
-    d = (sq[:, None] + sq[None, :] - 2.0 * g).clamp_(min=0.0).sqrt_()
+    d = _squared_distances(gradient_gram(R, E)).clamp_(min=0.0).sqrt_()
     return _facility_greedy(d.max() - d + CRAIG_SHIFT)
 
 

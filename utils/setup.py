@@ -12,12 +12,13 @@ import numpy as np
 import torch
 
 from utils import distributed, progress
-from utils.batches import make_batches
+from utils.batches import make_batches, shard_positions
 from utils.checkpoint import check_identity, load_model_weights
 from utils.cli import UserError
-from utils.data import LoadedDataset, load_dataset
+from utils.data import LoadedDataset, dataset_info, load_dataset
 from utils.distributed import DistInfo
 from utils.flags import Settings
+from utils.formats import first_line
 from utils.training import (Recipe, Trainer, build_optimizer, build_scheduler, resolve_collect_precision,
                             resolve_compile, resolve_device, resolve_precision)
 
@@ -47,8 +48,9 @@ class Session:
         """Per-example results for ``indices`` of ``source``, complete on every process."""
         distributed.broadcast_buffers(self.model)
         batches = source.eval_batches(indices, self.recipe.test_batch_size, self.dist.rank, self.dist.world)
-        batches = progress.Sized(batches, self._count(len(indices), self.recipe.test_batch_size))
-        out = self.trainer.evaluate(progress.bar(batches, desc), len(indices), signals=signals, precision=precision)
+        total = self._count(len(indices), self.recipe.test_batch_size)
+        out = self.trainer.evaluate(progress.bar(batches, desc, total=total), len(indices), signals=signals,
+                                    precision=precision)
         return {key: distributed.merge_by_slot(value, self.dist) for key, value in out.items()}
 
     def collect(self, indices: np.ndarray, signals: bool = False, desc: str = "collect") -> dict[str, torch.Tensor]:
@@ -63,7 +65,7 @@ class Session:
 
     def _count(self, n: int, batch_size: int) -> int:
         """Batches this process gets of ``n`` examples (shards are padded to equal size)."""
-        return -(-(-(-n // self.dist.world)) // batch_size)
+        return -(-len(shard_positions(n, self.dist.rank, self.dist.world)) // batch_size)
 
 
 def seed_everything(seed: int) -> None:
@@ -102,6 +104,9 @@ def open_session(s: Settings, recipe: Recipe, *, dataset: str, model_arch: str, 
     precision = resolve_precision(s.precision, torch_device)
     collect = resolve_collect_precision(s.get("collect_precision", "same"), precision, torch_device)
     resolve_compile(s.compile, torch_device)  # a bad value fails here, before any data is loaded
+    # ImageFolder datasets: a --decode the device cannot do fails here too, before the folder scan.
+    if s.decode == "gpu" and not dataset_info(dataset).in_memory and torch_device.type != "cuda":
+        raise UserError("--decode gpu needs a CUDA device (nvJPEG); use --decode cpu")
     dist_info, torch_device = distributed.setup(torch_device)
     with distributed.fail_together():
         if prepare is not None and dist_info.is_main:
@@ -141,7 +146,7 @@ def evaluate_checkpoint(s: Settings, recipe: Recipe, *, dataset: str, model_arch
         session.model.load_state_dict(weights)
     except RuntimeError as exc:
         raise UserError(f"checkpoint {s.resume_path} does not hold a {model_arch} for {session.data.info.name} "
-                        f"({str(exc).splitlines()[0]}); pass the --model_arch and --dataset it was trained with") \
+                        f"({first_line(exc)}); pass the --model_arch and --dataset it was trained with") \
             from None
     loss, acc = session.test_eval()
     if session.dist.is_main:

@@ -14,7 +14,7 @@ import math
 import os
 from typing import Any, Callable, Iterable, Sequence
 
-from utils import paths, progress
+from utils import paths, progress, results
 from utils.cli import UserError
 from utils.config import ORDERS
 from utils.flags import Settings
@@ -25,9 +25,9 @@ TABLE_COLUMNS = ("method", "order", "score_model_arch", "model_arch", "samples_p
 # The table averages the accuracy after the last epoch. best_test_acc is the maximum over epochs
 # of the *test* accuracy, i.e. chosen on the test set, and so optimistically biased.
 ACCURACY_KEY = "final_test_acc"
-# What the runs of one row must agree on (a differing one is named).
-RECIPE_KEYS = ("epochs", "learning_rate", "momentum", "weight_decay", "nesterov", "schedule", "gamma", "batch_size",
-               "augment", "precision", "world_size")
+# What the runs of one row must agree on (a differing one is named): the recorded recipe, less how
+# the code was compiled and which commit ran it.
+RECIPE_KEYS = ("epochs", *(c for c in results.RECIPE_COLUMNS if c not in ("compile", "commit")))
 
 
 def load_runs(steps: Iterable) -> list[dict]:
@@ -118,10 +118,9 @@ def table_markdown(rows: Sequence[dict], g: Settings) -> str:
                 continue
             sizes = sorted({(r["samples_per_class"] or 0, r["fraction"] or 0, _size_label(r), r["coreset_size"])
                             for r in sub})
-            labels = []
+            labels: dict[str, Any] = {}  # size label -> coreset size of its first (smallest) entry
             for _, _, label, n in sizes:
-                if label not in [x[0] for x in labels]:
-                    labels.append((label, n))
+                labels.setdefault(label, n)
             seeds = sorted({r["n_seeds"] for r in sub})
             converged = [r["min_train_acc"] for r in sub if r["min_train_acc"] is not None]
             parts.append(
@@ -132,18 +131,14 @@ def table_markdown(rows: Sequence[dict], g: Settings) -> str:
                 f"column: budget per class (coreset size). Recipe: {recipe_text(g)}."
                 + (f" Accuracy of every run on its own coreset: at least {min(converged):.1f}%." if converged else "")
                 + "\n")
-            header = "| method (order) | " + " | ".join(f"{label} ({n})" for label, n in labels) + " |"
+            header = "| method (order) | " + " | ".join(f"{label} ({n})" for label, n in labels.items()) + " |"
             lines = [header, "|---|" + "---:|" * len(labels)]
-            row_keys = []
+            cells: dict[tuple, dict[str, str]] = {}  # (method, order) -> size label -> cell of its first row
             for r in sub:
-                if (r["method"], r["order"]) not in row_keys:
-                    row_keys.append((r["method"], r["order"]))
-            for method, order in row_keys:
-                cells = []
-                for label, _ in labels:
-                    hit = [r for r in sub if (r["method"], r["order"]) == (method, order) and _size_label(r) == label]
-                    cells.append(_cell(hit[0]) if hit else "")
-                lines.append(f"| {row_label(method, order)} | " + " | ".join(cells) + " |")
+                cells.setdefault((r["method"], r["order"]), {}).setdefault(_size_label(r), _cell(r))
+            for (method, order), row in cells.items():
+                lines.append(f"| {row_label(method, order)} | " + " | ".join(row.get(label, "") for label in labels)
+                             + " |")
             parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 

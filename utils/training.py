@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -58,29 +58,12 @@ class Recipe:
 
     @classmethod
     def from_settings(cls, s) -> "Recipe":
-        """The recipe from a stage's checked flags (the paper's names)."""
-        recipe = cls(epochs=s.epochs, batch_size=s.batch_size, test_batch_size=s.test_batch_size,
-                     learning_rate=s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay,
-                     nesterov=not s.disable_nesterov, schedule=tuple(sorted(s.schedule)), gamma=s.gamma,
-                     augment=s.augment)
-        recipe.validate()
-        return recipe
-
-    def validate(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be positive, got {self.batch_size}"),
-            (self.test_batch_size >= 1, f"test_batch_size must be positive, got {self.test_batch_size}"),
-            (self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}"),
-            (0 <= self.momentum < 1 and (self.momentum > 0 or not self.nesterov),
-             f"momentum must lie in [0, 1) and be positive with Nesterov, got {self.momentum}"),
-            (self.weight_decay >= 0, f"weight_decay must be non-negative, got {self.weight_decay}"),
-            (all(int(m) >= 0 for m in self.schedule), f"schedule milestones must be epochs >= 0, got {list(self.schedule)}"),
-            (self.gamma > 0, f"gamma must be positive, got {self.gamma}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
+        """The recipe from a stage's checked flags (the paper's names; ``utils.config`` checked
+        their ranges and combinations)."""
+        return cls(epochs=s.epochs, batch_size=s.batch_size, test_batch_size=s.test_batch_size,
+                   learning_rate=s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay,
+                   nesterov=not s.disable_nesterov, schedule=tuple(sorted(s.schedule)), gamma=s.gamma,
+                   augment=s.augment)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -141,6 +124,14 @@ def exact_fp32(device: torch.device):
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def precision_context(precision: str, device: torch.device):
+    """The context of a forward pass in a resolved precision: exact fp32 (TF32 off, see
+    :func:`exact_fp32`) for 'fp32', else autocast to bf16 or fp16."""
+    if precision == "fp32":
+        return exact_fp32(device)
+    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
 _FALSE = ("", "0", "false", "no", "off", "none")

@@ -15,7 +15,6 @@ counts.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any
 
 import numpy as np
@@ -88,9 +87,9 @@ class FullTrajectories:
         """The first ``done`` rows of every array (views of the maps; pickled without a copy)."""
         return {key: mm[:done].view(np.ndarray) for key, mm in self.maps.items()}
 
-    def remove(self) -> None:
-        self.maps.clear()
-        shutil.rmtree(self.files.trajectories, ignore_errors=True)
+    def forget_before(self, done: int) -> None:
+        """Nothing to do: every row stays in the maps until the loss file is written; unlike
+        :class:`SumsTrajectories`, no older state is kept beside the current one."""
 
 
 class SumsTrajectories:
@@ -125,9 +124,6 @@ class SumsTrajectories:
             if not os.path.exists(path):
                 break
             os.remove(path)
-
-    def remove(self) -> None:
-        shutil.rmtree(self.files.trajectories, ignore_errors=True)
 
 
 def device_rows(tr: dict[str, Any], val: dict[str, Any], signals: bool) -> dict[str, np.ndarray]:
