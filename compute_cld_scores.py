@@ -11,15 +11,15 @@ need numpy only; the model-based baselines evaluate a weight snapshot of the sta
 """
 import sys
 
-from utils.cli import run_cli
-from utils.config import STAGE2
+from utils.cli.config import STAGE2
+from utils.cli.entry import run_cli
 
 
 @STAGE2.command(__doc__.split("\n\n")[0])
 def main(**flags) -> str:
     """Returns the path of the written score file."""
     s = STAGE2.settings(flags)
-    from utils.scoring import score
+    from utils.scoring.stage import score
 
     return score(s)
 

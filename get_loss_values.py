@@ -6,15 +6,15 @@ prints (stage 2, ``compute_cld_scores.py``). Every flag is listed by ``--help``.
 """
 import sys
 
-from utils.cli import run_cli
-from utils.config import STAGE1
+from utils.cli.config import STAGE1
+from utils.cli.entry import run_cli
 
 
 @STAGE1.command(__doc__.split("\n\n")[0])
 def main(**flags) -> str:
     """Returns the path of the loss file (or sums file; '' with --evaluate_only)."""
     s = STAGE1.settings(flags)
-    from utils.collect import collect_losses  # torch is imported here, after the flags are checked
+    from utils.collect.stage import collect_losses  # torch is imported here, after the flags are checked
 
     return collect_losses(s)
 

@@ -13,15 +13,15 @@ the stages can be set here (stage 1's recipe as --score_<flag>); ``--help`` list
 """
 import sys
 
-from utils.cli import run_cli
-from utils.config import GRID
+from utils.cli.config import GRID
+from utils.cli.entry import run_cli
 
 
 @GRID.command(__doc__.split("\n\n")[0])
 def main(**flags) -> list:
     """Returns the rows of table.csv (empty with --dry_run or --emit_script)."""
     g = GRID.settings(flags)
-    from utils import grid, table  # imported after the flags are checked
+    from utils.grid import runner as grid, table  # imported after the flags are checked
 
     steps = grid.plan(g)
     n = grid.stage_counts(steps)

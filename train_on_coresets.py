@@ -7,15 +7,15 @@ the one that produced the scores (the paper's transfer experiments). Every flag 
 """
 import sys
 
-from utils.cli import run_cli
-from utils.config import STAGE3
+from utils.cli.config import STAGE3
+from utils.cli.entry import run_cli
 
 
 @STAGE3.command(__doc__.split("\n\n")[0])
 def main(**flags) -> dict:
     """Returns the run's result (also written to ``{results_dir}/runs/<name>.json``)."""
     s = STAGE3.settings(flags)
-    from utils.coreset import train_on_coreset  # torch is imported here, after the flags are checked
+    from utils.selection.stage import train_on_coreset  # torch is imported here, after the flags are checked
 
     return train_on_coreset(s)
 

@@ -40,7 +40,7 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402  (after the path fix above)
 
 from bench.bench_training import print_table  # noqa: E402
-from utils.cli import ArgumentParser  # noqa: E402
+from utils.cli.entry import ArgumentParser  # noqa: E402
 
 # torch is imported where it is used, so that a mistyped flag is refused at once.
 
@@ -139,9 +139,9 @@ def run(root: str, device_spec: str, workers: list[int], batch_size: int, image_
     import torch
     from torchvision import datasets
 
-    from utils.batches import FolderBatches
-    from utils.data import DATASETS
-    from utils.jpeg import DeviceJpegBatches
+    from utils.data.batches import FolderBatches
+    from utils.data.datasets import DATASETS
+    from utils.data.jpeg import DeviceJpegBatches
 
     folder = datasets.ImageFolder(root)
     info = DATASETS["ImageNet"]

@@ -3,8 +3,8 @@
 Builds synthetic CIFAR-100-shaped features with a fixed seed (45,000 training rows, 100 classes
 of 450 rows, 512-dim embeddings, 100-class logits, 50 validation rows per class), as the
 evaluation pass of stage 2 gives them, then times every method ranking ALL rows of EVERY class
-through stage 2's own per-class path (:func:`utils.model_scores.rank_classes`: the method's
-scorer called once per class on its :class:`~utils.model_scores.ClassFeatures`), and prints one
+through stage 2's own per-class path (:func:`utils.scoring.model.rank_classes`: the method's
+scorer called once per class on its :class:`~utils.scoring.model.ClassFeatures`), and prints one
 row per method: seconds for the whole class loop, the target (60 s for the embedding/probability
 methods, 120 s for the gradient methods), ok/MISSED. Exit status 1 if a target is missed (full
 size only). DeepFool, which evaluates the network itself, is not timed here.
@@ -27,9 +27,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from utils import methods, model_scores  # noqa: E402  (after the path fix above)
-from utils.cli import ArgumentParser  # noqa: E402
-from utils.config import STAGE2  # noqa: E402
+from utils.scoring import methods  # noqa: E402  (after the path fix above)
+from utils.cli.config import STAGE2  # noqa: E402
+from utils.cli.entry import ArgumentParser  # noqa: E402
+from utils.scoring import model as model_scores
 
 SEED = 0
 GLISTER_ETA = 0.1              # DeepCore's default: the training learning rate

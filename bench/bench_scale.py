@@ -33,7 +33,7 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402  (after the path fix above)
 
 from bench.bench_training import print_table  # noqa: E402
-from utils.cli import ArgumentParser  # noqa: E402
+from utils.cli.entry import ArgumentParser  # noqa: E402
 
 IMAGENET = dict(n_train=1_268_000, n_val=12_800, classes=1000)
 
@@ -50,9 +50,9 @@ def checkpoint_bytes(work: str, n_train: int, n_val: int, epochs: int, model: st
     import torch
 
     import models
-    from utils.checkpoint import save_checkpoint
+    from utils.collect.trajectories import FullTrajectories
+    from utils.files.checkpoint import save_checkpoint
     from utils.paths import RunFiles
-    from utils.trajectories import FullTrajectories
 
     files = RunFiles(work, work, "bench", "")
     store = FullTrajectories(files, epochs, n_train, n_val)
@@ -88,7 +88,7 @@ _SUMS_CHILD = """
 import sys, time
 sys.path.insert(0, {root!r})
 import numpy as np
-from utils.scores import CLDSums
+from utils.scoring.trajectory import CLDSums
 def hwm():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
 n, epochs, classes = {n}, {epochs}, {classes}

@@ -1,6 +1,6 @@
 """Benchmark stage 2 (compute_cld_scores.py) at CIFAR-100 and ImageNet scale.
 
-Writes synthetic loss files of the real shapes (our format, via utils.formats.save_losses) into a
+Writes synthetic loss files of the real shapes (our format, via utils.files.losses.save_losses) into a
 temporary folder, runs ``compute_cld_scores.py`` on each as a separate process, and prints the
 whole-process wall time (imports included) and peak resident memory.
 
@@ -28,8 +28,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from utils.formats import save_losses  # noqa: E402  (after the path fix above)
-from utils.cli import ArgumentParser  # noqa: E402
+from utils.files.losses import save_losses  # noqa: E402  (after the path fix above)
+from utils.cli.entry import ArgumentParser  # noqa: E402
 
 # name: (n_train, n_epochs, n_classes, n_val, wall target s, peak RSS target MB)
 SCALES = {

@@ -55,7 +55,7 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402  (after the path fix above)
 
 from bench.fake_cifar import write_fake_cifar  # noqa: E402
-from utils.cli import ArgumentParser  # noqa: E402
+from utils.cli.entry import ArgumentParser  # noqa: E402
 
 # torch is imported where it is used, so that a mistyped flag is refused at once.
 
@@ -187,7 +187,7 @@ def _device_notes(stage: str, device: torch.device) -> list[str]:
 def run_stage1(data_path: str, work: str, flags: dict, quiet: bool, warm_cache: bool) -> tuple[StageTiming, str]:
     """Stage 1 on the fake data; returns its timing and its loss file."""
     import get_loss_values
-    from utils.training import resolve_device
+    from utils.train.device import resolve_device
 
     out = os.path.join(work, "stage1")
     dirs = dict(checkpoint_path=os.path.join(out, "ckpt"), logpath=os.path.join(out, "logs"),
@@ -198,7 +198,7 @@ def run_stage1(data_path: str, work: str, flags: dict, quiet: bool, warm_cache: 
                                download=False, overwrite=True, **flags, **dirs)
         wall = time.perf_counter() - t0
         notes = _compile_notes("stage 1") if flags["compile"] else []
-    from utils.formats import load_losses
+    from utils.files.losses import load_losses
 
     n_train = len(load_losses(loss_path)["train_indices"])
     device = resolve_device(flags["device"])
@@ -210,7 +210,7 @@ def run_stage3(data_path: str, work: str, loss_path: str, per_class: int, flags:
     """Stage 3 on ``per_class`` examples of every class (ranked by stage 2 on the stage-1 losses)."""
     import compute_cld_scores
     import train_on_coresets
-    from utils.training import resolve_device
+    from utils.train.device import resolve_device
 
     out = os.path.join(work, "stage3")
     score_path = os.path.join(out, "scores.pickle")
@@ -234,8 +234,9 @@ def run_stage3(data_path: str, work: str, loss_path: str, per_class: int, flags:
 
 def _last_loss_scores(loss_path: str, score_path: str) -> None:
     """A score file ranking each class by its last recorded loss (for runs too short for stage 2)."""
-    from utils.formats import load_losses, save_scores
-    from utils.scores import rank_per_class
+    from utils.files.losses import load_losses
+    from utils.files.scores import save_scores
+    from utils.scoring.trajectory import rank_per_class
 
     d = load_losses(loss_path)
     indices, scores = rank_per_class(d["tr_loss"][-1], d["tr_lbl"], d["train_indices"])
@@ -281,7 +282,8 @@ def print_table(rows: list[tuple], columns: tuple = COLUMNS) -> None:
 def _eval_losses(model: torch.nn.Module, precision: str, device: torch.device, source, indices: np.ndarray,
                  batch_size: int) -> torch.Tensor:
     """Per-example eval-mode losses of ``model`` on ``indices`` through the project's evaluation path."""
-    from utils.training import Recipe, Trainer, build_optimizer
+    from utils.train.engine import Trainer, build_optimizer
+    from utils.train.options import Recipe
 
     trainer = Trainer(model, build_optimizer(model, Recipe(), device), device, precision)
     return trainer.evaluate(source.eval_batches(indices, batch_size), len(indices))["loss"].double().cpu()
@@ -332,11 +334,11 @@ def compare_precision(data_path: str, work: str, *, model_arch: str, device: str
 
     import get_loss_values
     import models
-    from utils.training import resolve_compile, resolve_device
-    from utils.batches import TensorBatches
-    from utils.checkpoint import load_checkpoint
-    from utils.data import load_dataset
-    from utils.formats import load_losses
+    from utils.data.batches import TensorBatches
+    from utils.data.datasets import load_dataset
+    from utils.files.checkpoint import load_checkpoint
+    from utils.files.losses import load_losses
+    from utils.train.device import resolve_compile, resolve_device
 
     torch_device = resolve_device(device)
     runs = {}
@@ -429,12 +431,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from utils.cli import UserError
+    from utils.errors import UserError
 
     args = parse_args(argv)
     import torch
 
-    from utils.training import resolve_compile, resolve_device, resolve_precision
+    from utils.train.device import resolve_compile, resolve_device, resolve_precision
 
     try:
         device = resolve_device(args.device)

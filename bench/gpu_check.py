@@ -66,8 +66,8 @@ import numpy as np  # noqa: E402  (after the path fix above; no torch here: the 
 
 from bench import bench_training as bt  # noqa: E402  (no torch at import either)
 from utils import paths  # noqa: E402
-from utils.cli import ArgumentParser  # noqa: E402
-from utils.config import STAGE1  # noqa: E402
+from utils.cli.config import STAGE1  # noqa: E402
+from utils.cli.entry import ArgumentParser  # noqa: E402
 
 SCHEMA = "cld-gpu-check/1"
 STEPS = ("pytest", "bench", "precision", "collection", "fidelity")
@@ -163,7 +163,7 @@ def top_fraction_jaccard(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.
                          fraction: float = TOP_FRACTION) -> dict[int, float]:
     """Per class, the Jaccard index of the top-``fraction`` sets that two score vectors select.
 
-    Each class is ranked as stage 3 ranks it (:func:`utils.scores.rank_per_class`: highest score
+    Each class is ranked as stage 3 ranks it (:func:`utils.scoring.trajectory.rank_per_class`: highest score
     first, ties by dataset index) and its first :func:`top_count` examples are kept.
 
     Args:
@@ -175,7 +175,7 @@ def top_fraction_jaccard(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.
     Returns:
         {class: |A & B| / |A | B|}.
     """
-    from utils.scores import rank_per_class
+    from utils.scoring.trajectory import rank_per_class
 
     ranked_a, _ = rank_per_class(scores_a, labels, indices)
     ranked_b, _ = rank_per_class(scores_b, labels, indices)
@@ -222,7 +222,7 @@ def json_safe(value: Any) -> Any:
 
 def write_json(path: str, record: dict) -> None:
     """Write ``record`` to ``path`` atomically (readers see the old file or the new one)."""
-    from utils.formats import atomic_write
+    from utils.files.atomic import atomic_write
 
     text = json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
@@ -394,7 +394,7 @@ def write_noisy_cifar(path: str, per_class: int, test_per_class: int, num_classe
     import pickle
 
     from bench.fake_cifar import LAYOUT, write_fake_cifar
-    from utils.formats import load_pickle
+    from utils.files.unpickle import load_pickle
 
     write_fake_cifar(path, "CIFAR100", per_class=per_class, test_per_class=test_per_class,
                      num_classes=num_classes, seed=seed)
@@ -486,7 +486,7 @@ def _bench_config(ctx: Context, name: str, precision: str, compile: bool | str, 
 
 def step_bench(ctx: Context) -> dict:
     """bench_training's stage 1 and 3 runs, compiled (the fast path) and eager fp32 (reference)."""
-    from utils.training import resolve_compile, resolve_device
+    from utils.train.device import resolve_compile, resolve_device
 
     data = ensure_data(ctx)
     m = ctx.mode
@@ -562,11 +562,13 @@ def evaluator(ctx: Context) -> Evaluator:
         return ctx.evaluators["main"]
     import torch
 
-    from utils.batches import TensorBatches
-    from utils.data import load_dataset
-    from utils.setup import build_model
-    from utils.splits import stratified_split
-    from utils.training import Recipe, Trainer, build_optimizer, resolve_device
+    from utils.data.batches import TensorBatches
+    from utils.data.datasets import load_dataset
+    from utils.data.splits import stratified_split
+    from utils.train.device import resolve_device
+    from utils.train.engine import Trainer, build_optimizer
+    from utils.train.options import Recipe
+    from utils.train.session import build_model
 
     m = ctx.mode
     device = resolve_device(m.device)
@@ -601,7 +603,7 @@ def step_collection(ctx: Context) -> dict:
 def _fidelity_run(ctx: Context, data: str) -> tuple[dict, float]:
     """The stage-1 run whose snapshots the fidelity step evaluates; (its loss dict, seconds)."""
     import get_loss_values
-    from utils.formats import load_losses
+    from utils.files.losses import load_losses
 
     m = ctx.mode
     out = os.path.join(ctx.work, "fidelity")
@@ -619,7 +621,7 @@ def _fidelity_run(ctx: Context, data: str) -> tuple[dict, float]:
 
 def _loss_matrices(ev: Evaluator, run: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every snapshot's training and validation losses in fp32 and in bf16: {precision: (E x N, E x V)}."""
-    from utils.checkpoint import load_model_weights
+    from utils.files.checkpoint import load_model_weights
 
     snapshots = {int(e): p for e, p in run["checkpoints"]["snapshots"].items()}
     epochs = len(run["epoch"])
@@ -649,7 +651,7 @@ def fidelity_summary(run: dict, matrices: dict[str, tuple[np.ndarray, np.ndarray
         of stage 1's own losses vs fp32 (``default_jaccard_*``), the CLD scores' correlation, how
         the two loss matrices differ, and how the fp32 matrix differs from the losses stage 1 recorded.
     """
-    from utils.scores import cld
+    from utils.scoring.trajectory import cld
 
     base = {k: run[k] for k in ("tr_lbl", "val_lbl", "train_indices", "val_indices")}
     scores = {}

@@ -17,10 +17,12 @@ from torch._dynamo.utils import counters
 from bench import bench_training
 from bench.fake_cifar import write_fake_cifar
 from conftest import REPO
-from utils.batches import TensorBatches
-from utils.cli import UserError
-from utils.data import DATASETS, ArrayDataset
-from utils.training import CompileSpec, Recipe, Trainer, build_optimizer, resolve_compile
+from utils.data.batches import TensorBatches
+from utils.data.datasets import ArrayDataset, DATASETS
+from utils.errors import UserError
+from utils.train.device import CompileSpec, resolve_compile
+from utils.train.engine import Trainer, build_optimizer
+from utils.train.options import Recipe
 
 CPU = torch.device("cpu")
 
@@ -157,7 +159,7 @@ def test_batches_and_padded_eval_batches_are_channels_last():
     eval_x, eval_y, _ = next(src.eval_batches(np.arange(10), 4))
     for x in (train_x, eval_x):
         assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    from utils.training import _pad_rows
+    from utils.train.engine import _pad_rows
 
     padded = _pad_rows(eval_x, 7)
     assert padded.shape == (7, 3, 32, 32) and padded.stride() == torch.empty(7, 3, 32, 32).to(

@@ -16,8 +16,9 @@ import reproduce_table
 import train_on_coresets
 from conftest import REPO, assert_user_error, run_script
 from fakedata import write_fake_cifar
-from utils import config
-from utils.cli import UserError, run_cli
+from utils.cli import config
+from utils.cli.entry import run_cli
+from utils.errors import UserError
 
 SCRIPTS = {"get_loss_values.py": config.STAGE1, "compute_cld_scores.py": config.STAGE2,
            "train_on_coresets.py": config.STAGE3, "reproduce_table.py": config.GRID}
@@ -94,7 +95,7 @@ def test_a_no_prefix_turns_a_boolean_off():
 
 def test_overwrite_no_leaves_an_existing_output_untouched(tmp_path):
     from test_compute_cld_scores import run_losses
-    from utils.formats import save_losses
+    from utils.files.losses import save_losses
 
     loss = str(tmp_path / "CIFAR10_resnet18_seed7_losses.pickle")
     save_losses(loss, run_losses())
@@ -164,7 +165,7 @@ def test_a_run_writing_to_a_file_shows_each_epoch_as_it_ends(tmp_path):
 
 def test_stage3_before_stage2_names_the_command_and_leaves_no_folder(tmp_path):
     from test_compute_cld_scores import run_losses
-    from utils.formats import save_losses
+    from utils.files.losses import save_losses
 
     scores = tmp_path / "Scores"
     loss = scores / "CIFAR10_resnet18_seed7_losses.pickle"

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import compute_cld_scores
-from utils import methods
-from utils import scores as S
-from utils.cli import UserError
-from utils.formats import SCORE_FORMAT, load_scores, save_losses
+from utils.errors import UserError
+from utils.files.losses import save_losses
+from utils.files.scores import SCORE_FORMAT, load_scores
+from utils.scoring import methods, trajectory as S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_CLS, N_EP = 4, 8
@@ -262,7 +262,7 @@ def test_script_success_and_no_heavy_imports(loss_file):
     proc = run_script("--loss_path", path, "--method", "aum")
     assert proc.returncode == 0, proc.stderr
     assert "AUM_CIFAR10_resnet18_seed7_scores.pickle" in proc.stdout
-    code = ("import sys, compute_cld_scores, utils.selection; "
+    code = ("import sys, compute_cld_scores, utils.selection.coreset, utils.scoring.stage; "
             "print([m for m in ('torch', 'pandas', 'tqdm') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr

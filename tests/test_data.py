@@ -10,10 +10,10 @@ from torchvision import transforms
 from torchvision.transforms import functional as TF
 
 from fakedata import write_fake_cifar
-from utils.batches import FolderBatches, TensorBatches, crop_flip, shard_positions
-from utils.cli import UserError
-from utils.data import DATASETS, dataset_info, load_dataset, load_digits
-from utils.splits import stratified_split
+from utils.data.batches import FolderBatches, TensorBatches, crop_flip, shard_positions
+from utils.data.datasets import DATASETS, dataset_info, load_dataset, load_digits
+from utils.data.splits import stratified_split
+from utils.errors import UserError
 
 
 def test_fake_cifar100_loads_with_its_labels(cifar100_root):
@@ -150,7 +150,7 @@ def test_crop_flip_equals_torchvision_for_the_same_draws():
 def _draws(info):
     data = load_digits()[0]
     src = TensorBatches(data, info, torch.device("cpu"))
-    import utils.batches as batches
+    import utils.data.batches as batches
     seen = []
     original = batches.crop_flip
     batches.crop_flip = lambda im, off, fl, padding=4: (seen.append((off.clone(), fl.clone())), original(im, off, fl))[1]

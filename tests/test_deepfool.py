@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from utils.deepfool import deepfool_distances, deepfool_perturbations
+from utils.scoring.deepfool import deepfool_distances, deepfool_perturbations
 
 
 def linear_model(seed: int, shape=(2, 3, 3), classes=4) -> nn.Module:

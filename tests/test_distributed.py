@@ -23,13 +23,14 @@ import models
 import train_on_coresets
 from conftest import assert_user_error
 from fakedata import write_fake_cifar
-from utils import distributed
-from utils.batches import TensorBatches, shard_positions
-from utils.cli import UserError
-from utils.data import load_dataset
-from utils.formats import load_losses, load_split, save_scores
-from utils.splits import stratified_split
-from utils.training import example_signals
+from utils.data.batches import TensorBatches, shard_positions
+from utils.data.datasets import load_dataset
+from utils.data.splits import stratified_split
+from utils.errors import UserError
+from utils.files.losses import load_losses, load_split
+from utils.files.scores import save_scores
+from utils.train import distributed
+from utils.train.engine import example_signals
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")

@@ -14,11 +14,11 @@ import models
 import train_on_coresets
 from conftest import FAST, assert_user_error, run_script
 from fakedata import write_fake_cifar
-from utils.batches import TensorBatches
-from utils.data import DATASETS, load_dataset
-from utils.formats import save_scores
-from utils.selection import select_class, select_coreset
-from utils.training import example_signals
+from utils.data.batches import TensorBatches
+from utils.data.datasets import DATASETS, load_dataset
+from utils.files.scores import save_scores
+from utils.selection.coreset import select_class, select_coreset
+from utils.train.engine import example_signals
 
 TINY = dict(device="cpu", precision="fp32", batch_size=64, test_batch_size=128, workers=0, download=False)
 

@@ -2,7 +2,7 @@
 
 Run them with ``pytest -m gpu tests/test_gpu.py`` (``bench/gpu_check.py`` does, first). They use a
 small fake CIFAR (tens of images) and a small batch-norm network, so that compilation takes
-seconds, and emulate stage 1's epoch with the project's :class:`utils.training.Trainer`: train in
+seconds, and emulate stage 1's epoch with the project's :class:`utils.train.engine.Trainer`: train in
 bf16 (``compile=True``: inductor with CUDA graphs, ``reduce-overhead``, on one GPU), evaluate the
 test set in the training precision, then record the per-example losses of the training split in
 fp32 with TF32 off. The same run is repeated eagerly from the same initialisation and the same
@@ -14,7 +14,7 @@ batches, and the two are compared:
 (c) nothing compiles after the first epoch, no graph breaks, no CUDA-graph fallbacks;
 (d) the fp32 collection pass runs with both TF32 flags off (and restores them), while bf16
     autocast training still runs in bf16;
-(e) an ImageFolder of JPEGs decoded on the GPU (``utils.jpeg``) gives the batches' shapes of the CPU
+(e) an ImageFolder of JPEGs decoded on the GPU (``utils.data.jpeg``) gives the batches' shapes of the CPU
     decoder.
 """
 from __future__ import annotations
@@ -30,10 +30,12 @@ import torch.nn as nn
 from torch._dynamo.utils import counters
 
 from bench.fake_cifar import fake_images
-from utils import jpeg
-from utils.batches import TensorBatches, make_batches
-from utils.data import DATASETS, ArrayDataset, load_dataset
-from utils.training import Recipe, Trainer, build_optimizer
+from utils.data import jpeg
+from utils.data.batches import TensorBatches
+from utils.data.sources import make_batches
+from utils.data.datasets import ArrayDataset, DATASETS, load_dataset
+from utils.train.engine import Trainer, build_optimizer
+from utils.train.options import Recipe
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -81,7 +83,7 @@ def _source(n: int, seed: int) -> TensorBatches:
 
 
 def _on_gpu(model: nn.Module) -> nn.Module:
-    """The model as stage 1 places it (utils.setup.build_model): on the GPU, channels_last."""
+    """The model as stage 1 places it (utils.train.session.build_model): on the GPU, channels_last."""
     return model.to(CUDA).to(memory_format=torch.channels_last)
 
 
@@ -179,7 +181,7 @@ def runs():
     init = {k: v.clone() for k, v in _net().state_dict().items()}
     train, test = _source(TRAIN_N, seed=0), _source(TEST_N, seed=1)
     benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True  # as utils.setup.build_model sets it on CUDA
+    torch.backends.cudnn.benchmark = True  # as utils.train.session.build_model sets it on CUDA
     torch._dynamo.reset()
     counters.clear()
     try:

@@ -22,11 +22,12 @@ import get_loss_values
 import train_on_coresets
 from conftest import REPO, assert_user_error, cli, flag_args, s1_flags, s3_flags
 from fakedata import write_fake_cifar
-from utils.checkpoint import load_checkpoint
-from utils.cli import UserError
-from utils.formats import load_losses, load_scores
-from utils.results import write_result
-from utils.locks import RunBusy, RunLock
+from utils.errors import UserError
+from utils.files.checkpoint import load_checkpoint
+from utils.files.locks import RunBusy, RunLock
+from utils.files.losses import load_losses
+from utils.files.scores import load_scores
+from utils.selection.results import write_result
 
 RUN1 = "CIFAR10_resnet20_seed1234"
 
@@ -86,7 +87,7 @@ def test_a_second_process_of_the_same_run_is_refused_at_once_naming_the_first(da
 def test_a_lock_is_exclusive_while_its_process_lives_and_is_taken_over_after(tmp_path):
     path = str(tmp_path / "x.lock")
     child = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-                              "from utils.locks import RunLock; lock = RunLock(sys.argv[2], 'x'); print('held', flush=True); "
+                              "from utils.files.locks import RunLock; lock = RunLock(sys.argv[2], 'x'); print('held', flush=True); "
                               "time.sleep(60)", REPO, path], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "held"
     with pytest.raises(RunBusy, match=f"process {child.pid}"):

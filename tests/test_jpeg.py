@@ -9,11 +9,12 @@ from PIL import Image
 from torchvision import datasets, transforms
 from torchvision.transforms import functional as TF
 
-from utils import jpeg
-from utils.batches import FolderBatches, make_batches
-from utils.cli import UserError
-from utils.data import DATASETS
-from utils.jpeg import DeviceJpegBatches, draw_crop_flip, eval_view, flip_where, train_view
+from utils.data import jpeg
+from utils.data.batches import FolderBatches
+from utils.data.sources import make_batches
+from utils.data.datasets import DATASETS
+from utils.data.jpeg import DeviceJpegBatches, draw_crop_flip, eval_view, flip_where, train_view
+from utils.errors import UserError
 
 CPU = torch.device("cpu")
 INFO = DATASETS["ImageNet"]

@@ -16,9 +16,10 @@ import train_on_coresets
 from fakedata import write_fake_cifar
 from test_robustness import cli, s1_flags
 from conftest import assert_user_error
-from utils import methods
-from utils.checkpoint import load_checkpoint
-from utils.formats import load_losses, load_scores
+from utils.files.checkpoint import load_checkpoint
+from utils.files.losses import load_losses
+from utils.files.scores import load_scores
+from utils.scoring import methods
 
 MODEL_METHODS = sorted(m.name for m in methods.METHODS.values() if m.uses_model)
 RUN = "CIFAR10_resnet20_seed1234"
@@ -42,9 +43,15 @@ def _score(run, method, tmp_path, **flags) -> dict:
     return load_scores(out)
 
 
-def test_every_registered_method_resolves_to_its_scorer():
+def test_every_registered_method_has_exactly_one_scorer_in_its_family_table():
+    from utils.scoring import model, trajectory
+
+    tables = {"trajectory": trajectory.SCORERS, "model": model.SCORERS}
     for m in methods.METHODS.values():
-        assert callable(methods.scorer(m)), m.name
+        assert callable(tables[m.family][m.name]), m.name
+        other = "model" if m.family == "trajectory" else "trajectory"
+        assert m.name not in tables[other], m.name
+    assert set(trajectory.SCORERS) | set(model.SCORERS) == set(methods.METHODS)
 
 
 def test_stage1_keeps_the_snapshots_and_records_them(run):

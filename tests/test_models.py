@@ -157,7 +157,7 @@ def test_models_are_independent_instances() -> None:
 def test_checkpoint_weights_load_with_one_torch_load(tmp_path, monkeypatch) -> None:
     # Validating a checkpoint of this project reuses the state already read: the file is read,
     # CRC-checked and unpickled once.
-    from utils import checkpoint
+    from utils.files import checkpoint
 
     model = get_model("resnet20", NUM_CLASSES)
     path = str(tmp_path / "run_best.pth")

@@ -16,13 +16,16 @@ import compute_cld_scores
 import get_loss_values
 import reproduce_table
 import train_on_coresets
-import utils.collect
-import utils.coreset
-import utils.scoring
+import utils.collect.stage
+import utils.selection.stage
+import utils.scoring.stage
 from fakedata import write_fake_cifar
-from utils import config, grid, methods, table
-from utils.cli import UserError, run_cli
-from utils.config import GRID
+from utils.cli import config
+from utils.cli.config import GRID
+from utils.cli.entry import run_cli
+from utils.errors import UserError
+from utils.grid import runner as grid, table
+from utils.scoring import methods
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -155,7 +158,7 @@ def test_printed_commands_parse_back_to_the_same_flags(tmp_path, monkeypatch):
     g = GRID.settings({**grid_flags(str(tmp_path)), "score_schedule": [1], "learning_rate": 0.05,
                        "tag": "t1", "data_path": "2024", "compile": "max-autotune-no-cudagraphs"})
     seen = []
-    for module, name in ((utils.collect, "collect_losses"), (utils.scoring, "score"), (utils.coreset, "train_on_coreset")):
+    for module, name in ((utils.collect.stage, "collect_losses"), (utils.scoring.stage, "score"), (utils.selection.stage, "train_on_coreset")):
         monkeypatch.setattr(module, name, seen.append)
     scripts = {1: get_loss_values, 2: compute_cld_scores, 3: train_on_coresets}
     steps = grid.plan(g)

@@ -37,9 +37,11 @@ import get_loss_values
 import train_on_coresets
 from conftest import EPOCHS, REPO, assert_user_error, cli, flag_args, s1_flags, s3_flags
 from fakedata import write_fake_cifar
-from utils.checkpoint import load_checkpoint
-from utils.formats import atomic_write, load_losses, load_scores, load_split, remove_stale_temps
-from utils.results import RESULT_COLUMNS, write_result
+from utils.files.atomic import atomic_write, remove_stale_temps
+from utils.files.checkpoint import load_checkpoint
+from utils.files.losses import load_losses, load_split
+from utils.files.scores import load_scores
+from utils.selection.results import RESULT_COLUMNS, write_result
 
 RUN1 = "CIFAR10_resnet20_seed1234"
 
@@ -176,7 +178,7 @@ def test_killed_stage1_resumes_to_the_uninterrupted_files(data, reference, tmp_p
     loss = str(tmp_path / "scores" / f"{RUN1}_losses.pickle")
 
     # 1. Killed while evaluating in epoch 2 (its 5th evaluation pass: the training split's losses).
-    run_killed("get_loss_values.py", flags, "from utils.training import Trainer\non_call(Trainer, 'evaluate', 5)")
+    run_killed("get_loss_values.py", flags, "from utils.train.engine import Trainer\non_call(Trainer, 'evaluate', 5)")
     assert check_loadable(tmp_path) == [] and epochs_in(last) == 1 and len(log_rows(log)) == 1
     # What the user does next: a plain rerun is refused with the flag that continues the run.
     assert_user_error(cli(get_loss_values, *flag_args(flags)), "already exists", f"--resume_path {last}")

@@ -13,9 +13,10 @@ import compute_cld_scores
 import get_loss_values
 from conftest import assert_user_error, cli, s1_flags
 from test_robustness import run_killed
-from utils import scores as S
-from utils.checkpoint import load_checkpoint
-from utils.formats import load_losses, load_scores, load_sums
+from utils.files.checkpoint import load_checkpoint
+from utils.files.losses import load_losses, load_sums
+from utils.files.scores import load_scores
+from utils.scoring import trajectory as S
 
 RUN = "CIFAR10_resnet20_seed1234"
 EPOCHS = 4

@@ -6,15 +6,14 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from utils import methods
-from utils import scores as S
-from utils.cli import UserError
-from utils.config import STAGE2
-from utils.formats import SIGNAL_KEYS
+from utils.cli.config import STAGE2
+from utils.errors import UserError
+from utils.files.losses import SIGNAL_KEYS
+from utils.scoring import methods, trajectory as S
 
 
 def make_losses(tr_loss, val_loss, tr_lbl, val_lbl, train_indices=None, epoch=None, **signals):
-    """A validated-looking loss dict (the shape utils.formats.load_losses returns)."""
+    """A validated-looking loss dict (the shape utils.files.losses.load_losses returns)."""
     tr_loss = np.asarray(tr_loss, dtype=np.float32)
     val_loss = np.asarray(val_loss, dtype=np.float32)
     n_ep, n = tr_loss.shape

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utils.cli import UserError
-from utils.selection import ORDERS, ccs_allocate, check_indices, class_budgets, select_class, select_coreset
+from utils.errors import UserError
+from utils.selection.coreset import ORDERS, ccs_allocate, check_indices, class_budgets, select_class, select_coreset
 
 # class 0: dataset indices 10..19 best first; class 1: 100..104 best first
 RANKED = {0: np.arange(10, 20), 1: np.arange(100, 105)}

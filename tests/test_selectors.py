@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils import selectors as S
+from utils.scoring import selectors as S
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -11,12 +11,12 @@ import torch
 import get_loss_values
 import models
 from conftest import FAST, assert_user_error, out_dirs, run_script
-from utils.batches import TensorBatches
-from utils.checkpoint import load_checkpoint
-from utils.cli import UserError
-from utils.data import load_dataset
-from utils.formats import load_losses, load_split
-from utils.training import example_signals
+from utils.data.batches import TensorBatches
+from utils.data.datasets import load_dataset
+from utils.errors import UserError
+from utils.files.checkpoint import load_checkpoint
+from utils.files.losses import load_losses, load_split
+from utils.train.engine import example_signals
 
 
 def test_loss_file_has_the_documented_layout(stage1_run, cifar100_root):
@@ -152,7 +152,7 @@ def test_divergence_stops_with_the_epoch_named(cifar100_root, tmp_path):
 
 def test_a_loss_exploding_past_100_times_the_first_epochs_stops_the_run(cifar100_root, tmp_path, monkeypatch):
     """Finite but runaway losses stop the run too, keeping the last good checkpoint."""
-    from utils.training import Trainer
+    from utils.train.engine import Trainer
 
     real = Trainer.train_epoch
     calls = []

@@ -12,8 +12,9 @@ import pytest
 import compute_cld_scores
 import train_on_coresets
 from conftest import assert_user_error, run_script
-from utils.cli import UserError
-from utils.formats import load_losses, load_scores
+from utils.errors import UserError
+from utils.files.losses import load_losses
+from utils.files.scores import load_scores
 
 FAST3 = dict(device="cpu", precision="fp32", batch_size=32, test_batch_size=64, workers=0, download=False, epochs=1)
 

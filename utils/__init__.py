@@ -1,5 +1,6 @@
-"""Shared library of the CLD coreset scripts: data, splits, training, file formats.
+"""The library of the CLD coreset scripts, in subpackages by concern and by stage (docs/layout.md).
 
-Modules are imported by name (``from utils import formats``); nothing is re-exported here so that
-importing one piece never drags in torch where it is not needed (stage 2 runs without torch).
+Modules are imported by name (``from utils.files import atomic``); nothing is re-exported here, so
+that importing one piece never drags in torch where it is not needed (stage 2's trajectory
+methods run without torch, and every flag is checked before torch is imported).
 """

@@ -12,6 +12,9 @@ import glob
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
+
+from utils.errors import UserError
 
 DATA_DIR = "./Data"
 CHECKPOINT_DIR = "./Data/Checkpoint"
@@ -19,6 +22,16 @@ LOG_DIR = "./Logs"
 SCORES_DIR = "./Scores"
 SPLITS_DIR = "./Splits"
 RESULTS_DIR = "./Results"
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}")
+
+
+def check_safe_name(value: Any, what: str) -> str:
+    """A name that becomes part of a file name: letters, digits and ``. _ + = -`` only."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value) or ".." in value:
+        raise UserError(f"{what} {value!r} cannot be part of a file name: use letters, digits and . _ + = - "
+                        "only (at most 200, not starting with a dot)")
+    return value
 
 
 def run_name(dataset: str, model_arch: str, seed: int) -> str:

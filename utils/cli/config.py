@@ -1,0 +1,351 @@
+"""Every flag of every script, defined once, in groups; the scripts' flag sets are built from them.
+
+Groups: data, model, recipe (the paper's training recipe), run (seed, resume, outputs of a
+training run), device (device, precision, compilation), stage-1 outputs, stage-2 scoring, stage-3
+selection, and the grid of ``reproduce_table.py``, which forwards every stage flag (stage-1 recipe
+flags under a ``score_`` prefix). A flag's record gives its kind, default and one line of help;
+cross-flag checks run in each set's ``check``. Nothing here imports torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from utils import paths
+from utils.cli.flags import (Bool, Choice, FALSE_WORDS, Flag, FlagSet, Float, Int, Kind, ListOf, Name, Optional,
+                             Path, Settings, Str, TRUE_WORDS)
+from utils.errors import UserError, require
+from utils.paths import check_safe_name
+from utils.scoring import methods
+from utils.selection.coreset import ORDERS
+from utils.train.options import COLLECT_PRECISIONS, COMPILE_BACKENDS, COMPILE_MODES, PRECISIONS
+
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1 << 20
+MAX_WORKERS = 512
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class CompileKind(Kind):
+    """``--compile``: a boolean (False: eager; True: the right mode for the device), a mode, or
+    a debug backend."""
+    label = "bool or mode"
+    python_type = bool | str
+
+    def parse(self, text: str, flag: str) -> Any:
+        word = text.strip().lower()
+        if word in TRUE_WORDS or word in FALSE_WORDS:
+            return word in TRUE_WORDS
+        return self.check(word, flag)
+
+    def check(self, value: Any, flag: str) -> Any:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in COMPILE_MODES + COMPILE_BACKENDS + ("inductor", "auto"):
+            return value.lower()
+        raise UserError(f"unknown --{flag} {value!r}; use true or false, a mode ({', '.join(COMPILE_MODES)}), "
+                        f"or a debug backend ({', '.join(COMPILE_BACKENDS)})")
+
+    def render(self, value: Any) -> str:
+        return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+@dataclass(frozen=True)
+class DeviceKind(Kind):
+    """``--device``: auto, cpu, cuda or cuda:N."""
+    label = "device"
+
+    def check(self, value: Any, flag: str) -> str:
+        import re
+
+        if isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", value.strip().lower()):
+            return value.strip().lower()
+        raise UserError(f"unknown --{flag} {value!r}; use auto, cpu, cuda or cuda:N")
+
+
+def _datasets() -> tuple[str, ...]:
+    from utils.data.datasets import DATASETS
+    return tuple(DATASETS)
+
+
+# ----------------------------------------------------------------------------- groups
+
+DATA = [
+    Flag("data_path", Path(), paths.DATA_DIR,
+         "folder holding cifar/ (torchvision's layout) or imagenet/{train,val}/<class>/<image>"),
+    Flag("dataset", Choice(_datasets), "CIFAR100", "CIFAR10, CIFAR100, ImageNet (any ImageFolder) or digits "
+         "(embedded, no download)"),
+    Flag("workers", Int(0, MAX_WORKERS), 4, "DataLoader worker processes (ImageFolder datasets only)"),
+    Flag("download", Bool(), True, "download CIFAR through torchvision when it is missing"),
+]
+VAL_SPLIT = Flag("val_split_ratio", Optional(Float(0, 1, lo_open=True, hi_open=True)), None,
+                 "share of each class held out for validation (default 0.1; ImageNet 0.01)")
+DECODE = Flag("decode", Choice(("cpu", "gpu")), "cpu",
+              "ImageFolder JPEG decoding: cpu (DataLoader workers) or gpu (nvJPEG on the training GPU)")
+MODEL_ARCH = Flag("model_arch", Str(), "resnet18", "model: a name of the registry (torchvision names for ImageNet)")
+
+RECIPE = [
+    Flag("epochs", Int(1, MAX_EPOCHS), 164, "epochs to train"),
+    Flag("start_epoch", Int(0, MAX_EPOCHS), 0, "the paper code's flag; only 0 (a resumed run continues from "
+         "the epoch stored in its checkpoint)"),
+    Flag("batch_size", Int(1, MAX_BATCH), 128, "training batch size (per process under torchrun)"),
+    Flag("test_batch_size", Int(1, MAX_BATCH), 256, "batch size of every evaluation pass"),
+    Flag("learning_rate", Float(0, 100, lo_open=True), 0.1, "initial SGD learning rate"),
+    Flag("momentum", Float(0, 1, hi_open=True), 0.9, "SGD momentum"),
+    Flag("weight_decay", Float(0, 1), 5e-4, "SGD weight decay"),
+    Flag("disable_nesterov", Bool(), False, "plain momentum instead of Nesterov"),
+    Flag("schedule", ListOf(Int(0, MAX_EPOCHS)), [81, 121], "epochs after which the learning rate is "
+         "multiplied by gamma"),
+    Flag("gamma", Float(0, 1e6, lo_open=True), 0.1, "learning-rate decay factor"),
+    Flag("augment", Bool(), True, "augment every training batch: random crop, and horizontal flip where the "
+         "dataset allows it (false: the images as they are)"),
+]
+
+RUN = [
+    Flag("checkpoint_path", Path(), paths.CHECKPOINT_DIR, "folder of *_last.pth (every epoch) and *_best.pth "
+         "(best test accuracy)"),
+    Flag("logpath", Path(), paths.LOG_DIR, "folder of the per-epoch CSV log"),
+    Flag("resume_path", Path(), "", "a *_last.pth to continue (or, with --evaluate_only, any checkpoint, the "
+         "paper code's included)"),
+    Flag("manual_seed", Int(0, MAX_SEED), 1234, "seed of the split, the initialisation and every epoch's batches"),
+    Flag("evaluate_only", Bool(), False, "evaluate the checkpoint --resume_path on the test set and exit"),
+]
+
+DEVICE = [
+    Flag("device", DeviceKind(), "auto", "auto, cpu, cuda or cuda:N"),
+    Flag("precision", Choice(PRECISIONS), "auto", "training precision: auto (bf16 on CUDA, fp32 on CPU), "
+         "bf16, fp16 or fp32"),
+    Flag("compile", CompileKind(), False, "torch.compile the train and eval steps: false, true (CUDA graphs "
+         "on one GPU) or a mode such as max-autotune-no-cudagraphs"),
+]
+COLLECT_PRECISION = Flag("collect_precision", Choice(COLLECT_PRECISIONS), "fp32",
+                         "precision of the per-example losses and features: fp32 (TF32 off; default), same "
+                         "(the training precision), bf16 or fp16")
+OVERWRITE = Flag("overwrite", Bool(), False, "replace this run's existing outputs")
+
+STAGE1_OUTPUTS = [
+    Flag("scores_dir", Path(), paths.SCORES_DIR, "folder of the loss file"),
+    Flag("splits_dir", Path(), paths.SPLITS_DIR, "folder of the split file"),
+    Flag("snapshot_epochs", ListOf(Int(1, MAX_EPOCHS), unique=True), [40], "also keep the model weights after "
+         "these epochs ({checkpoint_path}/{run}_epoch{E}.pth) for the model-based methods of stage 2"),
+    Flag("trajectories", Choice(("full", "sums")), "full", "full: every loss of every epoch (all methods); "
+         "sums: only CLD's running sums per example (O(N) memory and disk)"),
+]
+
+SCORING = [
+    Flag("loss_path", Path(), "", "loss (or sums) file of stage 1; default "
+         "Scores/{dataset}_{model_arch}_seed1234_losses.pickle"),
+    Flag("dataset", Choice(_datasets), "CIFAR100", "dataset of the default loss_path and of legacy files (files "
+         "of this project carry their own)"),
+    Flag("model_arch", Str(), "resnet18", "model of the default loss_path and of legacy files"),
+    Flag("split_path", Path(), "", "split file of a legacy loss file of the paper's code (required for those)"),
+    Flag("method", Choice(methods.names), "cld", "scoring method (see docs/methods.md)"),
+    Flag("output_path", Path(), "", "score file to write; default beside the loss file, "
+         "{METHOD}_{dataset}_{arch}_seed{seed}_scores.pickle"),
+    Flag("first_epochs", Int(0, MAX_EPOCHS), 0, "trajectory methods: score only the first N recorded epochs "
+         "(0 = all)"),
+    Flag("epoch_stride", Int(1, MAX_EPOCHS), 1, "trajectory methods: then keep every s-th of those epochs"),
+    Flag("el2n_epochs", Int(1, MAX_EPOCHS), 20, "el2n: average over the first this-many used epochs"),
+    Flag("dyn_unc_window", Int(2, MAX_EPOCHS), 10, "dyn_unc: window of consecutive epochs"),
+    Flag("seed", Optional(Int(0, MAX_SEED)), None, "random, kcenter, contextual_diversity: seed of the draw; "
+         "default the loss file's manual_seed"),
+    Flag("snapshot_epoch", Optional(Int(1, MAX_EPOCHS)), None, "model methods: the weights after this epoch; "
+         "default the 40-epoch snapshot if the run kept one, else the final weights"),
+    Flag("save_features", Path(), "", "model methods: also write the matrix the method used to this .npz"),
+    Flag("cal_neighbors", Int(1, 1000), 10, "cal: nearest neighbours per example"),
+    Flag("deepfool_max_iter", Int(1, 10_000), 50, "deepfool: iterations at most"),
+    Flag("glister_eta", Optional(Float(0, 100, lo_open=True)), None, "glister: step size of the Taylor "
+         "estimate; default the run's learning rate"),
+    Flag("data_path", Path(), "", "model methods: the data folder; default the one stage 1 recorded"),
+    Flag("device", DeviceKind(), "auto", "model methods: auto, cpu, cuda or cuda:N"),
+    COLLECT_PRECISION,
+    OVERWRITE.with_default(False, "replace an existing score file"),
+]
+
+SELECTION = [
+    Flag("score_path", Path(), "", "a score file of stage 2 (or of the paper's code); default "
+         "Scores/CLD_{dataset}_{model_arch}_seed{manual_seed}_scores.pickle"),
+    Flag("samples_per_class", Optional(Int(1, MAX_BATCH * 64)), None, "budget: k examples of every class "
+         "(default: the paper's 100)"),
+    Flag("topk_per_class", Optional(Int(1, MAX_BATCH * 64)), None, "the same budget under the paper code's name"),
+    Flag("fraction", Optional(Float(0, 1, lo_open=True)), None, "budget: round(fraction x pool) of every class, "
+         "instead of k"),
+    Flag("order", Choice(ORDERS), "top", "top (default), zero (smallest |score|: the paper's near-zero CLD), "
+         "bottom, middle (median rank), random (uniform, seeded) or ccs"),
+    Flag("ccs_beta", Float(0, 1, hi_open=True), 0.0, "ccs: fraction of each class's hardest examples dropped "
+         "first"),
+    Flag("allow_missing_classes", Bool(), False, "train on the classes the score file ranks even if it lacks "
+         "some of the dataset's"),
+]
+STAGE3_OUTPUTS = [
+    Flag("results_dir", Path(), paths.RESULTS_DIR, "where runs/<name>.json and results.csv go"),
+    Flag("name", Name(), "", "the run's name; default "
+         "{dataset}_{model_arch}_coreset_{method}_{order}_k{k}_seed{seed}"),
+]
+
+PAPER_TOPK = 100  # the paper code's default topk_per_class
+
+
+# ----------------------------------------------------------------------------- checks
+
+def check_model(model_arch: str, dataset: str) -> str:
+    """A registry name for ``dataset`` (imports the model registry, hence torch)."""
+    import models
+
+    valid = models.model_names(dataset)
+    if model_arch not in valid:
+        raise UserError(f"unknown model {model_arch!r} for {dataset}; choose one of {', '.join(valid)}")
+    return model_arch
+
+
+def _check_training(s: Settings) -> Settings:
+    require(s.start_epoch == 0, f"--start_epoch {s.start_epoch} is not supported: a run resumed with "
+            "--resume_path continues from the epoch stored in its checkpoint, and a fresh run starts at 0 "
+            "(use --epochs to train for fewer epochs)")
+    if s.evaluate_only:
+        require(bool(s.resume_path), "--evaluate_only needs --resume_path with the checkpoint to evaluate")
+    require(s.momentum > 0 or s.disable_nesterov,
+            f"momentum must lie in [0, 1) and be positive with Nesterov, got {s.momentum}")
+    return s
+
+
+def _check_stage1(s: Settings) -> Settings:
+    s = _check_training(s)
+    check_model(s.model_arch, s.dataset)
+    return s
+
+
+def _check_stage2(s: Settings) -> Settings:
+    method = methods.get(s.method)
+    check_safe_name(s.model_arch, "--model_arch")
+    if s.save_features:
+        require(method.uses_model, f"--save_features exports the matrix of a model method; {method.name} reads "
+                "the loss trajectories (they are in the loss file already)")
+        require(s.save_features.endswith(".npz"), f"--save_features must name a .npz file, got {s.save_features!r}")
+    return s.replace(method=method.name)
+
+
+def _check_stage3(s: Settings) -> Settings:
+    s = _check_training(s)
+    k = s.samples_per_class
+    if s.topk_per_class is not None:
+        require(k is None or k == s.topk_per_class,
+                "--samples_per_class and --topk_per_class are the same flag; give one of them")
+        k = s.topk_per_class
+    require(k is None or s.fraction is None, "give one budget: --samples_per_class K (or --topk_per_class K) "
+            "or --fraction F")
+    return s.replace(samples_per_class=k, topk_per_class=None)
+
+
+STAGE1 = FlagSet([*DATA[:2], MODEL_ARCH, DATA[2], *RECIPE[:3], RECIPE[3], VAL_SPLIT, *RECIPE[4:], *RUN,
+                  *DEVICE, COLLECT_PRECISION, *STAGE1_OUTPUTS, DATA[3], DECODE,
+                  OVERWRITE.with_default(False, "replace an existing loss file, or start an existing run over")],
+                 check=_check_stage1)
+
+STAGE2 = FlagSet(SCORING, check=_check_stage2)
+
+STAGE3 = FlagSet([*SELECTION, DATA[0], DATA[1].with_default(None, "dataset to train on; default the score "
+                                                             "file's (the paper's CIFAR100 for its files)"),
+                  MODEL_ARCH.with_default(None, "model to train; default the model that produced the scores "
+                                                "(another one: the paper's transfer experiment)"),
+                  DATA[2], *RECIPE, *RUN, *DEVICE, *STAGE3_OUTPUTS, DATA[3], DECODE,
+                  OVERWRITE.with_default(False, "replace the results and checkpoints of an earlier run of this "
+                                                "name")],
+                 check=_check_stage3)
+
+
+# ----------------------------------------------------------------------------- the grid
+
+def _score_flag(flag: Flag) -> Flag:
+    """The grid's ``score_{name}``: stage 1's value of a recipe flag, by default stage 3's."""
+    return Flag(f"score_{flag.name}", Optional(flag.kind), None,
+                f"stage 1's {flag.name}; default the same as --{flag.name}")
+
+
+STAGE1_RECIPE_FLAGS = [f for f in RECIPE if f.name != "start_epoch"]
+STAGE1_RECIPE = [f.name for f in STAGE1_RECIPE_FLAGS]
+GRID_OWN = [
+    DATA[1],
+    Flag("score_model_arch", ListOf(Str(), unique=True), ["resnet18"], "model(s) trained in stage 1 to record "
+         "the trajectories (and the model methods' snapshots)"),
+    Flag("model_archs", ListOf(Str(), unique=True), ["resnet18"], "models trained on the coresets in stage 3 "
+         "(another model than the scoring one: the paper's transfer experiment)"),
+    Flag("methods", ListOf(Choice(methods.names), unique=True), ["cld"], "scoring methods of stage 2"),
+    Flag("orders", ListOf(Choice(ORDERS), unique=True), ["top", "random"], "what stage 3 keeps of each "
+         "ranking; order random runs once, over the first method's scores"),
+    Flag("method_orders", ListOf(Str(), unique=True), [], "more orders for single methods, as method:order "
+         "(e.g. cld:zero,cld:bottom for the paper's Figure 1 beside a comparison of top coresets)"),
+    Flag("samples_per_class", Optional(ListOf(Int(1, MAX_BATCH * 64), unique=True)), None,
+         "budgets k per class (give this or --fractions)"),
+    Flag("fractions", Optional(ListOf(Float(0, 1, lo_open=True), unique=True)), None,
+         "budgets as a share of each class (give this or --samples_per_class)"),
+    Flag("seeds", ListOf(Int(0, MAX_SEED), unique=True), [1234], "stage-3 seeds; the table averages over them"),
+    Flag("score_seed", Optional(Int(0, MAX_SEED)), None, "seed of stage 1 (and of the scores); default the first "
+         "of --seeds"),
+]
+GRID_RUNNING = [
+    Flag("tag", Name(), "", "appended to every stage-3 run name, to keep grids with other recipes apart"),
+    Flag("launcher", Str(), "python", "how stages 1 and 3 start: python (inside this process) or e.g. "
+         "'torchrun --nproc_per_node 8' (each as that command)"),
+    Flag("jobs", Int(1, 1024), 1, "stage-3 runs at once, each in its own process (on CUDA, run i on GPU i mod the "
+         "number of GPUs)"),
+    Flag("dry_run", Bool(), False, "print the commands that would run now, and run nothing"),
+    Flag("emit_script", Path(), "", "write every command of the grid to this bash script, and run nothing"),
+]
+
+
+def _by_name(*groups) -> dict[str, Flag]:
+    return {f.name: f for group in groups for f in group}
+
+
+_ALL = _by_name(STAGE1, STAGE2, STAGE3)
+# Stage flags the grid forwards under the same name (the rest it sets itself, per step).
+GRID_FORWARDED = [
+    *STAGE1_RECIPE_FLAGS,
+    *(_ALL[n] for n in ("data_path", "workers", "download", "decode", "val_split_ratio", "device", "precision",
+                        "compile", "collect_precision", "snapshot_epochs", "trajectories", "first_epochs",
+                        "epoch_stride", "el2n_epochs", "dyn_unc_window", "snapshot_epoch", "cal_neighbors",
+                        "deepfool_max_iter", "glister_eta", "ccs_beta", "allow_missing_classes", "scores_dir",
+                        "splits_dir", "checkpoint_path", "logpath", "results_dir")),
+]
+# Stage flags the grid sets itself for each step (never forwarded from its own flags).
+GRID_SETS = {
+    1: ("model_arch", "manual_seed", "resume_path", "evaluate_only", "overwrite", "start_epoch", "dataset",
+        *STAGE1_RECIPE),
+    2: ("loss_path", "dataset", "model_arch", "split_path", "method", "output_path", "seed", "save_features",
+        "overwrite", "data_path"),
+    3: ("score_path", "samples_per_class", "topk_per_class", "fraction", "order", "dataset", "model_arch",
+        "manual_seed", "name", "resume_path", "evaluate_only", "overwrite", "start_epoch"),
+}
+
+
+def _check_grid(s: Settings) -> Settings:
+    for key in ("score_model_arch", "model_archs", "methods", "orders", "seeds"):
+        require(len(s[key]) > 0, f"--{key} needs at least one value")
+    require((s.samples_per_class is None) != (s.fractions is None),
+            "give the subset sizes as --samples_per_class K1,K2,... or as --fractions F1,F2,... (one of them)")
+    require(bool(s.samples_per_class or s.fractions), "the budget list is empty")
+    names = [methods.get(m).name for m in s.methods]
+    extra = []
+    for pair in s.method_orders:
+        method, _, order = pair.partition(":")
+        require(order in ORDERS, f"--method_orders takes method:order pairs with an order of {', '.join(ORDERS)}, "
+                f"got {pair!r}")
+        name = methods.get(method).name
+        require(name in names, f"--method_orders names {method!r}, which is not in --methods")
+        extra.append(f"{name}:{order}")
+    if s.trajectories == "sums":
+        require(names == ["cld"], "--trajectories sums keeps CLD's sums only; "
+                "the other methods need the full trajectories (--methods cld, or --trajectories full)")
+    epochs = s.score_epochs if s.score_epochs is not None else s.epochs
+    require(epochs >= 3, f"stage 1 must record at least 3 epochs (CLD correlates 2+ loss differences), got {epochs}")
+    require(s.launcher.strip() != "", "--launcher must be a command such as python or torchrun")
+    # Last: the model registry imports torch, which the cheaper checks above need not wait for.
+    for arch in s.score_model_arch + s.model_archs:
+        check_model(arch, s.dataset)
+    return s.replace(methods=names, method_orders=extra, score_seed=s.seeds[0] if s.score_seed is None else s.score_seed)
+
+
+GRID = FlagSet([*GRID_OWN, *(_score_flag(f) for f in STAGE1_RECIPE_FLAGS), *GRID_FORWARDED,
+                *GRID_RUNNING], check=_check_grid)

@@ -1,0 +1,465 @@
+"""Typed command-line flags: one record per flag, checked before any work.
+
+Every flag of every script is a :class:`Flag` (name, kind, default, one line of help), grouped in
+:mod:`utils.cli.config`. From those records come a script's Fire signature and ``--help``, the strict
+reading of its command line (:meth:`FlagSet.parse_argv`), the check of keyword arguments when a
+stage is called from Python (:meth:`FlagSet.settings`), and the commands ``reproduce_table.py``
+prints (:meth:`FlagSet.render`).
+
+The command line has Fire's syntax (``--flag value``, ``--flag=value``, a bare ``--flag`` or
+``--noflag`` for booleans, lists as ``[a,b]`` or ``a,b``, Fire's one-letter short flags), but
+every value is read as its flag's kind says rather than guessed from its spelling: a path flag
+stays a string when it looks like a number, ``--overwrite no`` is False, ``--epochs 1.9`` and
+``--schedule foo`` are refused, and so are unknown flags and stray positional words.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import numbers
+import os
+import re
+import shlex
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from utils.errors import UserError
+from utils.paths import check_safe_name
+
+# ----------------------------------------------------------------------------- kinds
+
+
+class Kind:
+    """How a flag's value is read from the command line, checked from Python, and written back."""
+    python_type: Any = str
+    label = "value"
+
+    def parse(self, text: str, flag: str) -> Any:
+        """The value of ``--flag text`` (raises UserError)."""
+        return self.check(text, flag)
+
+    def check(self, value: Any, flag: str) -> Any:
+        """A value given from Python, validated and normalised (raises UserError)."""
+        raise NotImplementedError
+
+    def render(self, value: Any) -> str:
+        """``value`` as the text :meth:`parse` reads back."""
+        return str(value)
+
+
+def _bad(flag: str, what: str, value: Any) -> UserError:
+    return UserError(f"--{flag} takes {what}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Int(Kind):
+    lo: int | None = None
+    hi: int | None = None
+    python_type = int
+    label = "int"
+
+    def parse(self, text: str, flag: str) -> int:
+        if not re.fullmatch(r"\s*[+-]?\d+\s*", text):
+            raise _bad(flag, "an integer", text)
+        return self.check(int(text), flag)
+
+    def check(self, value: Any, flag: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise _bad(flag, "an integer", value)
+        value = int(value)
+        if self.lo is not None and value < self.lo or self.hi is not None and value > self.hi:
+            raise UserError(f"--{flag} must lie in {_range(self.lo, self.hi)}, got {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class Float(Kind):
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    python_type = float
+    label = "float"
+
+    def parse(self, text: str, flag: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise _bad(flag, "a number", text) from None
+        return self.check(value, flag)
+
+    def check(self, value: Any, flag: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise _bad(flag, "a number", value)
+        value = float(value)
+        too_low = self.lo is not None and (value < self.lo or self.lo_open and value == self.lo)
+        too_high = self.hi is not None and (value > self.hi or self.hi_open and value == self.hi)
+        if not math.isfinite(value) or too_low or too_high:
+            raise UserError(f"--{flag} must be a finite number in "
+                            f"{_range(self.lo, self.hi, self.lo_open, self.hi_open)}, got {value:g}")
+        return value
+
+    def render(self, value: Any) -> str:
+        return repr(float(value))
+
+
+def _range(lo, hi, lo_open=False, hi_open=False) -> str:
+    def end(v, missing):
+        return missing if v is None else (str(v) if isinstance(v, int) else f"{v:g}")
+    return f"{'(' if lo_open else '['}{end(lo, '-inf')}, {end(hi, 'inf')}{')' if hi_open else ']'}"
+
+
+TRUE_WORDS = ("true", "yes", "1")
+FALSE_WORDS = ("false", "no", "0")
+
+
+@dataclass(frozen=True)
+class Bool(Kind):
+    python_type = bool
+    label = "bool"
+
+    def parse(self, text: str, flag: str) -> bool:
+        word = text.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+        raise UserError(f"--{flag} takes true/false, yes/no or 1/0 (or the bare flag --{flag}), got {text!r}")
+
+    def check(self, value: Any, flag: str) -> bool:
+        if type(value).__name__ == "bool_":  # numpy's bool
+            value = bool(value)
+        if not isinstance(value, bool):
+            raise _bad(flag, "True or False", value)
+        return value
+
+    def render(self, value: Any) -> str:
+        return "true" if value else "false"
+
+
+@dataclass(frozen=True)
+class Str(Kind):
+    """Free text, or one of ``choices`` (matched case-insensitively, returned as spelled there)."""
+    choices: tuple[str, ...] = ()
+    label = "str"
+
+    def check(self, value: Any, flag: str) -> str:
+        if not isinstance(value, str):
+            raise _bad(flag, "a string", value)
+        if "\0" in value:
+            raise UserError(f"--{flag} holds a NUL character")
+        if self.choices:
+            for choice in self.choices:
+                if choice.lower() == value.lower():
+                    return choice
+            raise UserError(f"unknown --{flag} {value!r}; choose one of {', '.join(self.choices)}")
+        return value
+
+
+@dataclass(frozen=True)
+class Path(Kind):
+    """A file or folder name: always text, however it looks."""
+    label = "path"
+
+    def check(self, value: Any, flag: str) -> str:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str):
+            raise _bad(flag, "a path", value)
+        if "\0" in value:
+            raise UserError(f"--{flag} holds a NUL character")
+        return value
+
+
+@dataclass(frozen=True)
+class Name(Kind):
+    """Text that becomes part of a file name (a run name, a tag); empty means 'derive it'."""
+    label = "name"
+
+    def check(self, value: Any, flag: str) -> str:
+        if value == "":
+            return value
+        return check_safe_name(value, f"--{flag}")
+
+
+@dataclass(frozen=True)
+class Choice(Kind):
+    """One of a fixed set; ``choices`` may be a callable, for registries filled at run time."""
+    choices: Any = ()
+    label = "str"
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.choices() if callable(self.choices) else self.choices)
+
+    def check(self, value: Any, flag: str) -> str:
+        return Str(self.names()).check(value, flag)
+
+
+@dataclass(frozen=True)
+class Optional(Kind):
+    """``None`` (written ``none``) or a value of ``kind``."""
+    kind: Kind = Str()
+    label = "optional"
+
+    @property
+    def python_type(self):  # type: ignore[override]
+        return self.kind.python_type  # Fire's help adds "Optional[...]" for a None default
+
+    def parse(self, text: str, flag: str) -> Any:
+        return None if text.strip().lower() == "none" else self.kind.parse(text, flag)
+
+    def check(self, value: Any, flag: str) -> Any:
+        return None if value is None else self.kind.check(value, flag)
+
+    def render(self, value: Any) -> str:
+        return "none" if value is None else self.kind.render(value)
+
+
+@dataclass(frozen=True)
+class ListOf(Kind):
+    """A list: ``[a,b]``, ``a,b`` or one value ``a`` on the command line; a list, tuple or one value
+    from Python. Duplicates are kept unless ``unique``."""
+    kind: Kind = Str()
+    unique: bool = False
+    label = "list"
+    python_type = list
+
+    def parse(self, text: str, flag: str) -> list:
+        body = text.strip()
+        if body[:1] in "[(" and body[-1:] in "])":
+            body = body[1:-1]
+        items = [item.strip().strip("'\"") for item in body.split(",")] if body.strip() else []
+        if any(item == "" for item in items):
+            raise UserError(f"--{flag} takes a list such as [a,b], got {text!r}")
+        return self._finish([self.kind.parse(item, flag) for item in items], flag)
+
+    def check(self, value: Any, flag: str) -> list:
+        if isinstance(value, str):
+            return self.parse(value, flag)
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        return self._finish([self.kind.check(item, flag) for item in items], flag)
+
+    def _finish(self, items: list, flag: str) -> list:
+        if self.unique:
+            seen = []
+            for item in items:
+                if item not in seen:
+                    seen.append(item)
+            return seen
+        return items
+
+    def render(self, value: Any) -> str:
+        return "[" + ",".join(self.kind.render(v) for v in value) + "]"
+
+
+# ----------------------------------------------------------------------------- flags
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag.
+
+    Args:
+        name: the flag (``--name``), also the keyword of the stage function.
+        kind: how values are read and checked.
+        default: the value when the flag is not given.
+        help: one line for ``--help``.
+    """
+    name: str
+    kind: Kind
+    default: Any
+    help: str
+
+    def with_default(self, default: Any, help: str | None = None) -> "Flag":
+        return replace(self, default=default, help=help or self.help)
+
+
+class Settings(Mapping):
+    """The checked values of a flag set; read as ``settings.epochs`` or ``settings['epochs']``."""
+
+    def __init__(self, values: Mapping[str, Any]):
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("settings are read-only; use replace()")
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Settings({self._values!r})"
+
+    def replace(self, **changes: Any) -> "Settings":
+        return Settings({**self._values, **changes})
+
+
+# Abbreviations people type, mapped to the flag they mean (suggested, never accepted).
+_COMMON = {"lr": "learning_rate", "bs": "batch_size", "seed": "manual_seed", "wd": "weight_decay",
+           "arch": "model_arch", "model": "model_arch", "data": "data_path", "epoch": "epochs",
+           "k": "samples_per_class", "resume": "resume_path", "out": "output_path", "output": "output_path"}
+
+
+class FlagSet:
+    """The flags of one script, in ``--help`` order, and what is derived from them.
+
+    Args:
+        flags: the flag records.
+        check: cross-flag checks run on the settings (after each flag's own check); returns the
+            settings, possibly completed.
+    """
+
+    def __init__(self, flags: Iterable[Flag], check: Callable[[Settings], Settings] | None = None):
+        self.flags: dict[str, Flag] = {}
+        for flag in flags:
+            if flag.name in self.flags:
+                raise ValueError(f"flag {flag.name} defined twice")
+            self.flags[flag.name] = flag
+        self._check = check
+
+    def __iter__(self) -> Iterator[Flag]:
+        return iter(self.flags.values())
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.flags
+
+    def __getitem__(self, name: str) -> Flag:
+        return self.flags[name]
+
+    # ------------------------------------------------------------------ checking
+
+    def unknown(self, name: str) -> UserError:
+        """The error for a flag this set does not have, with the nearest name as a hint."""
+        guess = _COMMON.get(name) if _COMMON.get(name) in self.flags else None
+        if guess is None:
+            close = difflib.get_close_matches(name, list(self.flags), n=1, cutoff=0.6)
+            guess = close[0] if close else None
+        hint = f" (did you mean --{guess}?)" if guess else ""
+        return UserError(f"unknown flag --{name}{hint}; see --help for the flags")
+
+    def settings(self, values: Mapping[str, Any] | None = None, **more: Any) -> Settings:
+        """Check keyword values (from Python or from :meth:`parse_argv`), fill in the defaults,
+        and run the cross-flag checks."""
+        given = {**(values or {}), **more}
+        for name in given:
+            if name not in self.flags:
+                raise self.unknown(name)
+        out = {}
+        for flag in self:
+            value = given.get(flag.name, flag.default)
+            out[flag.name] = value if value is flag.default and flag.name not in given else \
+                flag.kind.check(value, flag.name)
+        settings = Settings(out)
+        return self._check(settings) if self._check else settings
+
+    def parse_argv(self, argv: Sequence[str]) -> dict[str, Any]:
+        """Read a command line strictly: ``{name: value}`` of the flags given.
+
+        Raises:
+            UserError: an unknown flag (with the nearest name), a value its flag cannot take, a
+                flag given twice or without a value, or a positional word.
+        """
+        short = self.short_flags()
+        out: dict[str, Any] = {}
+        i = 0
+        while i < len(argv):
+            word = argv[i]
+            if not word.startswith("-") or word in ("-", "--"):
+                raise UserError(f"unexpected argument {word!r}: every value follows its --flag "
+                                "(e.g. --epochs 10); see --help")
+            body = word[2:] if word.startswith("--") else word[1:]
+            name, eq, text = body.partition("=")
+            name = name.replace("-", "_") if name.replace("-", "_") in self.flags else name
+            if not word.startswith("--"):
+                if name not in short:
+                    raise UserError(f"unknown flag {word}; see --help for the flags")
+                name = short[name]
+            negated = name.startswith("no") and name not in self.flags and name[2:] in self.flags \
+                and isinstance(self.flags[name[2:]].kind, Bool)
+            key = name[2:] if negated else name
+            if key not in self.flags:
+                raise self.unknown(name)
+            if key in out:
+                raise UserError(f"--{key} is given twice")
+            kind = self.flags[key].kind
+            if negated:
+                if eq:
+                    raise UserError(f"--{name} takes no value")
+                out[key] = False
+            elif eq:
+                out[key] = kind.parse(text, key)
+            elif isinstance(kind, Bool) and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+                out[key] = True  # a bare boolean flag
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                out[key] = kind.parse(argv[i + 1], key)
+                i += 1
+            else:
+                raise UserError(f"--{key} needs a value")
+            i += 1
+        return out
+
+    def short_flags(self) -> dict[str, str]:
+        """Fire's one-letter flags: a letter that begins exactly one flag name."""
+        firsts: dict[str, list[str]] = {}
+        for name in self.flags:
+            firsts.setdefault(name[0], []).append(name)
+        return {letter: names[0] for letter, names in firsts.items() if len(names) == 1}
+
+    # ------------------------------------------------------------------ deriving
+
+    def signature(self) -> inspect.Signature:
+        return inspect.Signature([
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                              annotation=f.kind.python_type) for f in self])
+
+    def docstring(self, summary: str) -> str:
+        lines = [summary.strip(), "", "Args:"]
+        lines += [f"    {f.name}: {f.help}" for f in self]
+        return "\n".join(lines) + "\n"
+
+    def command(self, summary: str) -> Callable[[Callable], Callable]:
+        """Decorate a script's ``main(**flags)``: Fire reads its signature and help from here."""
+        def decorate(fn: Callable) -> Callable:
+            fn.__signature__ = self.signature()
+            fn.__doc__ = self.docstring(summary)
+            fn._flagset = self  # private: Fire would list a public attribute as a command group
+            return fn
+        return decorate
+
+    def render(self, script: str, values: Mapping[str, Any], launcher: str = "python",
+               keep: Sequence[str] = ()) -> str:
+        """The shell command that runs ``script`` with ``values``: the flags that differ from their
+        defaults, plus those named in ``keep``."""
+        unknown = [name for name in values if name not in self.flags]
+        if unknown:
+            raise self.unknown(unknown[0])
+        words = [launcher, script]
+        for name, flag in self.flags.items():
+            if name not in values:
+                continue
+            value = values[name]
+            if name not in keep and _same(value, flag.default):
+                continue
+            if isinstance(flag.kind, Bool):
+                words.append(f"--{name}" if value else f"--no{name}")
+            else:
+                words += [f"--{name}", shlex.quote(flag.kind.render(value))]
+        return " ".join(words)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return type(a) is type(b) and a == b or (a is None and b is None)

@@ -1,0 +1,130 @@
+"""Stage 1: train a model and record every training and validation example's loss after every epoch.
+
+Implements the trajectory collection of *Coresets from Trajectories: Selecting Data via
+Correlation of Loss Differences* (Nagaraj, Ravikumar, Roy, TMLR 2025): each epoch trains with
+augmentation, evaluates the test set, then records in eval mode, without augmentation and in fp32
+(``--collect_precision``), the loss of every training-split and validation-split example, plus
+correctness, logit margin and EL2N from the same logits for the baselines. Rows go to disk as they
+are made (:mod:`utils.collect.trajectories`); the loss file is written once the run is complete. Weight
+snapshots after chosen epochs serve the model-based methods of stage 2.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from utils import paths, progress
+from utils.cli.flags import Settings
+from utils.collect.trajectories import FullTrajectories, SumsTrajectories, device_rows
+from utils.data.datasets import dataset_info
+from utils.data.splits import stratified_split
+from utils.errors import UserError
+from utils.files.checkpoint import save_checkpoint
+from utils.files.losses import load_split, save_losses, save_split, save_sums
+from utils.train import distributed
+from utils.train.options import Recipe, recipe_identity
+from utils.train.session import evaluate_checkpoint, open_session
+from utils.train.state import TrainingRun, claim_run, run_claims
+
+
+def collect_losses(s: Settings) -> str:
+    """Run stage 1 with checked flags (``utils.cli.config.STAGE1``); returns the loss (or sums) file."""
+    info = dataset_info(s.dataset)
+    recipe = Recipe.from_settings(s)
+    if s.evaluate_only:
+        evaluate_checkpoint(s, recipe, dataset=info.name, model_arch=s.model_arch)
+        return ""
+    ratio = info.val_split_ratio if s.val_split_ratio is None else s.val_split_ratio
+    sums = s.trajectories == "sums"
+    output = (paths.sums_path if sums else paths.loss_path)(s.scores_dir, info.name, s.model_arch, s.manual_seed)
+    files = paths.RunFiles(s.checkpoint_path, s.logpath, paths.run_name(info.name, s.model_arch, s.manual_seed),
+                           output)
+    with run_claims() as claims:  # the main process holds the run's lock for the run's whole life
+        def prepare() -> None:
+            folders = [s.checkpoint_path, s.logpath, s.scores_dir, s.splits_dir]
+            claims.append(claim_run(files, folders, s.resume_path, s.overwrite))
+
+        session = open_session(s, recipe, dataset=info.name, model_arch=s.model_arch, prepare=prepare)
+        return _run(s, session, files, recipe, ratio, sums)
+
+
+def _run(s: Settings, session, files: paths.RunFiles, recipe: Recipe, ratio: float, sums: bool) -> str:
+    info, is_main = session.data.info, session.dist.is_main
+    say = progress.say if is_main else (lambda *a, **k: None)
+    labels = session.data.train_labels
+    train_idx, val_idx = stratified_split(labels, ratio, s.manual_seed, session.data.num_classes)
+    identity = {"stage": "losses", "dataset": info.name, "model_arch": s.model_arch, "manual_seed": s.manual_seed,
+                "val_split_ratio": ratio, "num_train": int(len(train_idx)), "num_val": int(len(val_idx)),
+                "world_size": session.dist.world, "trajectories": s.trajectories,
+                "collect_precision": session.collect_precision, **recipe_identity(recipe, session.precision)}
+    config = {**s, "val_split_ratio": ratio}
+    run = TrainingRun(session.model, session.trainer, session.scheduler, recipe, files, identity, config, is_main)
+    store = (SumsTrajectories(files, labels[train_idx], labels[val_idx], session.data.num_classes) if sums
+             else FullTrajectories(files, recipe.epochs, len(train_idx), len(val_idx)))
+    if s.resume_path:  # before the split file is written: a refused resume writes nothing
+        run.resume(s.resume_path, s.overwrite, log=say)
+        say(f"resumed {s.resume_path} after epoch {run.epoch}")
+    with distributed.fail_together():
+        if is_main:
+            store.open(run.epoch)
+            _write_split(paths.split_path(s.splits_dir, info.name, s.model_arch, s.manual_seed), train_idx, val_idx,
+                         info.name, s.model_arch, s.manual_seed, ratio, s.overwrite)
+    snapshots = sorted(e for e in s.snapshot_epochs if e <= recipe.epochs)
+    skipped = sorted(set(s.snapshot_epochs) - set(snapshots))
+    if skipped:
+        say(f"note: no weight snapshot after epoch {', '.join(map(str, skipped))}: the run has {recipe.epochs} epochs "
+            "(stage 2's model-based methods then use its final weights)")
+    say(f"{info.name}: {len(train_idx)} training / {len(val_idx)} validation / {len(session.test_source)} test "
+        f"examples; {s.model_arch} ({sum(p.numel() for p in session.model.parameters()) / 1e6:.2f}M parameters) "
+        f"on {session.device}, training in {session.precision}, losses recorded in {session.collect_precision}")
+
+    def collect(epoch: int) -> dict:
+        tr = session.collect(train_idx, signals=not sums, desc=f"epoch {epoch + 1} collect train")
+        val = session.collect(val_idx, desc=f"epoch {epoch + 1} collect val")
+        if is_main:
+            rows = device_rows(tr, val, signals=not sums)
+            store.record(epoch, rows)
+            val_loss = rows["val_loss"]
+        else:  # only the main process records rows; the others need the mean (the divergence check)
+            val_loss = val["loss"].cpu().numpy()
+        return {"val_loss_mean": float(val_loss.mean(dtype=np.float64))}
+
+    def before_checkpoint(done: int) -> None:  # what the checkpoint counts is on disk first
+        store.flush(done)
+        if done in snapshots:
+            save_checkpoint(files.snapshot(done), run.weights("snapshot"))
+
+    run.fit(session.train_batches(train_idx, s.manual_seed), session.test_eval, after_epoch=collect,
+            before_checkpoint=before_checkpoint,
+            after_checkpoint=store.forget_before, log=say)
+    with distributed.fail_together():  # every process returns once the output exists
+        if is_main:
+            record = {"dataset": info.name, "model_arch": s.model_arch, "manual_seed": s.manual_seed,
+                      "num_classes": session.data.num_classes, "config": config,
+                      "collect_precision": session.collect_precision, "data_path": os.path.abspath(s.data_path),
+                      "checkpoints": {"last": os.path.abspath(files.last),
+                                      "snapshots": {e: os.path.abspath(p) for e, p in files.snapshots().items()}},
+                      "epoch": np.arange(recipe.epochs, dtype=np.int64), "tr_lbl": labels[train_idx],
+                      "val_lbl": labels[val_idx], "train_indices": train_idx, "val_indices": val_idx}
+            if sums:
+                save_sums(files.output, record, store.sums.state())
+            else:
+                save_losses(files.output, {**record, **store.arrays(recipe.epochs)})
+    say(f"best test accuracy {run.best_acc:.2f}%; {'CLD sums' if sums else 'losses'} of {recipe.epochs} epochs "
+        f"saved to {files.output}")
+    say(f"next: python compute_cld_scores.py --loss_path {files.output}")
+    distributed.teardown()
+    return files.output
+
+
+def _write_split(path: str, train_idx: np.ndarray, val_idx: np.ndarray, dataset: str, model_arch: str,
+                 seed: int, ratio: float, replace: bool) -> None:
+    """Write the split file; an existing one must hold the same split unless replacing is allowed."""
+    if os.path.exists(path) and not replace:
+        old = load_split(path)
+        if not (np.array_equal(old["train_indices"], train_idx) and np.array_equal(old["val_indices"], val_idx)):
+            raise UserError(f"{path} holds a different split; pass --overwrite to replace it")
+        return
+    save_split(path, {"dataset": dataset, "model_arch": model_arch, "manual_seed": int(seed),
+                      "val_split_ratio": ratio, "train_indices": train_idx, "val_indices": val_idx})

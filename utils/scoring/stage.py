@@ -1,0 +1,166 @@
+"""Stage 2: what stage 1 recorded -> a score file ranking every class, best first.
+
+Trajectory methods (CLD and the training-dynamics baselines) read the loss file, or CLD's running
+sums, with numpy alone; model methods (:mod:`utils.scoring.model`) evaluate a weight snapshot of the
+same run once. Every method writes the same score file (docs/formats.md), and the summary ends
+with the stage-3 command that trains with the recipe of stage 1.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Any
+
+import numpy as np
+
+from utils import paths
+from utils.cli.config import STAGE1, STAGE3
+from utils.cli.flags import Settings
+from utils.errors import UserError, require
+from utils.files.atomic import check_output_free
+from utils.files.losses import load_losses, load_sums
+from utils.files.scores import save_scores
+from utils.scoring import methods, trajectory as S
+
+LEGACY_DEFAULT_SEED = 1234  # the paper code's default manual_seed
+# What the printed stage-3 command repeats of stage 1's flags when they differ from the defaults.
+_CARRIED = ("data_path", "epochs", "batch_size", "test_batch_size", "learning_rate", "momentum", "weight_decay",
+            "disable_nesterov", "schedule", "gamma", "device", "precision", "compile", "workers")
+
+
+def score(s: Settings) -> str:
+    """Run stage 2 with checked flags (``utils.cli.config.STAGE2``); returns the score file written."""
+    method = methods.get(s.method)
+    if s.output_path:
+        check_output_free(s.output_path, s.overwrite)  # before reading a possibly large loss file
+    loss_path = s.loss_path or paths.loss_path(paths.SCORES_DIR, s.dataset, s.model_arch, LEGACY_DEFAULT_SEED)
+    started = time.perf_counter()
+    losses = _read(loss_path, s, method)
+    ds, arch, seed, n_cls = _run_metadata(losses, loss_path, s.dataset, s.model_arch)
+    out = s.output_path or paths.score_path(os.path.dirname(loss_path), method.name, ds, arch, seed)
+    require(os.path.abspath(out) != os.path.abspath(loss_path),
+            f"--output_path {out} is the loss file itself; choose another output path")
+    check_output_free(out, s.overwrite)
+    S.check_labels(losses, n_cls)
+    options = _options(method, s, seed, losses.get("config") or {})
+    if method.family == "trajectory":
+        indices, per_class, extra = _score_trajectories(losses, method, s, options)
+    else:
+        from utils.scoring import model as model_scores  # torch, only for the model methods
+
+        indices, per_class, extra = model_scores.score_classes(method, losses, loss_path, s, options)
+    record = {
+        "method": method.name, "dataset": ds, "model_arch": arch, "manual_seed": seed, "num_classes": n_cls,
+        "loss_path": os.path.abspath(loss_path), "options": options,
+        "top_means": method.top_means, "hard_end": method.hard_end, "greedy": method.greedy,
+        "indices": indices, "scores": per_class, **extra,
+    }
+    save_scores(out, record)
+    print(_summary(record, method, out, time.perf_counter() - started, losses.get("config") or {}))
+    return out
+
+
+def _options(method: methods.Method, s: Settings, seed: int, config: dict) -> dict:
+    """The flags ``method`` reads (recorded in the score file), the seed first: the run's unless
+    ``--seed`` is given; an unset flag the method takes from the run (``run_defaults``) gets the
+    run's value."""
+    options = {"seed": seed if s.seed is None else s.seed, **{n: s[n] for n in method.options if n != "seed"}}
+    for name, key in method.run_defaults:
+        if options[name] is None:
+            options[name] = float(config.get(key, STAGE1[key].default))
+    return options
+
+
+def _read(path: str, s: Settings, method: methods.Method) -> dict:
+    """The loss file (or legacy loss pickle), or a sums file, checked against what the method needs."""
+    if path.endswith(".npz"):
+        sums = load_sums(path)
+        require(method.name == "cld", f"{path} holds CLD's running sums only (stage 1 ran with --trajectories "
+                f"sums); method {method.name!r} needs the full trajectories or a model: rerun stage 1 with "
+                "--trajectories full")
+        require(s.first_epochs == 0 and s.epoch_stride == 1, "--first_epochs and --epoch_stride need the full "
+                "trajectories; a sums file holds only the sums over every epoch")
+        return sums
+    losses = load_losses(path, s.split_path)
+    if method.family == "trajectory":
+        S.check_signals(losses, method)
+    return losses
+
+
+def _run_metadata(losses: dict, loss_path: str, dataset: str, model_arch: str) -> tuple[str, str, int, int]:
+    """dataset, model_arch, manual_seed, num_classes: from the file; flags only fill the gaps of
+    legacy files (whose split file may carry them)."""
+    from utils.data.datasets import dataset_info
+    from utils.paths import check_safe_name
+
+    ds = dataset_info(losses.get("dataset") or dataset).name
+    arch = check_safe_name(losses.get("model_arch") or model_arch, f"model of {loss_path}")
+    seed = losses.get("manual_seed")
+    if seed is None:
+        found = re.search(r"_seed(\d+)_", os.path.basename(loss_path))
+        seed = int(found.group(1)) if found else LEGACY_DEFAULT_SEED
+    n_cls = losses.get("num_classes")
+    if n_cls is None:
+        n_cls = int(max(losses["tr_lbl"].max(initial=-1), losses["val_lbl"].max(initial=-1))) + 1
+    return ds, arch, int(seed), int(n_cls)
+
+
+def _score_trajectories(losses: dict, method: methods.Method, s: Settings, options: dict) -> tuple:
+    """Rankings from the loss trajectories (or CLD's sums)."""
+    if "sums" in losses:
+        sums = S.CLDSums(losses["tr_lbl"], losses["val_lbl"], int(losses["num_classes"]))
+        sums.restore(losses["sums"])
+        require(sums.epochs >= S.MIN_EPOCHS, f"the sums hold {sums.epochs} epochs; CLD needs at least "
+                f"{S.MIN_EPOCHS} (train longer in stage 1)")
+        values, epochs = sums.scores(), np.asarray(losses["epoch"][:sums.epochs], dtype=np.int64)
+    else:
+        used = S.select_epochs(losses, s.first_epochs, s.epoch_stride)
+        values, epochs = S.SCORERS[method.name](used, **options), np.asarray(used["epoch"], dtype=np.int64)
+    indices, per_class = S.rank_per_class(values, losses["tr_lbl"], losses["train_indices"])
+    return indices, per_class, {"epochs_used": epochs}
+
+
+def next_command(record: dict, out: str, config: dict) -> str:
+    """The stage-3 command for this score file, with stage 1's recipe where it differs from the
+    defaults (so that copying it trains as stage 1 did)."""
+    sizes = [v.size for v in record["indices"].values()]
+    values: dict[str, Any] = {"score_path": out, "dataset": record["dataset"], "model_arch": record["model_arch"],
+                              "samples_per_class": max(1, int(np.floor(0.1 * min(sizes) + 0.5)))}
+    for name in _CARRIED:
+        if name in config:
+            try:
+                values[name] = STAGE3[name].kind.check(config[name], name)
+            except UserError:
+                continue  # a value the file garbled is left out, not printed
+    keep = ("score_path", "dataset", "model_arch", "samples_per_class")
+    return STAGE3.render("train_on_coresets.py", {k: v for k, v in values.items()}, keep=keep)
+
+
+def _summary(record: dict, method: methods.Method, out: str, seconds: float, config: dict) -> str:
+    sizes = np.array([v.size for v in record["indices"].values()])
+    all_scores = np.concatenate(list(record["scores"].values()))
+    lines = [
+        f"method        {record['method']}  (top of each ranking = {method.top_means})",
+        f"run           {record['dataset']} / {record['model_arch']} / seed {record['manual_seed']}",
+        f"classes       {sizes.size} ranked (of {record['num_classes']}); examples per class "
+        f"min {sizes.min()} / median {int(np.median(sizes))} / max {sizes.max()}",
+    ]
+    if "epochs_used" in record:
+        ep = record["epochs_used"]
+        stride = record["options"].get("epoch_stride", 1)
+        lines.append(f"epochs used   {ep.size}: {ep[0]} .. {ep[-1]}" + (f" (stride {stride})" if stride > 1 else ""))
+    if "snapshot" in record:
+        lines.append(f"weights       {record['snapshot']} (after epoch {record['snapshot_epoch']}), evaluated in "
+                     f"{record['options']['collect_precision']}")
+    lines.append(f"{'greedy gains' if method.greedy else 'score range '}  {all_scores.min():.4g} .. "
+                 f"{all_scores.max():.4g}")
+    if record["method"] == "cld":
+        lines.append(f"positive CLD  {100.0 * np.mean(all_scores > 0):.1f}% of examples")
+    lines += [
+        f"wrote         {out}  ({seconds:.1f} s)",
+        "",
+        "next (k = 10% of the smallest class; choose your own budget; the recipe is stage 1's):",
+        f"  {next_command(record, out, config)}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,384 @@
+"""Per-example scores from one loss-collection run (stage 2), ranked per class.
+
+Implements CLD from *Coresets from Trajectories: Selecting Data via Correlation of Loss
+Differences* (Nagaraj, Ravikumar, Roy, TMLR 2025) and the training-dynamics baselines
+(docs/methods.md), all computed from the loss file of stage 1 (one post-epoch evaluation pass
+per epoch, eval mode, no augmentation). numpy only: stage 2 must not pay for importing torch.
+
+Every scorer (:data:`SCORERS`) takes a validated loss dict (``utils.files.losses.load_losses``) and returns one float64
+score per training column, aligned with ``losses["train_indices"]``. :func:`rank_per_class` then
+orders each class from the highest score down (ties: ascending dataset index), so the *top* of a
+ranking is always the end that the method's authors keep:
+
+=========== ================================================ ====================================
+method      score (higher = earlier in the ranking)          the top of the ranking is ...
+=========== ================================================ ====================================
+cld         Pearson corr(Δ train loss, Δ class-mean val loss) kept by CLD (the paper's coreset)
+loss        mean training loss                               the hardest examples (highest loss)
+el2n        mean EL2N over the first ``el2n_epochs`` epochs  kept by Data Diet (hardest)
+forgetting  forgetting events; never-correct examples get E  kept by Toneva et al. (most forgotten)
+aum         mean logit margin (AUM)                          kept by Pleiss et al. (they drop the
+                                                             lowest AUM as likely mislabeled)
+dyn_unc     mean over sliding windows of std of p_t[y]       kept by He et al. (most uncertain)
+random      uniform draw (seeded)                            a random subset
+=========== ================================================ ====================================
+
+Each method's record (:mod:`utils.scoring.methods`) says which end holds the *hardest* examples (the end
+CCS trims first): the top for difficulty scores (loss, EL2N, forgetting, uncertainty), the bottom for CLD and AUM,
+whose low end is where loss rises while the class's validation loss falls / where the margin
+stays negative, i.e. likely mislabeled examples.
+
+Memory: the loss matrix (E, N) float32 is the one big array. Scorers never materialise an
+(E-1, N) float64 copy; they walk over column chunks of ~0.5 MB (ImageNet scale: 1.27M x 90 in
+about a second, peak memory ~1.2x the loss file). CLD can also be computed from running sums
+kept during training (:class:`CLDSums`, O(N) memory whatever the number of epochs).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from utils.errors import UserError, require
+from utils.files.losses import SIGNAL_KEYS
+
+MIN_EPOCHS = 3                 # CLD needs >= 2 loss differences to correlate
+DEFAULT_EL2N_EPOCHS = 20       # Data Diet scores early in training (epoch 20 of 200)
+DEFAULT_DYN_UNC_WINDOW = 10    # He et al. 2023, J = 10
+# A vector whose std is below this fraction of its root-mean-square is constant up to rounding
+# of its mean; like an exactly constant one (the paper's zero std) it correlates with nothing.
+# Differences of float32 losses vary by >= 1e-8 of their size, far above this.
+_ZERO_STD_RTOL = 1e-10
+# Column chunk (elements of one float64 work array) for the streaming scorers: 512 KB, so that
+# the few temporaries of a chunk stay in cache (measured: 2x faster than 8 MB chunks).
+_CHUNK_ELEMS = 1 << 16
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _chunk_size(n_rows: int) -> int:
+    return max(256, _CHUNK_ELEMS // max(n_rows, 1))
+
+
+def _epoch_name(losses: Mapping[str, Any], row: int) -> str:
+    return f"epoch {int(losses['epoch'][row])}"
+
+
+def check_finite(losses: Mapping[str, Any], key: str, rows: int | None = None) -> None:
+    """Raise a user error naming the first epoch whose ``key`` values are NaN or infinite.
+
+    Args:
+        losses: the loss dict.
+        key: 'tr_loss', 'val_loss' or a signal key.
+        rows: check only the first ``rows`` epochs (e.g. EL2N's window); default all.
+    """
+    arr = losses[key]
+    n = arr.shape[0] if rows is None else min(rows, arr.shape[0])
+    for t in range(n):  # row by row: no (E, N) boolean temporary
+        row = arr[t]
+        if not np.isfinite(row).all():
+            col = int(np.flatnonzero(~np.isfinite(row))[0])
+            which = "validation" if key == "val_loss" else "training"
+            idx_key = "val_indices" if key == "val_loss" else "train_indices"
+            raise UserError(
+                f"{key} holds NaN/inf at {_epoch_name(losses, t)} (first at {which} example "
+                f"{int(losses[idx_key][col])}); the run diverged there. Score only the epochs "
+                f"before it with --first_epochs {t}, or rerun stage 1 with a lower learning rate")
+
+
+def check_signals(losses: Mapping[str, Any], method) -> None:
+    """Raise a user error if the loss dict lacks an array that ``method`` (a record of
+    :mod:`utils.scoring.methods`) reads."""
+    from utils.scoring import methods
+
+    for key in method.inputs:
+        if losses.get(key) is None:
+            legacy = " (legacy loss files of the paper's code record losses only)" if losses.get("legacy") else ""
+            usable = [m.name for m in methods.METHODS.values() if m.family == "trajectory"
+                      and all(losses.get(k) is not None for k in m.inputs)]
+            raise UserError(f"method {method.name!r} needs the signal {key!r}, which the loss file lacks{legacy}; "
+                            f"use one of {', '.join(usable)}, or record it by rerunning stage 1 of this project")
+
+
+def check_labels(losses: Mapping[str, Any], num_classes: int | None = None) -> None:
+    """Labels must be non-negative and, when ``num_classes`` is known, below it."""
+    for key in ("tr_lbl", "val_lbl"):
+        lbl = losses[key]
+        if lbl.size == 0:
+            continue
+        lo, hi = int(lbl.min()), int(lbl.max())
+        require(lo >= 0, f"loss file: {key!r} holds a negative class label ({lo})")
+        if num_classes:
+            require(hi < num_classes, f"loss file: {key!r} holds class {hi}, but the file declares "
+                                      f"{num_classes} classes")
+    require(losses["tr_lbl"].size > 0, "loss file has no training examples")
+
+
+def select_epochs(losses: Mapping[str, Any], first_epochs: int = 0, epoch_stride: int = 1) -> dict:
+    """Keep the recorded epochs to score: the first ``first_epochs`` (0: all), then every
+    ``epoch_stride``-th of those, starting with the first. Returns a shallow copy whose per-epoch
+    arrays are row *views* (no copy of the loss matrix).
+    """
+    n_rec = int(losses["tr_loss"].shape[0])
+    require(first_epochs <= n_rec, f"--first_epochs {first_epochs} asks for more epochs than the loss file "
+                                   f"records ({n_rec})")
+    rows = slice(0, first_epochs or n_rec, epoch_stride)
+    out = dict(losses)
+    for key in ("epoch", "tr_loss", "val_loss") + SIGNAL_KEYS:
+        if out.get(key) is not None:
+            out[key] = losses[key][rows]
+    kept = int(out["epoch"].shape[0])
+    if kept < MIN_EPOCHS:
+        if first_epochs == 0 and epoch_stride == 1:
+            raise UserError(f"the loss file records {kept} epoch(s); scoring needs at least {MIN_EPOCHS} "
+                            "(train longer in stage 1)")
+        raise UserError(f"--first_epochs {first_epochs} --epoch_stride {epoch_stride} keeps {kept} of the "
+                        f"{n_rec} recorded epochs; scoring needs at least {MIN_EPOCHS}")
+    return out
+
+
+def _population_corr(sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray,
+                     x_zero: np.ndarray, y_zero: np.ndarray) -> np.ndarray:
+    """Pearson r from centred sums; a (numerically) constant side gives 0, as in the paper."""
+    denom = np.sqrt(sxx * syy)
+    zero = x_zero | y_zero
+    denom[zero] = 1.0
+    r = sxy / denom
+    r[zero] = 0.0
+    return r
+
+
+# ----------------------------------------------------------------------------- scorers
+
+def check_validation_classes(classes: np.ndarray, val_counts: np.ndarray) -> None:
+    """Every class with training examples needs a validation example (the paper code silently gave
+    the others an empty ranking). ``val_counts``: validation examples per class, one entry for
+    every class in ``classes`` at least."""
+    missing = classes[val_counts[classes] == 0]
+    if missing.size:
+        shown = ", ".join(str(int(c)) for c in missing[:10]) + (" ..." if missing.size > 10 else "")
+        raise UserError(f"class {shown} has training examples but no validation example, so its CLD is "
+                        "undefined; rerun stage 1 with a larger val_split_ratio")
+
+
+def class_means(values: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(C,) float64 mean of one epoch's float32 ``values`` per class (0 for an empty class);
+    ``counts = np.bincount(labels, minlength=C)``, computed once for every epoch."""
+    return np.bincount(labels, weights=values, minlength=len(counts)) / np.maximum(counts, 1)
+
+
+def class_mean_val_loss(losses: Mapping[str, Any], classes: np.ndarray) -> np.ndarray:
+    """(E, C) mean validation loss per class and epoch, C = max label + 1; every class in
+    ``classes`` must have a validation example."""
+    val, val_lbl = losses["val_loss"], losses["val_lbl"]
+    n_cls = int(max(classes.max(initial=-1), val_lbl.max(initial=-1))) + 1
+    counts = np.bincount(val_lbl, minlength=n_cls)
+    check_validation_classes(classes, counts)
+    return np.stack([class_means(val[t], val_lbl, counts) for t in range(val.shape[0])])
+
+
+def _zero_spread(m2: np.ndarray, n: int, mean: np.ndarray) -> np.ndarray:
+    """A vector whose spread (sum of squared deviations ``m2`` over ``n`` entries) is below
+    rounding of its mean: constant, so it correlates with nothing (the paper's zero std)."""
+    return m2 <= _ZERO_STD_RTOL ** 2 * (m2 + n * mean * mean)
+
+
+def cld(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
+    """CLD(z) = Pearson(Δ l_t(z), Δ V_t(class of z)), population std, constant side -> 0."""
+    check_finite(losses, "tr_loss")
+    check_finite(losses, "val_loss")
+    tr, lbl = losses["tr_loss"], losses["tr_lbl"]
+    n_ep, n = tr.shape
+    classes = np.unique(lbl)
+    dv = np.diff(class_mean_val_loss(losses, classes), axis=0)       # (E-1, C) float64
+    dvc = dv - dv.mean(axis=0)
+    syy = np.einsum("tc,tc->c", dvc, dvc)
+    y_zero = _zero_spread(syy, n_ep - 1, dv.mean(axis=0))
+    dvc_t = np.ascontiguousarray(dvc.T)                              # (C, E-1): gather rows per example
+
+    out = np.empty(n)
+    step = _chunk_size(n_ep)
+    for s in range(0, n, step):
+        cols = slice(s, min(s + step, n))
+        # float32 losses -> float64 differences, exactly as the paper's float64 np.diff
+        x = np.subtract(tr[1:, cols], tr[:-1, cols], dtype=np.float64)   # (E-1, c)
+        mean = x.mean(axis=0)
+        x -= mean
+        sxx = np.einsum("tj,tj->j", x, x)
+        y = dvc_t[lbl[cols]]                                           # (c, E-1)
+        sxy = np.einsum("tj,jt->j", x, y)
+        x_zero = _zero_spread(sxx, n_ep - 1, mean)
+        out[cols] = _population_corr(sxy, sxx, syy[lbl[cols]], x_zero, y_zero[lbl[cols]])
+    return out
+
+
+def random(losses: Mapping[str, Any], seed: int = 0, **_: Any) -> np.ndarray:
+    """Uniform scores, drawn in ascending dataset-index order so that the draw of an example does
+    not depend on the column order of the file."""
+    idx = losses["train_indices"]
+    out = np.empty(idx.shape[0])
+    out[np.argsort(idx, kind="stable")] = np.random.default_rng(seed).random(idx.shape[0])
+    return out
+
+
+def loss(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
+    """Mean training loss over the used epochs."""
+    check_finite(losses, "tr_loss")
+    return losses["tr_loss"].mean(axis=0, dtype=np.float64)
+
+
+def el2n(losses: Mapping[str, Any], el2n_epochs: int = DEFAULT_EL2N_EPOCHS, **_: Any) -> np.ndarray:
+    """Mean ||softmax - onehot||_2 over the first ``el2n_epochs`` used epochs (all if fewer)."""
+    check_finite(losses, "tr_el2n", rows=el2n_epochs)
+    return losses["tr_el2n"][:el2n_epochs].mean(axis=0, dtype=np.float64)
+
+
+def forgetting(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
+    """Number of correct -> incorrect transitions; never-correct examples get E (> any count)."""
+    correct = losses["tr_correct"]
+    n_ep, n = correct.shape
+    events = np.zeros(n, dtype=np.int64)
+    ever = correct[0].copy()
+    for t in range(n_ep - 1):  # row pairs: no (E-1, N) temporary
+        events += correct[t] & ~correct[t + 1]
+        ever |= correct[t + 1]
+    return np.where(ever, events, n_ep).astype(np.float64)
+
+
+def aum(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
+    """Area under the margin: mean of z_y - max_{c != y} z_c over the used epochs."""
+    check_finite(losses, "tr_margin")
+    return losses["tr_margin"].mean(axis=0, dtype=np.float64)
+
+
+def dyn_unc(losses: Mapping[str, Any], dyn_unc_window: int = DEFAULT_DYN_UNC_WINDOW, **_: Any) -> np.ndarray:
+    """Dynamic uncertainty: mean over all windows of J consecutive epochs of the sample std
+    (ddof=1, as the authors' torch.std) of p_t[y] = exp(-l_t). J = min(window, E)."""
+    check_finite(losses, "tr_loss")
+    tr = losses["tr_loss"]
+    n_ep, n = tr.shape
+    win = min(dyn_unc_window, n_ep)
+    out = np.empty(n)
+    step = _chunk_size(n_ep * win)
+    for s in range(0, n, step):
+        cols = slice(s, min(s + step, n))
+        p = np.exp(-tr[:, cols].astype(np.float64))                       # (E, c)
+        windows = np.lib.stride_tricks.sliding_window_view(p, win, axis=0)  # (E-J+1, c, J)
+        out[cols] = windows.std(axis=-1, ddof=1).mean(axis=0)
+    return out
+
+
+# The scorer of every trajectory method, by ``--method`` name (each takes a loss dict and the
+# method's options, and returns one float64 score per training column).
+SCORERS: dict[str, Callable[..., np.ndarray]] = {
+    "cld": cld, "random": random, "loss": loss, "el2n": el2n, "forgetting": forgetting, "aum": aum,
+    "dyn_unc": dyn_unc,
+}
+
+
+# ----------------------------------------------------------------------------- CLD from running sums
+
+class CLDSums:
+    """CLD's running sums, updated once per epoch (stage 1's ``--trajectories sums``).
+
+    Per training example: its previous loss (float32, so that differences are the float64
+    differences of the recorded float32 losses, exactly as :func:`cld` takes them) and, in float64,
+    Welford's running mean and sum of squared deviations of its loss differences x_t and their
+    co-moment with its class's validation-loss differences y_t; per class: the running mean and
+    sum of squared deviations of y_t. Memory O(N) whatever the number of epochs; the correlation
+    equals :func:`cld` on the full trajectories to rounding (~1e-12).
+
+    Args:
+        tr_lbl: (N,) labels of the training columns.
+        val_lbl: (N_val,) labels of the validation columns.
+        n_cls: number of classes.
+    """
+
+    STATE = ("epochs", "prev", "mean_x", "m2_x", "c_xy", "prev_v", "mean_y", "m2_y")
+
+    def __init__(self, tr_lbl: np.ndarray, val_lbl: np.ndarray, n_cls: int):
+        self.tr_lbl, self.val_lbl, self.n_cls = np.asarray(tr_lbl), np.asarray(val_lbl), int(n_cls)
+        self.val_counts = np.bincount(self.val_lbl, minlength=self.n_cls)
+        n = self.tr_lbl.size
+        self.epochs = 0  # rows seen; epochs - 1 differences
+        self.prev = np.zeros(n, np.float32)
+        self.mean_x, self.m2_x, self.c_xy = np.zeros(n), np.zeros(n), np.zeros(n)
+        self.prev_v, self.mean_y, self.m2_y = np.zeros(n_cls), np.zeros(n_cls), np.zeros(n_cls)
+
+    def update(self, tr_loss: np.ndarray, val_loss: np.ndarray) -> None:
+        """Take one epoch's float32 training and validation losses."""
+        v = class_means(val_loss, self.val_lbl, self.val_counts)
+        if self.epochs:
+            d = self.epochs  # the number of differences after this one
+            x = np.subtract(tr_loss, self.prev, dtype=np.float64)
+            y = v - self.prev_v
+            dx = x - self.mean_x
+            self.mean_x += dx / d
+            dy = y - self.mean_y
+            self.mean_y += dy / d
+            self.m2_y += dy * (y - self.mean_y)
+            self.c_xy += dx * (y - self.mean_y)[self.tr_lbl]
+            self.m2_x += dx * (x - self.mean_x)
+        self.prev[:] = tr_loss
+        self.prev_v = v
+        self.epochs += 1
+
+    def scores(self) -> np.ndarray:
+        """CLD of every training column (a constant side gives 0, as :func:`cld`)."""
+        n = self.epochs - 1
+        check_validation_classes(np.unique(self.tr_lbl), self.val_counts)
+        x_zero = _zero_spread(self.m2_x, n, self.mean_x)
+        y_zero = _zero_spread(self.m2_y, n, self.mean_y)[self.tr_lbl]
+        return _population_corr(self.c_xy, self.m2_x, self.m2_y[self.tr_lbl], x_zero, y_zero)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {key: np.asarray(getattr(self, key)) for key in self.STATE}
+
+    def restore(self, state: Mapping[str, np.ndarray]) -> None:
+        for key in self.STATE:
+            value = np.asarray(state[key])
+            if value.shape != np.shape(getattr(self, key)):
+                raise UserError(f"CLD sums: {key!r} has shape {value.shape}, expected {np.shape(getattr(self, key))}")
+            setattr(self, key, int(value) if key == "epochs" else value.astype(np.asarray(getattr(self, key)).dtype))
+
+
+# ----------------------------------------------------------------------------- ranking
+
+def rank_per_class(scores: np.ndarray, labels: np.ndarray, indices: np.ndarray
+                   ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Rank every class from the highest score down; ties by ascending dataset index.
+
+    Args:
+        scores: (N,) float scores, aligned with ``labels`` and ``indices``.
+        labels: (N,) int class labels.
+        indices: (N,) int64 original dataset indices.
+
+    Returns:
+        ({class: int64 dataset indices, best first}, {class: float64 scores, aligned}) for every
+        class present in ``labels``, keyed by int in ascending order.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    indices = np.asarray(indices, dtype=np.int64)
+    # Least significant key first, each pass stable (= np.lexsort((indices, -scores, labels)), but
+    # 2.5x faster at ImageNet scale: small labels go through numpy's radix sort).
+    # -scores puts high first; -0.0 == 0.0 compare equal, so such ties fall back to the index.
+    order = np.argsort(indices, kind="stable")
+    order = order[np.argsort(-scores[order], kind="stable")]
+    small = np.int16 if labels.size == 0 or (labels.min() >= 0 and labels.max() < 2**15) else labels.dtype
+    order = order[np.argsort(labels[order].astype(small, copy=False), kind="stable")]
+    sorted_lbl = labels[order]
+    bounds = np.flatnonzero(np.diff(sorted_lbl)) + 1
+    starts = np.concatenate(([0], bounds))
+    ends = np.concatenate((bounds, [order.size]))
+    ranked_idx = indices[order]
+    ranked_scores = scores[order]
+    ranked: dict[int, np.ndarray] = {}
+    aligned: dict[int, np.ndarray] = {}
+    for a, b in zip(starts, ends):
+        if a == b:
+            continue
+        c = int(sorted_lbl[a])
+        ranked[c] = ranked_idx[a:b]
+        aligned[c] = ranked_scores[a:b]
+    return ranked, aligned

@@ -1,0 +1,51 @@
+"""The typed option records that the stages pass down to the engine, and the choices they take.
+
+Torch-free: the command line checks flag values against these choices before torch is imported.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+COLLECT_PRECISIONS = ("fp32", "same", "bf16", "fp16")
+# torch.compile's inductor modes, and two debugging backends (no code generation: they check
+# graph capture and recompilation cheaply, e.g. on a CPU in the tests).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_BACKENDS = ("eager", "aot_eager")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The optimisation recipe; defaults are the paper's (SGD + Nesterov, MultiStep [81, 121])."""
+    epochs: int = 164
+    batch_size: int = 128
+    test_batch_size: int = 256
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    schedule: tuple[int, ...] = (81, 121)
+    gamma: float = 0.1
+    augment: bool = True
+
+    @classmethod
+    def from_settings(cls, s) -> "Recipe":
+        """The recipe from a stage's checked flags (the paper's names; ``utils.cli.config`` checked
+        their ranges and combinations)."""
+        return cls(epochs=s.epochs, batch_size=s.batch_size, test_batch_size=s.test_batch_size,
+                   learning_rate=s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay,
+                   nesterov=not s.disable_nesterov, schedule=tuple(sorted(s.schedule)), gamma=s.gamma,
+                   augment=s.augment)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["schedule"] = [int(m) for m in self.schedule]
+        return d
+
+
+def recipe_identity(recipe: Recipe, precision: str) -> dict:
+    """What a resumed run must keep of its recipe: everything but the number of epochs (which may
+    grow) and the evaluation batch size (which does not change training)."""
+    fields = recipe.as_dict()
+    del fields["epochs"], fields["test_batch_size"]
+    return {**fields, "precision": precision}

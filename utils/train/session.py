@@ -1,0 +1,157 @@
+"""What the stages set up alike: device, processes, data, model, optimiser, trainer.
+
+Everything is resolved once here and passed down (no ``.cuda()`` anywhere else).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from utils import progress
+from utils.cli.flags import Settings
+from utils.data.batches import shard_positions
+from utils.data.sources import make_batches
+from utils.data.datasets import LoadedDataset, dataset_info, load_dataset
+from utils.errors import UserError, first_line
+from utils.files.checkpoint import check_identity, load_model_weights
+from utils.train import distributed
+from utils.train.device import resolve_collect_precision, resolve_compile, resolve_device, resolve_precision
+from utils.train.distributed import DistInfo
+from utils.train.engine import Trainer, build_optimizer, build_scheduler
+from utils.train.options import Recipe
+
+
+@dataclass
+class Session:
+    """A model ready to train on a dataset, on one device, in one process of the job."""
+    dist: DistInfo
+    device: torch.device
+    precision: str  # training (and test-set evaluation)
+    collect_precision: str  # per-example losses of the training and validation splits
+    data: LoadedDataset
+    train_source: Any  # TensorBatches | FolderBatches over the training set
+    test_source: Any
+    model: torch.nn.Module  # unwrapped
+    trainer: Trainer
+    scheduler: Any
+    recipe: Recipe
+
+    def test_eval(self) -> tuple[float, float]:
+        """(mean loss, accuracy %) on the whole test set."""
+        out = self.evaluate(self.test_source, np.arange(len(self.test_source)), desc="test")
+        return float(out["loss"].double().mean()), 100.0 * float(out["correct"].double().mean())
+
+    def evaluate(self, source, indices: np.ndarray, signals: bool = False, precision: str | None = None,
+                 desc: str = "eval") -> dict[str, torch.Tensor]:
+        """Per-example results for ``indices`` of ``source``, complete on every process."""
+        distributed.broadcast_buffers(self.model)
+        batches = source.eval_batches(indices, self.recipe.test_batch_size, self.dist.rank, self.dist.world)
+        total = self._count(len(indices), self.recipe.test_batch_size)
+        out = self.trainer.evaluate(progress.bar(batches, desc, total=total), len(indices), signals=signals,
+                                    precision=precision)
+        return {key: distributed.merge_by_slot(value, self.dist) for key, value in out.items()}
+
+    def collect(self, indices: np.ndarray, signals: bool = False, desc: str = "collect") -> dict[str, torch.Tensor]:
+        """Per-example results of training-set examples in the collection precision."""
+        return self.evaluate(self.train_source, indices, signals, self.collect_precision, desc)
+
+    def train_batches(self, indices: np.ndarray, seed: int):
+        """epoch -> that epoch's shuffled, augmented batches of ``indices`` for this process."""
+        count = self._count(len(indices), self.recipe.batch_size)
+        return lambda epoch: progress.Sized(self.train_source.train_epoch(
+            indices, self.recipe.batch_size, seed, epoch, self.dist.rank, self.dist.world, self.recipe.augment), count)
+
+    def _count(self, n: int, batch_size: int) -> int:
+        """Batches this process gets of ``n`` examples (shards are padded to equal size)."""
+        return -(-len(shard_positions(n, self.dist.rank, self.dist.world)) // batch_size)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global RNGs (model initialisation, dropout); batches have their own generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(model_arch: str, num_classes: int, dataset: str, device: torch.device) -> torch.nn.Module:
+    """A registry model on ``device`` (channels_last on CUDA), or a one-line user error."""
+    import models
+
+    try:
+        model = models.get_model(model_arch, num_classes, dataset).to(device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    return model
+
+
+def open_session(s: Settings, recipe: Recipe, *, dataset: str, model_arch: str, num_classes: int | None = None,
+                 num_classes_of: str = "the input", prepare: Callable[[], None] | None = None) -> Session:
+    """Resolve device and precision, join the process group, load the data, build the model.
+
+    ``s`` holds a training stage's checked flags (data, device, precision, compile, seed, ...);
+    ``dataset`` and ``model_arch`` are the resolved ones. ``prepare`` runs on the main process
+    alone, once the processes have joined and before any data is loaded: the place to create
+    output folders and refuse existing outputs, so that other processes (maybe on other nodes,
+    with other disks) neither create folders nor look at files the main process writes. An error
+    there stops every process alike.
+    """
+    torch_device = resolve_device(s.device)
+    precision = resolve_precision(s.precision, torch_device)
+    collect = resolve_collect_precision(s.get("collect_precision", "same"), precision, torch_device)
+    resolve_compile(s.compile, torch_device)  # a bad value fails here, before any data is loaded
+    # ImageFolder datasets: a --decode the device cannot do fails here too, before the folder scan.
+    if s.decode == "gpu" and not dataset_info(dataset).in_memory and torch_device.type != "cuda":
+        raise UserError("--decode gpu needs a CUDA device (nvJPEG); use --decode cpu")
+    dist_info, torch_device = distributed.setup(torch_device)
+    with distributed.fail_together():
+        if prepare is not None and dist_info.is_main:
+            prepare()
+    # One process per filesystem downloads what is missing; the others then read it.
+    data = distributed.in_turn(dist_info, lambda: load_dataset(dataset, s.data_path, download=s.download))
+    if num_classes is not None and num_classes != data.num_classes:
+        raise UserError(f"{data.info.name} has {data.num_classes} classes but {num_classes_of} was made for {num_classes}")
+    seed_everything(s.manual_seed)
+    model = build_model(model_arch, data.num_classes, data.info.name, torch_device)
+    wrapped = model
+    if dist_info.enabled:
+        ids = [torch_device.index] if torch_device.type == "cuda" else None
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    optimizer = build_optimizer(model, recipe, torch_device)
+    trainer = Trainer(wrapped, optimizer, torch_device, precision,
+                      compile=resolve_compile(s.compile, torch_device, distributed=dist_info.enabled),
+                      all_reduce=distributed.all_reduce_sum, eval_batch_size=recipe.test_batch_size)
+    return Session(dist_info, torch_device, precision, collect, data,
+                   make_batches(data.train, data.info, torch_device, s.workers, s.decode),
+                   make_batches(data.test, data.info, torch_device, s.workers, s.decode),
+                   model, trainer, build_scheduler(optimizer, recipe), recipe)
+
+
+def evaluate_checkpoint(s: Settings, recipe: Recipe, *, dataset: str, model_arch: str) -> dict:
+    """Evaluate a checkpoint's model on the test set and print the result (``--evaluate_only``);
+    returns {checkpoint, epoch, test_loss, test_acc}.
+
+    Checkpoints of this project and those of the paper's code (a DataParallel ``state_dict``)
+    both load.
+    """
+    weights, epoch, identity = load_model_weights(s.resume_path)
+    if identity is not None:
+        check_identity(identity, {"dataset": dataset, "model_arch": model_arch}, s.resume_path)
+    session = open_session(s.replace(compile=False), recipe, dataset=dataset, model_arch=model_arch)
+    try:
+        session.model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint {s.resume_path} does not hold a {model_arch} for {session.data.info.name} "
+                        f"({first_line(exc)}); pass the --model_arch and --dataset it was trained with") \
+            from None
+    loss, acc = session.test_eval()
+    if session.dist.is_main:
+        print(f"{s.resume_path} (epoch {epoch}): test loss {loss:.4f}, test accuracy {acc:.2f}%")
+    distributed.teardown()
+    return {"checkpoint": s.resume_path, "epoch": epoch, "test_loss": loss, "test_acc": acc}

@@ -1,0 +1,299 @@
+"""The epoch loop shared by stage 1 (loss collection) and stage 3 (coreset training).
+
+Each epoch, in the paper code's order: train one epoch with augmentation, evaluate the test set,
+step the LR scheduler, then run the stage's own per-epoch work (stage 1 records per-example
+losses). After every epoch the run state is checkpointed atomically (``*_last.pth``), the best
+model by test accuracy is kept (``*_best.pth``, as the paper code chooses it), and the per-epoch
+CSV log is rewritten from the rows held in the checkpoint, so log and checkpoint never disagree
+after a crash. A run holds an exclusive lock on its name for its whole life (:class:`utils.files.locks.RunLock`).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import os
+import shutil
+import time
+from typing import Any, Callable, Iterator
+
+import torch
+
+from utils import progress
+from utils.errors import UserError, first_line
+from utils.files.atomic import atomic_write, check_output_free, ensure_dir
+from utils.files.checkpoint import check_identity, load_run_state, rng_state, save_checkpoint, set_rng_state
+from utils.files.locks import RunLock
+from utils.paths import RunFiles
+from utils.train import distributed
+from utils.train.engine import Trainer
+from utils.train.options import Recipe
+
+# A training loss this many times the first epoch's means the run diverged (before it overflows).
+DIVERGENCE_FACTOR = 100.0
+
+
+class RunClaim:
+    """A run's lock, and the folders its claim created (removed again if the run is abandoned
+    before it wrote anything)."""
+
+    def __init__(self, lock_path: str, created: list[str]):
+        self.lock_path, self.created = lock_path, created
+        self.new_lock = not os.path.exists(lock_path)
+        self.lock: RunLock | None = None
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def abandon(self) -> None:
+        """The run stopped before its first checkpoint: leave no trace of the attempt."""
+        self.release()
+        if self.lock is not None and self.new_lock and os.path.exists(self.lock_path):
+            os.remove(self.lock_path)
+        for folder in self.created:  # deepest first; only what this attempt made, only if still empty
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+
+
+def claim_run(files: RunFiles, folders: list[str], resume_path: str, overwrite: bool,
+              log: Callable[[str], None] = progress.say) -> RunClaim:
+    """Before a run starts (main process): take its lock and refuse to replace an earlier run's
+    files silently; returns the claim.
+
+    A fresh run (no ``resume_path``) is refused when its output, its ``*_last.pth`` (hint: resume
+    it) or its CSV log exists (a log without the checkpoint it came from: an earlier run whose
+    checkpoint was removed). What a run killed before its first checkpoint leaves (a
+    ``*_best.pth``, weight snapshots, trajectory rows) is removed, and so is all of an earlier
+    run's state with ``overwrite``. Folders are created only here; a refused run removes the ones
+    it created.
+    """
+    claim = RunClaim(files.lock, _missing_folders(folders))
+    for folder in folders:
+        ensure_dir(folder)
+    try:
+        claim.lock = RunLock(files.lock, f"run {files.name}")
+        if files.output and os.path.isdir(files.output):
+            raise UserError(f"{files.output} is a folder; the run's output cannot be written there")
+        if not resume_path:
+            if not overwrite:
+                if files.output:
+                    check_output_free(files.output, overwrite)
+                check_output_free(files.last, overwrite, flag=f"--resume_path {files.last} to continue it, or --overwrite")
+                if os.path.exists(files.log):
+                    raise UserError(f"log {files.log} of an earlier run exists, but not its checkpoint {files.last}, "
+                                    "so that run cannot be resumed; pass --overwrite to start over (replacing the "
+                                    "log), or choose another --logpath")
+            _remove_stale_state(files, log, started_over=overwrite)
+        return claim
+    except BaseException:
+        claim.abandon()
+        raise
+
+
+@contextlib.contextmanager
+def run_claims() -> Iterator[list]:
+    """A list for the main process's :class:`RunClaim` (filled by ``prepare``): released when the
+    block ends, abandoned when it raises (a failed attempt leaves no new empty folder or lock)."""
+    claims: list[RunClaim] = []
+    try:
+        yield claims
+    except BaseException:
+        for claim in claims:
+            claim.abandon()
+        raise
+    for claim in claims:
+        claim.release()
+
+
+def _missing_folders(folders: list[str]) -> list[str]:
+    """The folders (and their missing parents) that do not exist yet, deepest first."""
+    missing = set()
+    for folder in folders:
+        path = os.path.abspath(folder)
+        while not os.path.isdir(path) and os.path.dirname(path) != path:
+            missing.add(path)
+            path = os.path.dirname(path)
+    return sorted(missing, key=len, reverse=True)
+
+
+def _remove_stale_state(files: RunFiles, log: Callable[[str], None], started_over: bool) -> None:
+    """A fresh run starts from nothing of an earlier one: what a run killed before its first
+    checkpoint left goes (with a note), and with ``--overwrite`` everything of the earlier run."""
+    leftovers = [files.best, files.trajectories, *files.snapshots().values()]
+    earlier = [files.last, files.log, files.output] if started_over else []
+    stale = [p for p in leftovers + earlier if p and os.path.exists(p)]
+    for path in stale:
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    if stale and not started_over:
+        log(f"note: removed {', '.join(stale)}, left by an earlier run that stopped before its first checkpoint")
+
+
+class TrainingRun:
+    """Owns a model's training state and runs epochs of it.
+
+    Args:
+        raw_model: the unwrapped model (what is saved).
+        trainer: runs training epochs and evaluation passes (may hold a DDP/compiled wrapper).
+        scheduler: the LR scheduler of ``trainer.optimizer``.
+        recipe: epochs and batch sizes.
+        files: checkpoint and log paths.
+        identity: what a resumed run must match (dataset, model, seed, split, recipe, ...).
+        config: every flag, saved for the record.
+        is_main: only the main process writes files and prints.
+    """
+
+    def __init__(self, raw_model: torch.nn.Module, trainer: Trainer, scheduler, recipe: Recipe,
+                 files: RunFiles, identity: dict, config: dict, is_main: bool = True):
+        self.raw_model, self.trainer, self.scheduler = raw_model, trainer, scheduler
+        self.recipe, self.files, self.identity, self.config = recipe, files, identity, config
+        self.is_main = is_main
+        self.epoch = 0  # epochs completed
+        self.best_acc = 0.0
+        self.rows: list[dict] = []
+
+    # ------------------------------------------------------------------ state
+
+    def state(self, extra: dict | None = None) -> dict:
+        return {
+            "kind": "last", "identity": self.identity, "config": self.config, "epoch": self.epoch,
+            "model": self.raw_model.state_dict(), "optimizer": self.trainer.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.trainer.scaler.state_dict(),
+            "rng": rng_state(), "best_acc": self.best_acc, "log": self.rows, "extra": extra or {},
+        }
+
+    def weights(self, kind: str, **more: Any) -> dict:
+        """A weights-only checkpoint (``best`` or ``snapshot``) of the model as it is now."""
+        return {"kind": kind, "identity": self.identity, "config": self.config, "epoch": self.epoch,
+                "model": self.raw_model.state_dict(), **more}
+
+    def resume(self, path: str, overwrite: bool = False, log: Callable[[str], None] = progress.say) -> dict:
+        """Restore everything from a ``*_last.pth``; returns the stage's own saved extras.
+
+        A checkpoint that holds every epoch of this run (killed after its last epoch, while its
+        output was written) resumes to writing that output, unless the output exists (the run is
+        complete; ``overwrite`` writes it again). Every process reads the checkpoint (each needs
+        the optimizer state too); a failure on any process stops all of them.
+        """
+        with distributed.fail_together():
+            return self._resume(path, overwrite, log)
+
+    def _resume(self, path: str, overwrite: bool, log: Callable[[str], None]) -> dict:
+        state = load_run_state(path, self.recipe.epochs)
+        saved = state["identity"]
+        if "world_size" in self.identity and saved.get("world_size", self.identity["world_size"]) != self.identity["world_size"]:
+            # Each process's share of every batch depends on the number of processes, so another
+            # number would continue a different run.
+            was, now = int(saved["world_size"]), int(self.identity["world_size"])
+            raise UserError(f"checkpoint {path} was written by a job of {was} process{'es' if was != 1 else ''} "
+                            f"(world size {was}) but this job has {now} (world size {now}); resume it with "
+                            f"{was} process{'es' if was != 1 else ''} (torchrun: nodes x nproc_per_node = {was}"
+                            f"{'; or without torchrun' if was == 1 else ''}), or start a new run")
+        check_identity(saved, self.identity, path)
+        done, output = state["epoch"], self.files.output
+        exists = self.is_main and bool(output) and os.path.exists(output)
+        if done == self.recipe.epochs and exists and not overwrite:
+            raise UserError(f"checkpoint {path} holds all {done} epochs and {output} exists: the run is "
+                            "complete; raise --epochs to continue training, or pass --overwrite to write "
+                            "its output again")
+        if exists:
+            log(f"note: {output} is replaced when this run finishes")
+        try:
+            self.raw_model.load_state_dict(state["model"])
+            self.trainer.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.trainer.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise UserError(f"checkpoint {path} does not fit this run ({first_line(exc)}); the file "
+                            "is corrupt or of another model") from None
+        self.epoch, self.best_acc, self.rows = done, float(state["best_acc"]), list(state["log"])
+        if self.is_main:  # a kill between checkpoint and log leaves the log an epoch behind
+            write_csv(self.files.log, self.rows)
+        return state["extra"]
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self, train_batches: Callable[[int], Iterator], test_eval: Callable[[], tuple[float, float]],
+            after_epoch: Callable[[int], dict] | None = None, before_checkpoint: Callable[[int], None] | None = None,
+            after_checkpoint: Callable[[int], None] | None = None, extra_state: Callable[[], dict] | None = None,
+            log: Callable[[str], None] = progress.say) -> None:
+        """Run the remaining epochs.
+
+        Args:
+            train_batches: epoch -> batches of that epoch.
+            test_eval: () -> (test loss, test accuracy %).
+            after_epoch: epoch -> extra CSV columns (stage 1 records losses here); its time is the
+                ``seconds_collect`` column.
+            before_checkpoint: epochs done -> files the checkpoint counts (main process: rows flushed,
+                weight snapshots written).
+            after_checkpoint: epochs done -> clean-up once the checkpoint counts the epoch.
+            extra_state: () -> what the stage adds to the checkpoint.
+            log: prints the one-line epoch summary (flushed: it is what a log file shows).
+        """
+        eta = progress.Eta(self.recipe.epochs, self.epoch)
+        for epoch in range(self.epoch, self.recipe.epochs):
+            lr = self.trainer.optimizer.param_groups[0]["lr"]
+            t0 = time.perf_counter()
+            batches = train_batches(epoch)
+            train_loss, train_acc = self.trainer.train_epoch(progress.bar(batches, f"epoch {epoch + 1} train"))
+            t1 = time.perf_counter()
+            test_loss, test_acc = test_eval()
+            t2 = time.perf_counter()
+            self.scheduler.step()
+            row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+                   "test_loss": test_loss, "test_acc": test_acc}
+            if after_epoch is not None:
+                row.update(after_epoch(epoch))
+            t3 = time.perf_counter()
+            self._check_divergence(epoch, row)
+            row.update(seconds_train=t1 - t0, seconds_test=t2 - t1)
+            if after_epoch is not None:
+                row["seconds_collect"] = t3 - t2
+            self.rows.append(row)
+            self.epoch = epoch + 1
+            improved = test_acc > self.best_acc
+            self.best_acc = max(self.best_acc, test_acc)
+            with distributed.fail_together():  # a failed write (disk full) stops every process
+                if self.is_main:
+                    if before_checkpoint is not None:
+                        before_checkpoint(self.epoch)
+                    self._write_epoch(improved, test_acc, extra_state)
+                    if after_checkpoint is not None:
+                        after_checkpoint(self.epoch)
+            eta.step()
+            if self.is_main:
+                collect = f", {t3 - t2:.1f}s collect" if after_epoch is not None else ""
+                log(f"epoch {epoch + 1}/{self.recipe.epochs}  lr {lr:.4g}  train loss {train_loss:.4f} "
+                    f"acc {train_acc:.2f}%  test loss {test_loss:.4f} acc {test_acc:.2f}%  "
+                    f"({t1 - t0:.1f}s train, {t2 - t1:.1f}s test{collect}; {eta.text()})")
+
+    def _check_divergence(self, epoch: int, row: dict) -> None:
+        """Stop before a diverged epoch is checkpointed: the last good checkpoint is kept."""
+        kept = f"the last good checkpoint is {self.files.last}" if self.epoch else "no checkpoint was written"
+        bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise UserError(f"{', '.join(bad)} became {row[bad[0]]} in epoch {epoch + 1}; training diverged "
+                            f"({kept}); lower --learning_rate (or use --precision fp32)")
+        first = self.rows[0]["train_loss"] if self.rows else None
+        if first is not None and row["train_loss"] > DIVERGENCE_FACTOR * first:
+            raise UserError(f"the training loss of epoch {epoch + 1} ({row['train_loss']:.4g}) is over "
+                            f"{DIVERGENCE_FACTOR:g} times that of epoch 1 ({first:.4g}): training diverged "
+                            f"({kept}); lower --learning_rate")
+
+    def _write_epoch(self, improved: bool, test_acc: float, extra_state: Callable[[], dict] | None) -> None:
+        """The main process's files after an epoch: best model, run state, CSV log."""
+        if improved:
+            save_checkpoint(self.files.best, self.weights("best", acc=test_acc, best_acc=self.best_acc))
+        save_checkpoint(self.files.last, self.state(extra_state() if extra_state else None))
+        write_csv(self.files.log, self.rows)
+
+
+def write_csv(path: str, rows: list[dict[str, Any]]) -> None:
+    """Rewrite the whole per-epoch log atomically (it is small; a crash never leaves half a row)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["epoch"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
