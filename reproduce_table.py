@@ -21,7 +21,7 @@ from utils.cli.entry import run_cli
 def main(**flags) -> list:
     """Returns the rows of table.csv (empty with --dry_run or --emit_script)."""
     g = GRID.settings(flags)
-    from utils.grid import runner as grid, table  # imported after the flags are checked
+    from utils.grid import plan as grid, runner, table  # imported after the flags are checked
 
     steps = grid.plan(g)
     n = grid.stage_counts(steps)
@@ -30,12 +30,12 @@ def main(**flags) -> list:
         grid.write_script(g.emit_script, steps, table_cmd, g.launcher)
         print(f"wrote {g.emit_script}: {n[1]} stage-1, {n[2]} stage-2 and {n[3]} stage-3 commands, then the table")
         return []
-    runner = grid.Runner(steps, g.launcher, g.jobs)
+    grid_runner = runner.Runner(steps, g.launcher, g.jobs)
     if g.dry_run:
         print(f"# grid: {n[1]} stage-1, {n[2]} stage-2, {n[3]} stage-3 runs; commands that would run now:")
-        runner.dry_run()
+        grid_runner.dry_run()
         return []
-    counts = runner.run()
+    counts = grid_runner.run()
     print(f"\ngrid done: ran {sum(counts['ran'].values())} runs, skipped {sum(counts['skipped'].values())} "
           f"finished ones")
     return table.write_outputs(g, steps)

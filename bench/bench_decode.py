@@ -40,7 +40,10 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402  (after the path fix above)
 
 from bench.bench_training import print_table  # noqa: E402
-from utils.cli.entry import ArgumentParser  # noqa: E402
+from utils.cli.config import DeviceKind  # noqa: E402
+from utils.cli.entry import run_cli  # noqa: E402
+from utils.cli.flags import Bool, Flag, FlagSet, Int, ListOf, Path  # noqa: E402
+from utils.errors import require  # noqa: E402
 
 # torch is imported where it is used, so that a mistyped flag is refused at once.
 
@@ -161,36 +164,37 @@ def run(root: str, device_spec: str, workers: list[int], batch_size: int, image_
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--small", action="store_true", help="quick CPU mode (tests): 32 small images, 1 worker")
-    parser.add_argument("--images", type=int, default=512, help="number of generated images")
-    parser.add_argument("--classes", type=int, default=8, help="number of class folders")
-    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the generated images")
-    parser.add_argument("--workers", default="1,2", help="comma-separated DataLoader worker counts")
-    parser.add_argument("--batch_size", type=int, default=64, help="images per batch")
-    parser.add_argument("--image_size", type=int, default=224, help="side of the training/evaluation crops")
-    parser.add_argument("--device", default="cpu", help="where DeviceJpegBatches decodes: cpu or cuda[:N]")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="intra-op threads of the main process (0: torch's default); with --device cpu the "
-                             "main process decodes, and on a few cores its threads compete with the workers")
-    parser.add_argument("--workdir", default="", help="folder for the images (default: a temp folder)")
-    parser.add_argument("--keep", action="store_true", help="keep the generated images")
-    args = parser.parse_args(argv)
-    try:
-        workers = [int(w) for w in args.workers.split(",") if w.strip()]
-    except ValueError:
-        parser.error(f"--workers must be comma-separated integers, not {args.workers!r}")
-    if not workers or min(workers) < 0 or args.images < 1 or args.classes < 1:
-        parser.error("--workers, --images and --classes must be positive")
+FLAGS = FlagSet([
+    Flag("small", Bool(), False, "quick CPU mode (tests): 32 small images, 1 worker"),
+    Flag("images", Int(1, 10**7), 512, "number of generated images"),
+    Flag("classes", Int(1, 100_000), 8, "number of class folders"),
+    Flag("quality", Int(1, 100), 90, "JPEG quality of the generated images"),
+    Flag("workers", ListOf(Int(0, 512)), [1, 2], "DataLoader worker counts"),
+    Flag("batch_size", Int(1, 1 << 16), 64, "images per batch"),
+    Flag("image_size", Int(8, 4096), 224, "side of the training/evaluation crops"),
+    Flag("device", DeviceKind(), "cpu", "where DeviceJpegBatches decodes: cpu or cuda[:N]"),
+    Flag("threads", Int(0, 1024), 0, "intra-op threads of the main process (0: torch's default); with --device cpu "
+         "the main process decodes, and on a few cores its threads compete with the workers"),
+    Flag("workdir", Path(), "", "folder for the images (default: a temp folder)"),
+    Flag("keep", Bool(), False, "keep the generated images"),
+])
+
+
+@FLAGS.command(__doc__.split("\n\n")[0])
+def main(**flags) -> int:
+    """Returns the exit status."""
+    args = FLAGS.settings(flags)
+    workers = list(args.workers)
+    require(bool(workers), "--workers needs at least one worker count")
     if args.small:
-        args.images, args.classes, workers, args.batch_size, args.image_size = 32, 2, [1], 16, 64
+        args = args.replace(images=32, classes=2, batch_size=16, image_size=64)
+        workers = [1]
 
     import torch
     import torchvision
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
+    require(not args.device.startswith("cuda") or torch.cuda.is_available(),
+            "--device cuda: no CUDA device is available")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     work = args.workdir or tempfile.mkdtemp(prefix="bench_decode_")
@@ -215,4 +219,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

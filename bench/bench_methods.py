@@ -1,4 +1,4 @@
-"""Benchmark the per-class model methods of stage 2 (utils/model_scores.py) at CIFAR-100 scale.
+"""Benchmark the per-class model methods of stage 2 (utils/scoring/model.py) at CIFAR-100 scale.
 
 Builds synthetic CIFAR-100-shaped features with a fixed seed (45,000 training rows, 100 classes
 of 450 rows, 512-dim embeddings, 100-class logits, 50 validation rows per class), as the
@@ -29,7 +29,8 @@ sys.path.insert(0, ROOT)
 
 from utils.scoring import methods  # noqa: E402  (after the path fix above)
 from utils.cli.config import STAGE2  # noqa: E402
-from utils.cli.entry import ArgumentParser  # noqa: E402
+from utils.cli.entry import run_cli  # noqa: E402
+from utils.cli.flags import Bool, Choice, Flag, FlagSet, Int, ListOf  # noqa: E402
 from utils.scoring import model as model_scores
 
 SEED = 0
@@ -79,13 +80,22 @@ def method_calls(data: dict) -> dict[str, tuple[Callable, float]]:
     return {m.name: (call(m), target(m)) for m in timed}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help="tiny synthetic classes (seconds on any CPU)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--only", default="", help="comma-separated method names (default: all)")
-    args = parser.parse_args(argv)
+def _timed_names() -> tuple[str, ...]:
+    return tuple(m.name for m in methods.METHODS.values() if m.uses_model and "model" not in m.inputs)
+
+
+FLAGS = FlagSet([
+    Flag("small", Bool(), False, "tiny synthetic classes (seconds on any CPU)"),
+    Flag("device", Choice(("cpu", "cuda")), "cpu", "where the selectors run"),
+    Flag("threads", Int(1, 1024), 2, "torch CPU threads"),
+    Flag("only", ListOf(Choice(_timed_names), unique=True), [], "methods to time (default: all)"),
+])
+
+
+@FLAGS.command(__doc__.splitlines()[0])
+def main(**flags) -> int:
+    """Returns the exit status: 1 when a full-size run misses a target."""
+    args = FLAGS.settings(flags)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     size = "small" if args.small else "full"
@@ -94,11 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     data = make_data(classes, per_class, dim, val_per_class, device)
     calls = method_calls(data)
     if args.only:
-        wanted = [m.strip() for m in args.only.split(",") if m.strip()]
-        unknown = sorted(set(wanted) - set(calls))
-        if unknown:
-            parser.error(f"unknown methods: {', '.join(unknown)} (known: {', '.join(calls)})")
-        calls = {k: v for k, v in calls.items() if k in wanted}
+        calls = {k: v for k, v in calls.items() if k in args.only}
 
     def sync():
         if device.type == "cuda":
@@ -123,4 +129,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -33,7 +33,8 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402  (after the path fix above)
 
 from bench.bench_training import print_table  # noqa: E402
-from utils.cli.entry import ArgumentParser  # noqa: E402
+from utils.cli.entry import run_cli  # noqa: E402
+from utils.cli.flags import Bool, Flag, FlagSet, Int, ListOf, Path  # noqa: E402
 
 IMAGENET = dict(n_train=1_268_000, n_val=12_800, classes=1000)
 
@@ -120,17 +121,22 @@ def _table(rows: list[dict], columns: tuple[str, ...]) -> None:
     print_table([tuple(cell(r[c]) for c in columns) for r in rows], columns)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--small", action="store_true", help="a tiny run for the tests (seconds)")
-    parser.add_argument("--epochs", type=int, default=8, help="epochs of the checkpoint measurement")
-    parser.add_argument("--sums_examples", default="1000000,10000000", help="N values of the sums measurement")
-    parser.add_argument("--workdir", default="", help="folder for the synthetic run (default: a temporary one)")
-    parser.add_argument("--json", default="", help="also write the numbers to this JSON file")
-    args = parser.parse_args(argv)
+FLAGS = FlagSet([
+    Flag("small", Bool(), False, "a tiny run for the tests (seconds)"),
+    Flag("epochs", Int(1, 10_000), 8, "epochs of the checkpoint measurement"),
+    Flag("sums_examples", ListOf(Int(1, 10**10)), [1_000_000, 10_000_000], "N values of the sums measurement"),
+    Flag("workdir", Path(), "", "folder for the synthetic run (default: a temporary one)"),
+    Flag("json", Path(), "", "also write the numbers to this JSON file"),
+])
+
+
+@FLAGS.command(__doc__.split("\n\n")[0])
+def main(**flags) -> int:
+    """Returns the exit status: 1 when the bytes written per epoch grow with the epoch."""
+    args = FLAGS.settings(flags)
     size = dict(n_train=20_000, n_val=500, classes=100) if args.small else IMAGENET
     model = "resnet20" if args.small else "resnet18"
-    sums_n = [10_000, 100_000] if args.small else [int(x) for x in args.sums_examples.split(",")]
+    sums_n = [10_000, 100_000] if args.small else list(args.sums_examples)
     epochs = min(args.epochs, 3) if args.small else args.epochs
     work = args.workdir or tempfile.mkdtemp(prefix="bench_scale_")
     try:
@@ -154,4 +160,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

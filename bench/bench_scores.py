@@ -29,7 +29,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from utils.files.losses import save_losses  # noqa: E402  (after the path fix above)
-from utils.cli.entry import ArgumentParser  # noqa: E402
+from utils.cli.entry import run_cli  # noqa: E402
+from utils.cli.flags import Bool, Choice, Flag, FlagSet, Int, ListOf, Path  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 
 # name: (n_train, n_epochs, n_classes, n_val, wall target s, peak RSS target MB)
 SCALES = {
@@ -93,18 +95,22 @@ def run_stage2(loss_path: str, out_path: str) -> tuple[float, float, float, int]
     return wall, float("nan"), usage.ru_maxrss / 1024, proc.returncode
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--small", action="store_true", help="tiny CPU mode (tests): only the 'small' scale")
-    parser.add_argument("--scales", default="cifar100,imagenet", help="comma-separated: " + ", ".join(SCALES))
-    parser.add_argument("--repeat", type=int, default=1, help="runs per scale; the table shows the best")
-    parser.add_argument("--workdir", default="", help="folder for the synthetic files (default: a temp folder)")
-    parser.add_argument("--keep", action="store_true", help="keep the synthetic files")
-    args = parser.parse_args(argv)
-    names = ["small"] if args.small else [s.strip() for s in args.scales.split(",") if s.strip()]
-    unknown = [n for n in names if n not in SCALES]
-    if unknown:
-        parser.error(f"unknown scale(s) {', '.join(unknown)}; choose from {', '.join(SCALES)}")
+FLAGS = FlagSet([
+    Flag("small", Bool(), False, "tiny CPU mode (tests): only the 'small' scale"),
+    Flag("scales", ListOf(Choice(tuple(SCALES)), unique=True), ["cifar100", "imagenet"], "scales to time"),
+    Flag("repeat", Int(1, 1000), 1, "runs per scale; the table shows the best"),
+    Flag("workdir", Path(), "", "folder for the synthetic files (default: a temp folder)"),
+    Flag("keep", Bool(), False, "keep the synthetic files"),
+])
+
+
+@FLAGS.command(__doc__.split("\n\n")[0])
+def main(**flags) -> int:
+    """Returns the exit status: 1 when a target is missed."""
+    args = FLAGS.settings(flags)
+    names = ["small"] if args.small else list(args.scales)
+    if not names:
+        raise UserError("--scales needs at least one scale")
 
     work = args.workdir or tempfile.mkdtemp(prefix="bench_scores_")
     os.makedirs(work, exist_ok=True)
@@ -140,4 +146,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -35,7 +35,6 @@ rounding of the forward pass from the divergence of two training runs.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import glob
@@ -55,7 +54,11 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402  (after the path fix above)
 
 from bench.fake_cifar import write_fake_cifar  # noqa: E402
-from utils.cli.entry import ArgumentParser  # noqa: E402
+from utils.cli.config import CompileKind, DeviceKind  # noqa: E402
+from utils.cli.entry import run_cli  # noqa: E402
+from utils.cli.flags import Bool, Choice, Flag, FlagSet, Float, Int, ListOf, Optional, Path, Str  # noqa: E402
+from utils.errors import require  # noqa: E402
+from utils.train.options import PRECISIONS  # noqa: E402
 
 # torch is imported where it is used, so that a mistyped flag is refused at once.
 
@@ -236,7 +239,7 @@ def _last_loss_scores(loss_path: str, score_path: str) -> None:
     """A score file ranking each class by its last recorded loss (for runs too short for stage 2)."""
     from utils.files.losses import load_losses
     from utils.files.scores import save_scores
-    from utils.scoring.trajectory import rank_per_class
+    from utils.scoring.ranking import rank_per_class
 
     d = load_losses(loss_path)
     indices, scores = rank_per_class(d["tr_loss"][-1], d["tr_lbl"], d["train_indices"])
@@ -394,57 +397,44 @@ def print_precision(result: dict) -> None:
 # ------------------------------------------------------------------------------------------ main
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="auto", help="auto, cuda or cpu")
-    parser.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32")
-    parser.add_argument("--compile", nargs="?", const="auto", default="off",
-                        help="compile: bare flag = auto (reduce-overhead on one GPU), or a mode: default, "
-                             "reduce-overhead, max-autotune, max-autotune-no-cudagraphs (or aot_eager, eager)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per stage (default 4; 2 with --small)")
-    parser.add_argument("--small", action="store_true", help="tiny CPU mode: 200 images of 10 classes, resnet20, 2 epochs")
-    parser.add_argument("--model_arch", default=None, help="model (default resnet18; resnet20 with --small)")
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--test_batch_size", type=int, default=256)
-    parser.add_argument("--learning_rate", type=float, default=0.1,
-                        help="SGD learning rate (the paper's 0.1; tiny data needs ~0.01 to stay stable)")
-    parser.add_argument("--stages", default="1,3", help="stages to time: 1, 3 or 1,3 (stage 3 needs stage 1's losses)")
-    parser.add_argument("--data_path", default="", help="folder for the fake dataset (reused if present; default: temp)")
-    parser.add_argument("--workdir", default="", help="folder for the runs' outputs (default: temp, removed)")
-    parser.add_argument("--warm_cache", action="store_true", help="keep the compiler caches (warm-up is then not cold)")
-    parser.add_argument("--compare_precision", action="store_true",
-                        help="instead of timing: bf16 vs fp32 per-example losses after one epoch, and of the same weights")
-    parser.add_argument("--verbose", action="store_true", help="show the stages' own per-epoch output")
-    args = parser.parse_args(argv)
+FLAGS = FlagSet([
+    Flag("device", DeviceKind(), "auto", "auto, cuda or cpu"),
+    Flag("precision", Choice(PRECISIONS), "auto", "auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32"),
+    Flag("compile", CompileKind(), False, "compile: false, true (auto: reduce-overhead on one GPU), or a mode: "
+         "default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs (or aot_eager, eager)"),
+    Flag("epochs", Optional(Int(1, 100_000)), None, "epochs per stage (default 4; 2 with --small)"),
+    Flag("small", Bool(), False, "tiny CPU mode: 200 images of 10 classes, resnet20, 2 epochs"),
+    Flag("model_arch", Optional(Str()), None, "model (default resnet18; resnet20 with --small)"),
+    Flag("batch_size", Int(1, 1 << 20), 128, "training batch size"),
+    Flag("test_batch_size", Int(1, 1 << 20), 256, "evaluation batch size"),
+    Flag("learning_rate", Float(0, 100, lo_open=True), 0.1,
+         "SGD learning rate (the paper's 0.1; tiny data needs ~0.01 to stay stable)"),
+    Flag("stages", ListOf(Choice(("1", "3")), unique=True), ["1", "3"],
+         "stages to time: 1, 3 or 1,3 (stage 3 needs stage 1's losses)"),
+    Flag("data_path", Path(), "", "folder for the fake dataset (reused if present; default: temp)"),
+    Flag("workdir", Path(), "", "folder for the runs' outputs (default: temp, removed)"),
+    Flag("warm_cache", Bool(), False, "keep the compiler caches (warm-up is then not cold)"),
+    Flag("compare_precision", Bool(), False,
+         "instead of timing: bf16 vs fp32 per-example losses after one epoch, and of the same weights"),
+    Flag("verbose", Bool(), False, "show the stages' own per-epoch output"),
+])
+
+
+@FLAGS.command(__doc__.split("\n\n")[0])
+def main(**flags) -> int:
+    """Returns the exit status: 1 when a target is missed."""
+    args = FLAGS.settings(flags)
+    require(bool(args.stages), "--stages takes 1, 3 or 1,3")
     size = SMALL if args.small else FULL
-    args.epochs = args.epochs or size["epochs"]
-    args.model_arch = args.model_arch or size["model_arch"]
-    args.size = size
-    if args.epochs < 1:
-        parser.error("--epochs must be at least 1")
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    if not stages or set(stages) - {"1", "3"}:
-        parser.error(f"--stages takes 1, 3 or 1,3, got {args.stages!r}")
-    args.stages = stages
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    from utils.errors import UserError
-
-    args = parse_args(argv)
+    args = args.replace(epochs=args.epochs or size["epochs"], model_arch=args.model_arch or size["model_arch"],
+                        size=size)
     import torch
 
     from utils.train.device import resolve_compile, resolve_device, resolve_precision
 
-    try:
-        device = resolve_device(args.device)
-        precision = resolve_precision(args.precision, device)
-        spec = resolve_compile(args.compile, device)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    spec = resolve_compile(args.compile, device)
     compile_flag = False if spec is None else str(spec)
     compile_name = "off" if spec is None else str(spec)
 
@@ -494,4 +484,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

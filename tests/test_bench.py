@@ -15,6 +15,7 @@ import torch.nn as nn
 from torch._dynamo.utils import counters
 
 from bench import bench_training
+from utils.cli.entry import run_cli
 from bench.fake_cifar import write_fake_cifar
 from conftest import REPO
 from utils.data.batches import TensorBatches
@@ -56,10 +57,11 @@ def test_small_bench_runs_and_prints_the_table(tmp_path):
     print(f"bench --small took {seconds:.1f} s")
 
 
-def test_bench_rejects_bad_flags():
-    with pytest.raises(SystemExit):
-        bench_training.parse_args(["--stages", "2"])
-    assert bench_training.main(["--small", "--compile", "fastest"]) == 2
+def test_bench_rejects_bad_flags(capsys):
+    assert run_cli(bench_training.main, ["--stages", "2"]) == 2
+    assert "unknown --stages '2'; choose one of 1, 3" in capsys.readouterr().err
+    assert run_cli(bench_training.main, ["--small", "--compile", "fastest"]) == 2
+    assert "unknown --compile 'fastest'" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

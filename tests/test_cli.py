@@ -125,6 +125,7 @@ def test_help_lists_every_flag_once_with_its_own_help(script):
     proc = run_script(script, "--help")
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout + proc.stderr
+    assert "INFO" not in text and proc.stderr == ""  # no pager notice: the help is printed, not paged
     flagset = SCRIPTS[script]
     entries = re.findall(r"^ {4}(?:-\w, )?--(\w+)=", text, flags=re.M)
     assert entries == [f.name for f in flagset]  # one entry per flag, in order, no stray ones
@@ -186,3 +187,30 @@ def test_the_scripts_main_is_thin():
     for module in (get_loss_values, compute_cld_scores, train_on_coresets, reproduce_table):
         assert len(inspect.getsource(module.main).splitlines()) < 60, module.__name__
     assert run_cli(train_on_coresets.main, ["--lr", "1"]) == 2
+
+
+def test_the_flag_reference_is_generated_from_the_flag_records():
+    from utils.cli.reference import REFERENCE, flag_reference
+
+    with open(REFERENCE) as f:
+        assert f.read() == flag_reference(), "docs/flags.md is stale: run python -m utils.cli.reference"
+    for _, flagset, _ in __import__("utils.cli.reference", fromlist=["SCRIPTS"]).SCRIPTS:
+        for flag in flagset:
+            assert f"| `--{flag.name}` |" in flag_reference()
+
+
+def test_a_command_line_is_parsed_by_fire_with_the_flags_own_types(monkeypatch):
+    import fire
+
+    import utils.scoring.stage
+
+    commands, seen = [], []
+    real = fire.Fire
+    monkeypatch.setattr(fire, "Fire", lambda *a, **k: commands.append(k["command"]) or real(*a, **k))
+    monkeypatch.setattr(utils.scoring.stage, "score", seen.append)
+    argv = ["--method", "aum", "--first_epochs", "5", "--output_path", "007", "--nooverwrite"]
+    assert run_cli(compute_cld_scores.main, argv) == 0
+    assert commands == [argv]
+    assert (seen[0].method, seen[0].first_epochs, seen[0].output_path, seen[0].overwrite) == ("aum", 5, "007", False)
+    assert run_cli(compute_cld_scores.main, ["--first_epochs", "5.5"]) == 2 and len(commands) == 2  # Fire's parse fn refused it
+    assert run_cli(compute_cld_scores.main, ["--frist_epochs", "5"]) == 2 and len(commands) == 2  # refused before Fire

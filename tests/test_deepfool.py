@@ -1,4 +1,4 @@
-"""utils/deepfool.py: exact on linear models, flips predictions, deterministic, leaves the model as
+"""utils/scoring/deepfool.py: exact on linear models, flips predictions, deterministic, leaves the model as
 it found it."""
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from bench import gpu_check
+from bench.gpu import config, fidelity, report as reports
 from conftest import assert_user_error, run_script
 
 SCRIPT = "bench/gpu_check.py"
@@ -32,21 +32,21 @@ def cpu_run(tmp_path_factory):
 def test_cpu_mode_runs_every_step_and_writes_the_report(cpu_run):
     proc, report, base, seconds = cpu_run
     assert {"device", "torch", "commit", "steps", "targets", "ok"} <= set(report)
-    assert report["schema"] == gpu_check.SCHEMA and report["mode"] == "cpu"
+    assert report["schema"] == config.SCHEMA and report["mode"] == "cpu"
     assert report["device"].startswith("cpu") and report["torch"].split("+")[0].count(".") == 2
     assert report["commit"] is None or len(report["commit"]) == 40
-    assert list(report["steps"]) == list(gpu_check.STEPS)
+    assert list(report["steps"]) == list(config.STEPS)
     for name, step in report["steps"].items():
         assert step["status"] == "ok", (name, step)
         assert step["seconds"] > 0 and "reused" not in step
     # Targets are reported with their values but not enforced in CPU mode.
-    assert report["ok"] is None and set(report["targets"]) == set(gpu_check.TARGETS)
+    assert report["ok"] is None and set(report["targets"]) == set(config.TARGETS)
     for name, target in report["targets"].items():
-        assert target["ok"] is None and target["target"] == gpu_check.TARGETS[name][2]
+        assert target["ok"] is None and target["target"] == config.TARGETS[name][2]
         if name != "gpu_tests_failed":  # no GPU test passed here: nothing to count
             assert target["value"] is not None, name
     # A progress line per step, with the elapsed time; the work folder's data is kept, the run's caches are not.
-    for i, name in enumerate(gpu_check.STEPS, 1):
+    for i, name in enumerate(config.STEPS, 1):
         assert f"step {i}/5 {name}: started" in proc.stdout and f"step {i}/5 {name}: ok in" in proc.stdout
     assert sorted(os.listdir(base / "work")) == ["data"]
     print(f"gpu_check --cpu took {seconds:.1f} s")
@@ -63,14 +63,14 @@ def test_bench_step_records_both_configurations(cpu_run):
     assert set(bench["configs"]) == {"compiled", "eager"}
     compiled = bench["configs"]["compiled"]
     assert compiled["compile"] == "aot_eager" and bench["configs"]["eager"]["compile"] is False
-    for config in bench["configs"].values():
-        s1, s3 = config["stage1"], config["stage3"]
+    for cfg in bench["configs"].values():
+        s1, s3 = cfg["stage1"], cfg["stage3"]
         assert s1["epochs"] == s3["epochs"] == 2 and s1["train_n"] == 36 and s3["train_n"] == 4
         for stage in (s1, s3):
             assert stage["epoch_s"] > 0 and stage["wall_s"] > 0 and len(stage["per_epoch_s"]) == 2
             assert stage["warmup_s"] == pytest.approx(stage["first_s"] - stage["epoch_s"])
         assert s1["collect_s"] > 0 and s3["collect_s"] == 0
-        assert config["stage1_164_epochs_s"] == pytest.approx(s1["warmup_s"] + 164 * s1["epoch_s"])
+        assert cfg["stage1_164_epochs_s"] == pytest.approx(s1["warmup_s"] + 164 * s1["epoch_s"])
     for stage in (compiled["stage1"], compiled["stage3"]):
         assert stage["graphs"] >= 2 and stage["graph_breaks"] == 0 and stage["cudagraph_fallbacks"] == 0
 
@@ -107,7 +107,7 @@ def test_skip_reuses_earlier_results_and_reruns_the_others(cpu_run, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert time.perf_counter() - started < 30  # nothing ran
     again = json.loads(out.read_text())
-    for name in gpu_check.STEPS:
+    for name in config.STEPS:
         assert again["steps"][name]["reused"] is True and "skipped" in proc.stdout
         assert again["steps"][name]["status"] == "ok"
     assert again["steps"]["fidelity"]["jaccard_mean"] == report["steps"]["fidelity"]["jaccard_mean"]
@@ -118,10 +118,10 @@ def test_skip_reuses_earlier_results_and_reruns_the_others(cpu_run, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     third = json.loads(out.read_text())
     assert "reused" not in third["steps"]["precision"] and third["steps"]["precision"]["status"] == "ok"
-    assert all(third["steps"][n]["reused"] for n in gpu_check.STEPS if n != "precision")
+    assert all(third["steps"][n]["reused"] for n in config.STEPS if n != "precision")
     # Without an earlier report a skipped step is recorded as skipped.
     fresh = tmp_path / "fresh.json"
-    proc = run_script(SCRIPT, "--cpu", "--out", str(fresh), "--skip", ",".join(gpu_check.STEPS), cwd=str(tmp_path))
+    proc = run_script(SCRIPT, "--cpu", "--out", str(fresh), "--skip", ",".join(config.STEPS), cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert {s["status"] for s in json.loads(fresh.read_text())["steps"].values()} == {"skipped"}
 
@@ -140,7 +140,7 @@ def test_a_failing_or_late_step_is_recorded_and_the_next_step_still_runs(tmp_pat
                       cwd=str(tmp_path))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     report = json.loads(late.read_text())
-    assert [report["steps"][n]["status"] for n in gpu_check.STEPS] == \
+    assert [report["steps"][n]["status"] for n in config.STEPS] == \
         ["skipped", "timeout", "timeout", "skipped", "skipped"]
     assert report["targets"]["stage1_epoch_s"]["value"] is None
 
@@ -179,21 +179,21 @@ def test_top_fraction_jaccard_matches_an_independent_computation():
     b[c0[4]], b[c0[5]] = a[c0[5]], a[c0[4]]
     c1 = np.flatnonzero(labels == 1)
     b[c1] = -a[c1]
-    got = gpu_check.top_fraction_jaccard(a, b, labels, indices, 0.1)
+    got = fidelity.top_fraction_jaccard(a, b, labels, indices, 0.1)
     assert got == pytest.approx({0: 4 / 6, 1: 0.0, 2: 1.0})
     assert got == pytest.approx(_independent_jaccard(a, b, labels, 5))
     random_b = rng.normal(size=labels.size)
-    assert gpu_check.top_fraction_jaccard(a, random_b, labels, indices) == \
+    assert fidelity.top_fraction_jaccard(a, random_b, labels, indices) == \
         pytest.approx(_independent_jaccard(a, random_b, labels, 5))
-    assert gpu_check.top_count(9) == 1 and gpu_check.top_count(500 * 0.9) == 45 and gpu_check.top_count(3) == 1
+    assert fidelity.top_count(9) == 1 and fidelity.top_count(500 * 0.9) == 45 and fidelity.top_count(3) == 1
 
 
 def test_pytest_summary_is_parsed():
     text = "ss..F\n==== 1 failed, 3 passed, 2 skipped, 1 error, 4 warnings in 41.27s ===="
-    got = gpu_check.parse_pytest_summary(text)
+    got = reports.parse_pytest_summary(text)
     assert (got["passed"], got["failed"], got["skipped"], got["errors"], got["seconds"]) == (3, 1, 2, 1, 41.27)
-    assert gpu_check.parse_pytest_summary("7 skipped in 2.32s")["skipped"] == 7
-    assert gpu_check.parse_pytest_summary("no summary")["seconds"] is None
+    assert reports.parse_pytest_summary("7 skipped in 2.32s")["skipped"] == 7
+    assert reports.parse_pytest_summary("no summary")["seconds"] is None
 
 
 def _steps(epoch: float, jaccard: float, failed: int = 0) -> dict:
@@ -208,14 +208,14 @@ def _steps(epoch: float, jaccard: float, failed: int = 0) -> dict:
 
 
 def test_targets_are_checked_against_their_thresholds():
-    met = gpu_check.check_targets(_steps(1.2, 0.97), enforce=True)
+    met = reports.check_targets(_steps(1.2, 0.97), enforce=True)
     assert all(t["ok"] for t in met.values()), met
     assert met["compile_warmup_s"]["value"] == 50.0  # the larger of the two stages' warm-ups
-    missed = gpu_check.check_targets(_steps(1.6, 0.9, failed=1), enforce=True)
+    missed = reports.check_targets(_steps(1.6, 0.9, failed=1), enforce=True)
     assert {n for n, t in missed.items() if not t["ok"]} == \
         {"stage1_epoch_s", "stage1_164_epochs_s", "fidelity_jaccard_mean", "gpu_tests_failed"}
     failed_step = {**_steps(1.2, 0.97), "fidelity": {"status": "error", "error": "boom"}}
-    verdict = gpu_check.check_targets(failed_step, enforce=True)["fidelity_jaccard_mean"]
+    verdict = reports.check_targets(failed_step, enforce=True)["fidelity_jaccard_mean"]
     assert verdict["value"] is None and verdict["ok"] is False
-    assert all(t["ok"] is None for t in gpu_check.check_targets(_steps(1.6, 0.9), enforce=False).values())
+    assert all(t["ok"] is None for t in reports.check_targets(_steps(1.6, 0.9), enforce=False).values())
 

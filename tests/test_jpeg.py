@@ -1,4 +1,4 @@
-"""Device-side JPEG decoding (utils/jpeg.py), run on the CPU: same crops, flips, order, sharding and
+"""Device-side JPEG decoding (utils/data/jpeg.py), run on the CPU: same crops, flips, order, sharding and
 labels as the PIL pipeline (FolderBatches), pixels within about one grey level of it."""
 from __future__ import annotations
 
@@ -230,7 +230,7 @@ def test_make_batches_dispatches_on_decode(folder):
 def test_small_bench_prints_the_table(tmp_path, capsys):
     from bench import bench_decode
 
-    assert bench_decode.main(["--small", "--workdir", str(tmp_path)]) == 0
+    assert bench_decode.main(small=True, workdir=str(tmp_path)) == 0
     lines = capsys.readouterr().out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("== decode benchmark"))
     assert tuple(lines[start + 1].split()) == bench_decode.COLUMNS

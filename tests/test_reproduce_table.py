@@ -1,4 +1,4 @@
-"""reproduce_table.py / utils/grid.py: a tiny grid end to end on a fake CIFAR-10, its table, its
+"""reproduce_table.py / utils/grid/: a tiny grid end to end on a fake CIFAR-10, its table, its
 resumption after a kill, its dry run and its emitted script, and the grid's reach over every flag
 of every stage."""
 from __future__ import annotations
@@ -24,7 +24,7 @@ from utils.cli import config
 from utils.cli.config import GRID
 from utils.cli.entry import run_cli
 from utils.errors import UserError
-from utils.grid import runner as grid, table
+from utils.grid import plan as grid, runner, table
 from utils.scoring import methods
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -43,11 +43,11 @@ def grid_flags(root: str) -> dict:
 
 
 class Counter:
-    """Wraps grid.run_stage and remembers every (stage, flags) it ran."""
+    """Wraps runner.run_stage and remembers every (stage, flags) it ran."""
 
     def __init__(self):
         self.calls: list[tuple[int, dict]] = []
-        self.real = grid.run_stage
+        self.real = runner.run_stage
 
     def __call__(self, stage, flags):
         self.calls.append((stage, dict(flags)))
@@ -68,7 +68,7 @@ def finished(tmp_path_factory):
                    "best_test_acc": 99.0}, f)
     counter = Counter()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(grid, "run_stage", counter)
+        mp.setattr(runner, "run_stage", counter)
         rows = reproduce_table.main(**flags)
     return root, flags, rows, counter
 
@@ -126,7 +126,7 @@ def test_killed_grid_reruns_only_the_missing_run(finished):
     stamps = {p: os.path.getmtime(os.path.join(runs_dir, p)) for p in os.listdir(runs_dir)}
     counter = Counter()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(grid, "run_stage", counter)
+        mp.setattr(runner, "run_stage", counter)
         reproduce_table.main(**flags)
     assert [(s, f["name"]) for s, f in counter.calls] == [(3, name)]
     last = os.path.join(flags["checkpoint_path"], name + "_last.pth")
@@ -141,7 +141,7 @@ def test_dry_run_prints_and_runs_nothing(finished, tmp_path, capsys):
     flags = grid_flags(str(tmp_path))
     counter = Counter()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(grid, "run_stage", counter)
+        mp.setattr(runner, "run_stage", counter)
         assert reproduce_table.main(**flags, dry_run=True) == []
     out = capsys.readouterr().out.splitlines()
     commands = [line for line in out if line.startswith("python ")]
@@ -200,7 +200,7 @@ def test_the_grid_sets_every_flag_of_every_stage_and_agrees_on_defaults():
 
 def test_reproduce_table_help_lists_every_recipe_flag_of_stage_1(capsys):
     assert run_cli(reproduce_table.main, ["--help"]) == 0
-    text = capsys.readouterr().err  # Fire shows help on stderr
+    text = capsys.readouterr().out  # the help goes to stdout, with no pager
     for name in config.STAGE1_RECIPE:
         assert f"--{name}" in text and f"--score_{name}" in text, name
 

@@ -1,4 +1,4 @@
-"""utils/scores.py: golden numbers for CLD and every baseline, ranking, epoch selection, errors."""
+"""utils/scoring/trajectory.py: golden numbers for CLD and every baseline, ranking, epoch selection, errors."""
 from __future__ import annotations
 
 import tracemalloc
@@ -10,6 +10,7 @@ from utils.cli.config import STAGE2
 from utils.errors import UserError
 from utils.files.losses import SIGNAL_KEYS
 from utils.scoring import methods, trajectory as S
+from utils.scoring.ranking import rank_per_class
 
 
 def make_losses(tr_loss, val_loss, tr_lbl, val_lbl, train_indices=None, epoch=None, **signals):
@@ -62,7 +63,7 @@ def test_cld_golden_four_epochs():
 
 def test_cld_golden_ranking_ties_by_index():
     d = golden_losses()
-    ranked, sc = S.rank_per_class(S.cld(d), d["tr_lbl"], d["train_indices"])
+    ranked, sc = rank_per_class(S.cld(d), d["tr_lbl"], d["train_indices"])
     assert list(ranked) == [0, 1]
     # z4 (35) and z5 (13) tie at 0: ascending dataset index
     assert ranked[0].tolist() == [40, 11, 13, 35, 22]
@@ -118,7 +119,7 @@ def test_planted_noise_is_ranked_last_in_its_class():
     clean[:, noisy] = 2.0 + 0.05 * t + 0.05 * rng.standard_normal((n_ep, noisy.size))  # rises
     val = 4.0 * np.exp(-0.1 * t) + 0.05 * rng.standard_normal((n_ep, n_val))            # falls
     d = make_losses(np.abs(clean), np.abs(val), lbl, np.arange(n_val) % n_cls, train_indices=np.arange(n) + 100)
-    ranked, _ = S.rank_per_class(S.cld(d), d["tr_lbl"], d["train_indices"])
+    ranked, _ = rank_per_class(S.cld(d), d["tr_lbl"], d["train_indices"])
     for c in range(n_cls):
         planted = set((noisy[lbl[noisy] == c] + 100).tolist())
         assert set(ranked[c][len(ranked[c]) - len(planted):].tolist()) == planted
@@ -253,7 +254,7 @@ def test_forgetting_golden():
     ], dtype=bool).T
     d = make_losses(np.ones((5, 5)), np.ones((5, 1)), [0] * 5, [0], tr_correct=correct)
     np.testing.assert_array_equal(S.forgetting(d), [2, 5, 0, 0, 1])
-    ranked, _ = S.rank_per_class(S.forgetting(d), d["tr_lbl"], d["train_indices"])
+    ranked, _ = rank_per_class(S.forgetting(d), d["tr_lbl"], d["train_indices"])
     assert ranked[0].tolist() == [1, 0, 4, 2, 3]  # never learned first; ties 0/0 by index
 
 
@@ -261,7 +262,7 @@ def test_aum_golden():
     margin = np.array([[-1.0, 2.0], [-2.0, 3.0], [0.0, 4.0]], dtype=np.float32)
     d = make_losses(np.ones((3, 2)), np.ones((3, 1)), [0, 0], [0], tr_margin=margin)
     np.testing.assert_allclose(S.aum(d), [-1.0, 3.0])
-    ranked, _ = S.rank_per_class(S.aum(d), d["tr_lbl"], d["train_indices"])
+    ranked, _ = rank_per_class(S.aum(d), d["tr_lbl"], d["train_indices"])
     assert ranked[0].tolist() == [1, 0]  # low AUM (likely mislabeled) at the bottom
 
 

@@ -1,4 +1,4 @@
-"""utils/selection.py: orders, CCS allocation and sampling, budgets, index checks."""
+"""utils/selection/coreset.py: orders, CCS allocation and sampling, budgets, index checks."""
 from __future__ import annotations
 
 import numpy as np

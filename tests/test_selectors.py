@@ -1,4 +1,4 @@
-"""utils/selectors.py against independent brute-force references (numpy loops, explicit set
+"""utils/scoring/selectors.py against independent brute-force references (numpy loops, explicit set
 functions, autograd), plus ties, degenerate inputs and tiny classes."""
 from __future__ import annotations
 

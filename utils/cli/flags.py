@@ -1,10 +1,11 @@
 """Typed command-line flags: one record per flag, checked before any work.
 
 Every flag of every script is a :class:`Flag` (name, kind, default, one line of help), grouped in
-:mod:`utils.cli.config`. From those records come a script's Fire signature and ``--help``, the strict
-reading of its command line (:meth:`FlagSet.parse_argv`), the check of keyword arguments when a
-stage is called from Python (:meth:`FlagSet.settings`), and the commands ``reproduce_table.py``
-prints (:meth:`FlagSet.render`).
+:mod:`utils.cli.config`. From those records come a script's Fire signature and parse functions
+(:meth:`FlagSet.command`), its ``--help`` and the flag reference of docs/flags.md, the strict check
+of a command line's words before Fire reads it (:meth:`FlagSet.words`), the check of keyword
+arguments when a stage is called from Python (:meth:`FlagSet.settings`), and the commands that
+``reproduce_table.py`` and stage 2 print (:meth:`FlagSet.render`).
 
 The command line has Fire's syntax (``--flag value``, ``--flag=value``, a bare ``--flag`` or
 ``--noflag`` for booleans, lists as ``[a,b]`` or ``a,b``, Fire's one-letter short flags), but
@@ -15,6 +16,7 @@ stays a string when it looks like a number, ``--overwrite no`` is False, ``--epo
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
 import numbers
@@ -200,7 +202,10 @@ class Choice(Kind):
 class Optional(Kind):
     """``None`` (written ``none``) or a value of ``kind``."""
     kind: Kind = Str()
-    label = "optional"
+
+    @property
+    def label(self) -> str:  # type: ignore[override]
+        return f"{self.kind.label} or none"
 
     @property
     def python_type(self):  # type: ignore[override]
@@ -222,8 +227,11 @@ class ListOf(Kind):
     from Python. Duplicates are kept unless ``unique``."""
     kind: Kind = Str()
     unique: bool = False
-    label = "list"
     python_type = list
+
+    @property
+    def label(self) -> str:  # type: ignore[override]
+        return f"list of {self.kind.label}"
 
     def parse(self, text: str, flag: str) -> list:
         body = text.strip()
@@ -364,19 +372,20 @@ class FlagSet:
         settings = Settings(out)
         return self._check(settings) if self._check else settings
 
-    def parse_argv(self, argv: Sequence[str]) -> dict[str, Any]:
-        """Read a command line strictly: ``{name: value}`` of the flags given.
+    def words(self, argv: Sequence[str]) -> dict[str, str]:
+        """Read a command line's structure the way Fire does: ``{name: the text of its value}``
+        (``'True'`` / ``'False'`` for a bare boolean flag and its ``--no`` form), nothing parsed yet.
 
         Raises:
-            UserError: an unknown flag (with the nearest name), a value its flag cannot take, a
-                flag given twice or without a value, or a positional word.
+            UserError: an unknown flag (with the nearest name), a flag given twice or without a
+                value, or a positional word; Fire would misread each of them.
         """
         short = self.short_flags()
-        out: dict[str, Any] = {}
+        out: dict[str, str] = {}
         i = 0
         while i < len(argv):
             word = argv[i]
-            if not word.startswith("-") or word in ("-", "--"):
+            if not _is_flag(word):
                 raise UserError(f"unexpected argument {word!r}: every value follows its --flag "
                                 "(e.g. --epochs 10); see --help")
             body = word[2:] if word.startswith("--") else word[1:]
@@ -393,22 +402,32 @@ class FlagSet:
                 raise self.unknown(name)
             if key in out:
                 raise UserError(f"--{key} is given twice")
-            kind = self.flags[key].kind
+            bare = i + 1 == len(argv) or _is_flag(argv[i + 1])
             if negated:
                 if eq:
                     raise UserError(f"--{name} takes no value")
-                out[key] = False
+                out[key] = "False"
             elif eq:
-                out[key] = kind.parse(text, key)
-            elif isinstance(kind, Bool) and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
-                out[key] = True  # a bare boolean flag
-            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                out[key] = kind.parse(argv[i + 1], key)
+                out[key] = text
+            elif isinstance(self.flags[key].kind, Bool) and bare:
+                out[key] = "True"  # a bare boolean flag
+            elif not bare:
+                out[key] = argv[i + 1]
                 i += 1
             else:
                 raise UserError(f"--{key} needs a value")
             i += 1
         return out
+
+    def parse_argv(self, argv: Sequence[str]) -> dict[str, Any]:
+        """``{name: value}`` of the flags a command line gives, each value read by its flag's kind
+        (what Fire hands ``main`` through :meth:`parse_functions`)."""
+        return {name: self.flags[name].kind.parse(text, name) for name, text in self.words(argv).items()}
+
+    def parse_functions(self) -> dict[str, Callable[[str], Any]]:
+        """Fire's parse function of every flag: its kind reading the flag's text (a bad value raises
+        UserError)."""
+        return {f.name: functools.partial(_parse, f.kind, f.name) for f in self}
 
     def short_flags(self) -> dict[str, str]:
         """Fire's one-letter flags: a letter that begins exactly one flag name."""
@@ -430,13 +449,28 @@ class FlagSet:
         return "\n".join(lines) + "\n"
 
     def command(self, summary: str) -> Callable[[Callable], Callable]:
-        """Decorate a script's ``main(**flags)``: Fire reads its signature and help from here."""
+        """Decorate a script's ``main(**flags)``: Fire reads its signature from here and parses each
+        flag with the flag's own kind (``fire.decorators.SetParseFns``)."""
         def decorate(fn: Callable) -> Callable:
+            import fire.decorators  # the decorator only records metadata: Fire's import is cheap
+
             fn.__signature__ = self.signature()
             fn.__doc__ = self.docstring(summary)
             fn._flagset = self  # private: Fire would list a public attribute as a command group
-            return fn
+            fn._summary = summary.strip()
+            return fire.decorators.SetParseFns(**self.parse_functions())(fn)
         return decorate
+
+    def help_text(self, script: str, summary: str) -> str:
+        """``--help``: what the script does, then every flag once with its kind, help and default."""
+        lines = [f"{script}: {summary.strip()}", "", f"usage: python {script} [--flag VALUE ...]", "",
+                 "flags (a boolean also as a bare --flag or --noflag; a list as [a,b]):"]
+        for f in self:
+            lines.append(f"    --{f.name}={f.kind.label.upper().replace(' ', '_')}")
+            # An empty default means 'derived', which the help itself explains.
+            default = "" if f.default == "" else f" (default: {'none' if f.default is None else f.kind.render(f.default)})"
+            lines.append(f"        {f.help}{default}")
+        return "\n".join(lines) + "\n"
 
     def render(self, script: str, values: Mapping[str, Any], launcher: str = "python",
                keep: Sequence[str] = ()) -> str:
@@ -457,6 +491,15 @@ class FlagSet:
             else:
                 words += [f"--{name}", shlex.quote(flag.kind.render(value))]
         return " ".join(words)
+
+
+def _is_flag(word: str) -> bool:
+    """Whether Fire takes ``word`` for a flag: ``--x``, or ``-`` and a letter (``-1`` is a value)."""
+    return word.startswith("--") or re.match(r"^-[a-zA-Z]", word) is not None
+
+
+def _parse(kind: Kind, name: str, text: Any) -> Any:
+    return kind.parse(str(text), name)
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -11,6 +11,7 @@ snapshots after chosen epochs serve the model-based methods of stage 2.
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -23,17 +24,18 @@ from utils.errors import UserError
 from utils.files.checkpoint import save_checkpoint
 from utils.files.losses import load_split, save_losses, save_split, save_sums
 from utils.train import distributed
-from utils.train.options import Recipe, recipe_identity
-from utils.train.session import evaluate_checkpoint, open_session
-from utils.train.state import TrainingRun, claim_run, run_claims
+from utils.train.options import Recipe, SessionOptions, recipe_identity
+from utils.train.session import Session, evaluate_checkpoint, open_session
+from utils.train.state import RunState, claim_run, epoch_line, run_claims
 
 
 def collect_losses(s: Settings) -> str:
     """Run stage 1 with checked flags (``utils.cli.config.STAGE1``); returns the loss (or sums) file."""
     info = dataset_info(s.dataset)
     recipe = Recipe.from_settings(s)
+    options = SessionOptions.from_settings(s)
     if s.evaluate_only:
-        evaluate_checkpoint(s, recipe, dataset=info.name, model_arch=s.model_arch)
+        evaluate_checkpoint(options, recipe, s.resume_path, dataset=info.name, model_arch=s.model_arch)
         return ""
     ratio = info.val_split_ratio if s.val_split_ratio is None else s.val_split_ratio
     sums = s.trajectories == "sums"
@@ -45,11 +47,12 @@ def collect_losses(s: Settings) -> str:
             folders = [s.checkpoint_path, s.logpath, s.scores_dir, s.splits_dir]
             claims.append(claim_run(files, folders, s.resume_path, s.overwrite))
 
-        session = open_session(s, recipe, dataset=info.name, model_arch=s.model_arch, prepare=prepare)
+        session = open_session(options, recipe, dataset=info.name, model_arch=s.model_arch, prepare=prepare)
         return _run(s, session, files, recipe, ratio, sums)
 
 
-def _run(s: Settings, session, files: paths.RunFiles, recipe: Recipe, ratio: float, sums: bool) -> str:
+def _run(s: Settings, session: Session, files: paths.RunFiles, recipe: Recipe, ratio: float, sums: bool) -> str:
+    """The run itself: split, resume, then the epoch loop, then the loss file."""
     info, is_main = session.data.info, session.dist.is_main
     say = progress.say if is_main else (lambda *a, **k: None)
     labels = session.data.train_labels
@@ -59,11 +62,11 @@ def _run(s: Settings, session, files: paths.RunFiles, recipe: Recipe, ratio: flo
                 "world_size": session.dist.world, "trajectories": s.trajectories,
                 "collect_precision": session.collect_precision, **recipe_identity(recipe, session.precision)}
     config = {**s, "val_split_ratio": ratio}
-    run = TrainingRun(session.model, session.trainer, session.scheduler, recipe, files, identity, config, is_main)
+    run = RunState(session.model, session.trainer, session.scheduler, files, identity, config, is_main)
     store = (SumsTrajectories(files, labels[train_idx], labels[val_idx], session.data.num_classes) if sums
              else FullTrajectories(files, recipe.epochs, len(train_idx), len(val_idx)))
     if s.resume_path:  # before the split file is written: a refused resume writes nothing
-        run.resume(s.resume_path, s.overwrite, log=say)
+        run.resume(s.resume_path, recipe.epochs, s.overwrite, log=say)
         say(f"resumed {s.resume_path} after epoch {run.epoch}")
     with distributed.fail_together():
         if is_main:
@@ -79,25 +82,40 @@ def _run(s: Settings, session, files: paths.RunFiles, recipe: Recipe, ratio: flo
         f"examples; {s.model_arch} ({sum(p.numel() for p in session.model.parameters()) / 1e6:.2f}M parameters) "
         f"on {session.device}, training in {session.precision}, losses recorded in {session.collect_precision}")
 
-    def collect(epoch: int) -> dict:
+    eta = progress.Eta(recipe.epochs, run.epoch)
+    for epoch in range(run.epoch, recipe.epochs):
+        lr = run.learning_rate
+        t0 = time.perf_counter()
+        train_loss, train_acc = session.train_epoch(train_idx, s.manual_seed, epoch)
+        t1 = time.perf_counter()
+        test_loss, test_acc = session.test_eval()
+        t2 = time.perf_counter()
+        run.scheduler.step()
+        # Every example's loss after the epoch: eval mode, no augmentation, the collection precision.
         tr = session.collect(train_idx, signals=not sums, desc=f"epoch {epoch + 1} collect train")
         val = session.collect(val_idx, desc=f"epoch {epoch + 1} collect val")
-        if is_main:
+        if is_main:  # only the main process writes rows; the others need the mean (the divergence check)
             rows = device_rows(tr, val, signals=not sums)
             store.record(epoch, rows)
             val_loss = rows["val_loss"]
-        else:  # only the main process records rows; the others need the mean (the divergence check)
+        else:
             val_loss = val["loss"].cpu().numpy()
-        return {"val_loss_mean": float(val_loss.mean(dtype=np.float64))}
+        t3 = time.perf_counter()
+        improved = run.end_epoch({
+            "epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+            "test_acc": test_acc, "val_loss_mean": float(val_loss.mean(dtype=np.float64)),
+            "seconds_train": t1 - t0, "seconds_test": t2 - t1, "seconds_collect": t3 - t2})
+        # The checkpoint counts the epoch's rows and snapshot, so they are on disk before it.
+        with distributed.fail_together():  # a failed write (disk full) stops every process
+            if is_main:
+                store.flush(run.epoch)
+                if run.epoch in snapshots:
+                    save_checkpoint(files.snapshot(run.epoch), run.weights("snapshot"))
+                run.save(improved)
+                store.forget_before(run.epoch)
+        eta.step()
+        say(epoch_line(run.rows[-1], recipe.epochs, eta))
 
-    def before_checkpoint(done: int) -> None:  # what the checkpoint counts is on disk first
-        store.flush(done)
-        if done in snapshots:
-            save_checkpoint(files.snapshot(done), run.weights("snapshot"))
-
-    run.fit(session.train_batches(train_idx, s.manual_seed), session.test_eval, after_epoch=collect,
-            before_checkpoint=before_checkpoint,
-            after_checkpoint=store.forget_before, log=say)
     with distributed.fail_together():  # every process returns once the output exists
         if is_main:
             record = {"dataset": info.name, "model_arch": s.model_arch, "manual_seed": s.manual_seed,

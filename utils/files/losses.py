@@ -7,7 +7,6 @@ it. numpy only (stage 2 runs without torch).
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -91,8 +90,6 @@ MAX_CLASSES = 1_000_000  # far above any dataset; a larger label is corruption, 
 def check_run_metadata(d: dict, path: str, what: str) -> None:
     """The dataset, model, seed and class count a file of this project records: names that may
     become part of file names, and numbers of the right kind (legacy files record none)."""
-    from utils.paths import check_safe_name
-
     for key in ("dataset", "model_arch"):
         if d.get(key) is not None:
             check_safe_name(d[key], f"{what} {path}: {key}")

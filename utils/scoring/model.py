@@ -24,14 +24,16 @@ import numpy as np
 import torch
 
 from utils import progress
-from utils.cli.flags import Settings
 from utils.data.datasets import load_dataset
 from utils.errors import UserError, first_line
 from utils.files.checkpoint import check_identity, load_model_weights
 from utils.files.npz import save_npz
-from utils.scoring import methods, selectors
+from utils.data.sources import make_batches
+from utils.scoring import selectors
+from utils.scoring.deepfool import deepfool_distances
 from utils.scoring.methods import Method
-from utils.scoring.trajectory import rank_per_class
+from utils.scoring.ranking import rank_per_class
+from utils.train.session import build_model
 from utils.train.device import precision_context, resolve_collect_precision, resolve_device, resolve_precision
 
 SELECTION_EPOCH = 40  # DeepCore's selection_epochs: the default snapshot
@@ -169,8 +171,6 @@ def glister(f: ClassFeatures, glister_eta: float, **_: Any):
 def deepfool(model: torch.nn.Module, source, indices: np.ndarray, batch_size: int, device: torch.device,
              precision: str, deepfool_max_iter: int, **_: Any) -> np.ndarray:
     """DeepFool distance of every example of ``indices`` (float32, in that order)."""
-    from utils.scoring.deepfool import deepfool_distances
-
     out = torch.zeros(len(indices), device=device)
     with precision_context(precision, device):
         for x, _, slots in progress.bar(source.eval_batches(indices, batch_size), "deepfool"):
@@ -190,7 +190,25 @@ SCORERS: dict[str, Callable[..., Any]] = {
 
 # ----------------------------------------------------------------------------- stage 2
 
-def score_classes(method: Method, losses: dict, loss_path: str, s: Settings, options: dict) -> tuple:
+@dataclass(frozen=True)
+class Evaluation:
+    """How stage 2 evaluates the run's weights (the stage-2 flags of the same names).
+
+    Args:
+        snapshot_epoch: the weights after this epoch; None: DeepCore's 40-epoch snapshot if kept, else the final ones.
+        device: auto, cpu, cuda or cuda:N.
+        collect_precision: fp32 (TF32 off), same (the run's training precision), bf16 or fp16.
+        data_path: the data folder; '' for the one stage 1 recorded.
+        save_features: also write the matrix the method ranks from to this ``.npz`` ('' for none).
+    """
+    snapshot_epoch: int | None = None
+    device: str = "auto"
+    collect_precision: str = "fp32"
+    data_path: str = ""
+    save_features: str = ""
+
+
+def score_classes(method: Method, losses: dict, loss_path: str, e: Evaluation, options: dict) -> tuple:
     """Rank every class of a stage-1 run with a model method.
 
     ``options`` holds the method's flags; their ``snapshot_epoch`` and ``collect_precision`` are
@@ -198,28 +216,28 @@ def score_classes(method: Method, losses: dict, loss_path: str, s: Settings, opt
     extra)``: the score file's per-class rankings and scores, and what it records beside them
     (the weights used).
     """
-    weights, epoch, path = _snapshot(losses, loss_path, s.snapshot_epoch)
+    weights, epoch, path = _snapshot(losses, loss_path, e.snapshot_epoch)
     config = losses.get("config") or {}
-    device = resolve_device(s.device)
+    device = resolve_device(e.device)
     training = resolve_precision(config.get("precision", "auto"), device)
-    precision = resolve_collect_precision(s.collect_precision, training, device)
-    model, source = _model_and_data(losses, weights, path, s, device, config)
+    precision = resolve_collect_precision(e.collect_precision, training, device)
+    model, source = _model_and_data(losses, weights, path, e.data_path, device, config)
     batch = int(config.get("test_batch_size", 256))
     train, val = losses["train_indices"], losses["val_indices"]
     options.update({"snapshot_epoch": epoch, "collect_precision": precision})
     extra = {"snapshot": path, "snapshot_epoch": epoch}
     if "model" in method.inputs:
         distances = SCORERS[method.name](model, source, train, batch, device, precision, **options)
-        if s.save_features:
-            _save(s.save_features, {"distances": distances}, losses)
+        if e.save_features:
+            _save(e.save_features, {"distances": distances}, losses)
         indices, scores = rank_per_class(-distances.astype(np.float64), losses["tr_lbl"], train)
         return indices, scores, extra
     feats = extract_features(model, source, train, batch, device, precision, "train split")
     vfeats = extract_features(model, source, val, batch, device, precision, "validation split") \
         if method.validation else None
     full = full_gradients(feats)
-    if s.save_features:
-        _save(s.save_features, _exported(method, feats, vfeats, full), losses, vfeats is not None)
+    if e.save_features:
+        _save(e.save_features, _exported(method, feats, vfeats, full), losses, vfeats is not None)
     return (*rank_classes(method, feats, vfeats, losses, options, full), extra)
 
 
@@ -252,11 +270,8 @@ def _snapshot(losses: dict, loss_path: str, wanted: int | None) -> tuple[dict, i
     return weights, wanted, path
 
 
-def _model_and_data(losses: dict, weights: dict, path: str, s: Settings, device: torch.device, config: dict):
-    from utils.data.sources import make_batches
-    from utils.train.session import build_model
-
-    data_path = s.data_path or losses.get("data_path") or config.get("data_path", "./Data")
+def _model_and_data(losses: dict, weights: dict, path: str, data_path: str, device: torch.device, config: dict):
+    data_path = data_path or losses.get("data_path") or config.get("data_path", "./Data")
     data = load_dataset(losses["dataset"], data_path, download=False)
     if data.num_classes != losses["num_classes"]:
         raise UserError(f"{data.info.name} under {data_path} has {data.num_classes} classes, the run had "

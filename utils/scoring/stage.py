@@ -15,13 +15,17 @@ from typing import Any
 import numpy as np
 
 from utils import paths
+from utils.data.datasets import dataset_info
 from utils.cli.config import STAGE1, STAGE3
 from utils.cli.flags import Settings
 from utils.errors import UserError, require
 from utils.files.atomic import check_output_free
 from utils.files.losses import load_losses, load_sums
 from utils.files.scores import save_scores
-from utils.scoring import methods, trajectory as S
+from utils.paths import check_safe_name
+from utils.scoring import methods
+from utils.scoring import trajectory as S
+from utils.scoring.ranking import rank_per_class
 
 LEGACY_DEFAULT_SEED = 1234  # the paper code's default manual_seed
 # What the printed stage-3 command repeats of stage 1's flags when they differ from the defaults.
@@ -47,9 +51,10 @@ def score(s: Settings) -> str:
     if method.family == "trajectory":
         indices, per_class, extra = _score_trajectories(losses, method, s, options)
     else:
-        from utils.scoring import model as model_scores  # torch, only for the model methods
+        from utils.scoring import model  # torch, only for the model methods
 
-        indices, per_class, extra = model_scores.score_classes(method, losses, loss_path, s, options)
+        evaluation = model.Evaluation(s.snapshot_epoch, s.device, s.collect_precision, s.data_path, s.save_features)
+        indices, per_class, extra = model.score_classes(method, losses, loss_path, evaluation, options)
     record = {
         "method": method.name, "dataset": ds, "model_arch": arch, "manual_seed": seed, "num_classes": n_cls,
         "loss_path": os.path.abspath(loss_path), "options": options,
@@ -91,8 +96,6 @@ def _read(path: str, s: Settings, method: methods.Method) -> dict:
 def _run_metadata(losses: dict, loss_path: str, dataset: str, model_arch: str) -> tuple[str, str, int, int]:
     """dataset, model_arch, manual_seed, num_classes: from the file; flags only fill the gaps of
     legacy files (whose split file may carry them)."""
-    from utils.data.datasets import dataset_info
-    from utils.paths import check_safe_name
 
     ds = dataset_info(losses.get("dataset") or dataset).name
     arch = check_safe_name(losses.get("model_arch") or model_arch, f"model of {loss_path}")
@@ -117,7 +120,7 @@ def _score_trajectories(losses: dict, method: methods.Method, s: Settings, optio
     else:
         used = S.select_epochs(losses, s.first_epochs, s.epoch_stride)
         values, epochs = S.SCORERS[method.name](used, **options), np.asarray(used["epoch"], dtype=np.int64)
-    indices, per_class = S.rank_per_class(values, losses["tr_lbl"], losses["train_indices"])
+    indices, per_class = rank_per_class(values, losses["tr_lbl"], losses["train_indices"])
     return indices, per_class, {"epochs_used": epochs}
 
 

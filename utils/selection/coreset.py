@@ -1,6 +1,6 @@
 """Coreset selection from a score file's per-class rankings (stage 3).
 
-A score file ranks every class best first (utils/scores.py: the top is the end the method's
+A score file ranks every class best first (utils/scoring/trajectory.py: the top is the end the method's
 authors keep). A coreset takes ``budget[c]`` examples of every class c, from the end that
 ``order`` names:
 

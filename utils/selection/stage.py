@@ -23,9 +23,9 @@ from utils.scoring import methods
 from utils.selection.coreset import SCORED_ORDERS, check_indices, class_budgets, select_coreset
 from utils.selection.results import project_commit, write_result
 from utils.train import distributed
-from utils.train.options import Recipe, recipe_identity
+from utils.train.options import Recipe, SessionOptions, recipe_identity
 from utils.train.session import evaluate_checkpoint, open_session
-from utils.train.state import TrainingRun, claim_run, run_claims
+from utils.train.state import RunState, claim_run, epoch_line, run_claims
 
 PAPER_DATASET = "CIFAR100"  # the paper code's default, for its score files that do not say
 
@@ -33,9 +33,11 @@ PAPER_DATASET = "CIFAR100"  # the paper code's default, for its score files that
 def train_on_coreset(s: Settings) -> dict:
     """Run stage 3 with checked flags (``utils.cli.config.STAGE3``); returns the run's result."""
     recipe = Recipe.from_settings(s)
+    options = SessionOptions.from_settings(s)
     if s.evaluate_only and s.dataset and s.model_arch:  # no score file needed to evaluate a model
         dataset = dataset_info(s.dataset).name
-        return {"evaluated": evaluate_checkpoint(s, recipe, dataset=dataset, model_arch=check_model(s.model_arch, dataset))}
+        return {"evaluated": evaluate_checkpoint(options, recipe, s.resume_path, dataset=dataset,
+                                                 model_arch=check_model(s.model_arch, dataset))}
     score_path = s.score_path or paths.score_path(paths.SCORES_DIR, "cld", dataset_info(s.dataset or PAPER_DATASET).name,
                                                   s.model_arch or "resnet18", s.manual_seed)
     scores = _load(score_path)
@@ -43,7 +45,8 @@ def train_on_coreset(s: Settings) -> dict:
     score_arch = scores.get("model_arch") or "unknown"
     model_arch = check_model(s.model_arch or scores.get("model_arch") or "resnet18", info.name)
     if s.evaluate_only:
-        return {"evaluated": evaluate_checkpoint(s, recipe, dataset=info.name, model_arch=model_arch)}
+        return {"evaluated": evaluate_checkpoint(options, recipe, s.resume_path, dataset=info.name,
+                                                 model_arch=model_arch)}
     k = s.samples_per_class
     if k is None and s.fraction is None:
         k = PAPER_TOPK
@@ -60,7 +63,7 @@ def train_on_coreset(s: Settings) -> dict:
         def prepare() -> None:  # main process, before any data is loaded
             claims.append(claim_run(files, [s.checkpoint_path, s.logpath, s.results_dir], s.resume_path, s.overwrite))
 
-        session = open_session(s, recipe, dataset=info.name, model_arch=model_arch,
+        session = open_session(options, recipe, dataset=info.name, model_arch=model_arch,
                                num_classes=scores.get("num_classes"), num_classes_of=f"score file {score_path}",
                                prepare=prepare)
         coreset = _coreset(s, scores, score_path, session.train_source.labels, k)
@@ -122,16 +125,31 @@ def _train(s: Settings, session, files: paths.RunFiles, recipe: Recipe, coreset:
     identity = {"stage": "coreset", "dataset": info.name, "model_arch": model_arch, "manual_seed": s.manual_seed,
                 "coreset_size": int(len(coreset)), "coreset_hash": _digest(coreset), "world_size": session.dist.world,
                 **recipe_identity(recipe, session.precision)}
-    run = TrainingRun(session.model, session.trainer, session.scheduler, recipe, files, identity, dict(s), is_main)
+    run = RunState(session.model, session.trainer, session.scheduler, files, identity, dict(s), is_main)
     seconds_before = 0.0
     if s.resume_path:
-        seconds_before = float(run.resume(s.resume_path, s.overwrite, log=say).get("seconds", 0.0))
+        seconds_before = float(run.resume(s.resume_path, recipe.epochs, s.overwrite, log=say).get("seconds", 0.0))
         say(f"resumed {s.resume_path} after epoch {run.epoch}")
     say(f"coreset of {len(coreset)} {info.name} examples ({s.order} of {scores['method']} scores by {score_arch}, "
         f"{budget[0].replace('_', ' ')} {budget[1]}); training {model_arch} on {session.device} in {session.precision}")
     start = time.perf_counter()
-    run.fit(session.train_batches(coreset, s.manual_seed), session.test_eval,
-            extra_state=lambda: {"seconds": seconds_before + time.perf_counter() - start}, log=say)
+    eta = progress.Eta(recipe.epochs, run.epoch)
+    for epoch in range(run.epoch, recipe.epochs):
+        lr = run.learning_rate
+        t0 = time.perf_counter()
+        train_loss, train_acc = session.train_epoch(coreset, s.manual_seed, epoch)
+        t1 = time.perf_counter()
+        test_loss, test_acc = session.test_eval()
+        t2 = time.perf_counter()
+        run.scheduler.step()
+        improved = run.end_epoch({
+            "epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+            "test_acc": test_acc, "seconds_train": t1 - t0, "seconds_test": t2 - t1})
+        with distributed.fail_together():  # a failed write (disk full) stops every process
+            if is_main:
+                run.save(improved, {"seconds": seconds_before + time.perf_counter() - start})
+        eta.step()
+        say(epoch_line(run.rows[-1], recipe.epochs, eta))
     # Accuracy on the coreset itself, in eval mode and without augmentation: has training converged?
     on_coreset = session.evaluate(session.train_source, coreset, desc="coreset accuracy")
     result = {

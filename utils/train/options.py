@@ -49,3 +49,27 @@ def recipe_identity(recipe: Recipe, precision: str) -> dict:
     fields = recipe.as_dict()
     del fields["epochs"], fields["test_batch_size"]
     return {**fields, "precision": precision}
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Where and how a training stage runs: device, precisions, compilation, data, seed.
+
+    Values are the checked flags of the same names (``utils.cli.config``); ``collect_precision``
+    'same' means the training precision (stage 3 records no per-example losses).
+    """
+    data_path: str = "./Data"
+    download: bool = True
+    workers: int = 4
+    decode: str = "cpu"
+    device: str = "auto"
+    precision: str = "auto"
+    collect_precision: str = "same"
+    compile: bool | str = False
+    manual_seed: int = 1234
+
+    @classmethod
+    def from_settings(cls, s) -> "SessionOptions":
+        return cls(data_path=s.data_path, download=s.download, workers=s.workers, decode=s.decode, device=s.device,
+                   precision=s.precision, collect_precision=s.get("collect_precision", "same"), compile=s.compile,
+                   manual_seed=s.manual_seed)

@@ -5,14 +5,13 @@ Everything is resolved once here and passed down (no ``.cuda()`` anywhere else).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from utils import progress
-from utils.cli.flags import Settings
 from utils.data.batches import shard_positions
 from utils.data.sources import make_batches
 from utils.data.datasets import LoadedDataset, dataset_info, load_dataset
@@ -22,7 +21,7 @@ from utils.train import distributed
 from utils.train.device import resolve_collect_precision, resolve_compile, resolve_device, resolve_precision
 from utils.train.distributed import DistInfo
 from utils.train.engine import Trainer, build_optimizer, build_scheduler
-from utils.train.options import Recipe
+from utils.train.options import Recipe, SessionOptions
 
 
 @dataclass
@@ -59,11 +58,14 @@ class Session:
         """Per-example results of training-set examples in the collection precision."""
         return self.evaluate(self.train_source, indices, signals, self.collect_precision, desc)
 
-    def train_batches(self, indices: np.ndarray, seed: int):
-        """epoch -> that epoch's shuffled, augmented batches of ``indices`` for this process."""
-        count = self._count(len(indices), self.recipe.batch_size)
-        return lambda epoch: progress.Sized(self.train_source.train_epoch(
-            indices, self.recipe.batch_size, seed, epoch, self.dist.rank, self.dist.world, self.recipe.augment), count)
+    def train_epoch(self, indices: np.ndarray, seed: int, epoch: int) -> tuple[float, float]:
+        """One epoch of SGD on this process's share of ``indices`` (shuffled and, with the recipe's
+        ``augment``, augmented from ``(seed, epoch)`` alone); returns (mean loss, accuracy %)."""
+        r = self.recipe
+        batches = self.train_source.train_epoch(indices, r.batch_size, seed, epoch, self.dist.rank, self.dist.world,
+                                                r.augment)
+        count = self._count(len(indices), r.batch_size)
+        return self.trainer.train_epoch(progress.bar(progress.Sized(batches, count), f"epoch {epoch + 1} train"))
 
     def _count(self, n: int, batch_size: int) -> int:
         """Batches this process gets of ``n`` examples (shards are padded to equal size)."""
@@ -91,33 +93,33 @@ def build_model(model_arch: str, num_classes: int, dataset: str, device: torch.d
     return model
 
 
-def open_session(s: Settings, recipe: Recipe, *, dataset: str, model_arch: str, num_classes: int | None = None,
+def open_session(o: SessionOptions, recipe: Recipe, *, dataset: str, model_arch: str, num_classes: int | None = None,
                  num_classes_of: str = "the input", prepare: Callable[[], None] | None = None) -> Session:
     """Resolve device and precision, join the process group, load the data, build the model.
 
-    ``s`` holds a training stage's checked flags (data, device, precision, compile, seed, ...);
-    ``dataset`` and ``model_arch`` are the resolved ones. ``prepare`` runs on the main process
+    ``o`` holds a training stage's device, precision, data and seed options; ``dataset`` and
+    ``model_arch`` are the resolved ones. ``prepare`` runs on the main process
     alone, once the processes have joined and before any data is loaded: the place to create
     output folders and refuse existing outputs, so that other processes (maybe on other nodes,
     with other disks) neither create folders nor look at files the main process writes. An error
     there stops every process alike.
     """
-    torch_device = resolve_device(s.device)
-    precision = resolve_precision(s.precision, torch_device)
-    collect = resolve_collect_precision(s.get("collect_precision", "same"), precision, torch_device)
-    resolve_compile(s.compile, torch_device)  # a bad value fails here, before any data is loaded
+    torch_device = resolve_device(o.device)
+    precision = resolve_precision(o.precision, torch_device)
+    collect = resolve_collect_precision(o.collect_precision, precision, torch_device)
+    resolve_compile(o.compile, torch_device)  # a bad value fails here, before any data is loaded
     # ImageFolder datasets: a --decode the device cannot do fails here too, before the folder scan.
-    if s.decode == "gpu" and not dataset_info(dataset).in_memory and torch_device.type != "cuda":
+    if o.decode == "gpu" and not dataset_info(dataset).in_memory and torch_device.type != "cuda":
         raise UserError("--decode gpu needs a CUDA device (nvJPEG); use --decode cpu")
     dist_info, torch_device = distributed.setup(torch_device)
     with distributed.fail_together():
         if prepare is not None and dist_info.is_main:
             prepare()
     # One process per filesystem downloads what is missing; the others then read it.
-    data = distributed.in_turn(dist_info, lambda: load_dataset(dataset, s.data_path, download=s.download))
+    data = distributed.in_turn(dist_info, lambda: load_dataset(dataset, o.data_path, download=o.download))
     if num_classes is not None and num_classes != data.num_classes:
         raise UserError(f"{data.info.name} has {data.num_classes} classes but {num_classes_of} was made for {num_classes}")
-    seed_everything(s.manual_seed)
+    seed_everything(o.manual_seed)
     model = build_model(model_arch, data.num_classes, data.info.name, torch_device)
     wrapped = model
     if dist_info.enabled:
@@ -125,33 +127,33 @@ def open_session(s: Settings, recipe: Recipe, *, dataset: str, model_arch: str, 
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     optimizer = build_optimizer(model, recipe, torch_device)
     trainer = Trainer(wrapped, optimizer, torch_device, precision,
-                      compile=resolve_compile(s.compile, torch_device, distributed=dist_info.enabled),
+                      compile=resolve_compile(o.compile, torch_device, distributed=dist_info.enabled),
                       all_reduce=distributed.all_reduce_sum, eval_batch_size=recipe.test_batch_size)
     return Session(dist_info, torch_device, precision, collect, data,
-                   make_batches(data.train, data.info, torch_device, s.workers, s.decode),
-                   make_batches(data.test, data.info, torch_device, s.workers, s.decode),
+                   make_batches(data.train, data.info, torch_device, o.workers, o.decode),
+                   make_batches(data.test, data.info, torch_device, o.workers, o.decode),
                    model, trainer, build_scheduler(optimizer, recipe), recipe)
 
 
-def evaluate_checkpoint(s: Settings, recipe: Recipe, *, dataset: str, model_arch: str) -> dict:
+def evaluate_checkpoint(o: SessionOptions, recipe: Recipe, checkpoint: str, *, dataset: str, model_arch: str) -> dict:
     """Evaluate a checkpoint's model on the test set and print the result (``--evaluate_only``);
     returns {checkpoint, epoch, test_loss, test_acc}.
 
     Checkpoints of this project and those of the paper's code (a DataParallel ``state_dict``)
     both load.
     """
-    weights, epoch, identity = load_model_weights(s.resume_path)
+    weights, epoch, identity = load_model_weights(checkpoint)
     if identity is not None:
-        check_identity(identity, {"dataset": dataset, "model_arch": model_arch}, s.resume_path)
-    session = open_session(s.replace(compile=False), recipe, dataset=dataset, model_arch=model_arch)
+        check_identity(identity, {"dataset": dataset, "model_arch": model_arch}, checkpoint)
+    session = open_session(replace(o, compile=False), recipe, dataset=dataset, model_arch=model_arch)
     try:
         session.model.load_state_dict(weights)
     except RuntimeError as exc:
-        raise UserError(f"checkpoint {s.resume_path} does not hold a {model_arch} for {session.data.info.name} "
+        raise UserError(f"checkpoint {checkpoint} does not hold a {model_arch} for {session.data.info.name} "
                         f"({first_line(exc)}); pass the --model_arch and --dataset it was trained with") \
             from None
     loss, acc = session.test_eval()
     if session.dist.is_main:
-        print(f"{s.resume_path} (epoch {epoch}): test loss {loss:.4f}, test accuracy {acc:.2f}%")
+        print(f"{checkpoint} (epoch {epoch}): test loss {loss:.4f}, test accuracy {acc:.2f}%")
     distributed.teardown()
-    return {"checkpoint": s.resume_path, "epoch": epoch, "test_loss": loss, "test_acc": acc}
+    return {"checkpoint": checkpoint, "epoch": epoch, "test_loss": loss, "test_acc": acc}

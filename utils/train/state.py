@@ -1,11 +1,15 @@
-"""The epoch loop shared by stage 1 (loss collection) and stage 3 (coreset training).
+"""What a training run (stage 1 or 3) keeps between epochs, and how it claims its name.
 
-Each epoch, in the paper code's order: train one epoch with augmentation, evaluate the test set,
-step the LR scheduler, then run the stage's own per-epoch work (stage 1 records per-example
-losses). After every epoch the run state is checkpointed atomically (``*_last.pth``), the best
-model by test accuracy is kept (``*_best.pth``, as the paper code chooses it), and the per-epoch
-CSV log is rewritten from the rows held in the checkpoint, so log and checkpoint never disagree
-after a crash. A run holds an exclusive lock on its name for its whole life (:class:`utils.files.locks.RunLock`).
+Each stage writes its own epoch loop (:func:`utils.collect.stage.collect_losses`,
+:func:`utils.selection.stage.train_on_coreset`); this module holds what both loops share:
+
+* :func:`claim_run`: before a run starts, its exclusive lock (:class:`utils.files.locks.RunLock`,
+  held for the run's whole life) and the refusal to replace an earlier run's files silently;
+* :class:`RunState`: the model's training state, restored by :meth:`RunState.resume`, and after
+  every epoch :meth:`RunState.end_epoch` (the CSV row, the divergence check) and
+  :meth:`RunState.save`: the run state checkpointed atomically (``*_last.pth``), the best model by
+  test accuracy kept (``*_best.pth``, as the paper code chooses it), and the per-epoch CSV log
+  rewritten from the rows held in the checkpoint, so log and checkpoint never disagree after a crash.
 """
 from __future__ import annotations
 
@@ -15,7 +19,6 @@ import io
 import math
 import os
 import shutil
-import time
 from typing import Any, Callable, Iterator
 
 import torch
@@ -28,7 +31,6 @@ from utils.files.locks import RunLock
 from utils.paths import RunFiles
 from utils.train import distributed
 from utils.train.engine import Trainer
-from utils.train.options import Recipe
 
 # A training loss this many times the first epoch's means the run diverged (before it overflows).
 DIVERGENCE_FACTOR = 100.0
@@ -130,28 +132,30 @@ def _remove_stale_state(files: RunFiles, log: Callable[[str], None], started_ove
         log(f"note: removed {', '.join(stale)}, left by an earlier run that stopped before its first checkpoint")
 
 
-class TrainingRun:
-    """Owns a model's training state and runs epochs of it.
+class RunState:
+    """A model's training state between epochs: what is checkpointed and what a resume restores.
 
     Args:
         raw_model: the unwrapped model (what is saved).
-        trainer: runs training epochs and evaluation passes (may hold a DDP/compiled wrapper).
+        trainer: holds the optimizer and the gradient scaler (and may wrap the model for DDP).
         scheduler: the LR scheduler of ``trainer.optimizer``.
-        recipe: epochs and batch sizes.
         files: checkpoint and log paths.
         identity: what a resumed run must match (dataset, model, seed, split, recipe, ...).
         config: every flag, saved for the record.
-        is_main: only the main process writes files and prints.
+        is_main: only the main process writes files.
     """
 
-    def __init__(self, raw_model: torch.nn.Module, trainer: Trainer, scheduler, recipe: Recipe,
-                 files: RunFiles, identity: dict, config: dict, is_main: bool = True):
+    def __init__(self, raw_model: torch.nn.Module, trainer: Trainer, scheduler, files: RunFiles, identity: dict,
+                 config: dict, is_main: bool = True):
         self.raw_model, self.trainer, self.scheduler = raw_model, trainer, scheduler
-        self.recipe, self.files, self.identity, self.config = recipe, files, identity, config
-        self.is_main = is_main
+        self.files, self.identity, self.config, self.is_main = files, identity, config, is_main
         self.epoch = 0  # epochs completed
         self.best_acc = 0.0
         self.rows: list[dict] = []
+
+    @property
+    def learning_rate(self) -> float:
+        return self.trainer.optimizer.param_groups[0]["lr"]
 
     # ------------------------------------------------------------------ state
 
@@ -168,8 +172,9 @@ class TrainingRun:
         return {"kind": kind, "identity": self.identity, "config": self.config, "epoch": self.epoch,
                 "model": self.raw_model.state_dict(), **more}
 
-    def resume(self, path: str, overwrite: bool = False, log: Callable[[str], None] = progress.say) -> dict:
-        """Restore everything from a ``*_last.pth``; returns the stage's own saved extras.
+    def resume(self, path: str, epochs: int, overwrite: bool = False, log: Callable[[str], None] = progress.say) -> dict:
+        """Restore everything from a ``*_last.pth`` of a run of ``epochs`` epochs; returns the stage's
+        own saved extras.
 
         A checkpoint that holds every epoch of this run (killed after its last epoch, while its
         output was written) resumes to writing that output, unless the output exists (the run is
@@ -177,10 +182,10 @@ class TrainingRun:
         the optimizer state too); a failure on any process stops all of them.
         """
         with distributed.fail_together():
-            return self._resume(path, overwrite, log)
+            return self._resume(path, epochs, overwrite, log)
 
-    def _resume(self, path: str, overwrite: bool, log: Callable[[str], None]) -> dict:
-        state = load_run_state(path, self.recipe.epochs)
+    def _resume(self, path: str, epochs: int, overwrite: bool, log: Callable[[str], None]) -> dict:
+        state = load_run_state(path, epochs)
         saved = state["identity"]
         if "world_size" in self.identity and saved.get("world_size", self.identity["world_size"]) != self.identity["world_size"]:
             # Each process's share of every batch depends on the number of processes, so another
@@ -193,7 +198,7 @@ class TrainingRun:
         check_identity(saved, self.identity, path)
         done, output = state["epoch"], self.files.output
         exists = self.is_main and bool(output) and os.path.exists(output)
-        if done == self.recipe.epochs and exists and not overwrite:
+        if done == epochs and exists and not overwrite:
             raise UserError(f"checkpoint {path} holds all {done} epochs and {output} exists: the run is "
                             "complete; raise --epochs to continue training, or pass --overwrite to write "
                             "its output again")
@@ -213,81 +218,45 @@ class TrainingRun:
             write_csv(self.files.log, self.rows)
         return state["extra"]
 
-    # ------------------------------------------------------------------ loop
+    # ------------------------------------------------------------------ after each epoch
 
-    def fit(self, train_batches: Callable[[int], Iterator], test_eval: Callable[[], tuple[float, float]],
-            after_epoch: Callable[[int], dict] | None = None, before_checkpoint: Callable[[int], None] | None = None,
-            after_checkpoint: Callable[[int], None] | None = None, extra_state: Callable[[], dict] | None = None,
-            log: Callable[[str], None] = progress.say) -> None:
-        """Run the remaining epochs.
+    def end_epoch(self, row: dict) -> bool:
+        """Take one finished epoch's CSV row (its ``test_acc`` among the columns); returns whether the
+        test accuracy improved on the best so far. A diverged epoch raises instead, before anything
+        of it is checkpointed: the last good checkpoint is kept."""
+        self._check_divergence(row)
+        self.rows.append(row)
+        self.epoch = int(row["epoch"])
+        improved = row["test_acc"] > self.best_acc
+        self.best_acc = max(self.best_acc, row["test_acc"])
+        return improved
 
-        Args:
-            train_batches: epoch -> batches of that epoch.
-            test_eval: () -> (test loss, test accuracy %).
-            after_epoch: epoch -> extra CSV columns (stage 1 records losses here); its time is the
-                ``seconds_collect`` column.
-            before_checkpoint: epochs done -> files the checkpoint counts (main process: rows flushed,
-                weight snapshots written).
-            after_checkpoint: epochs done -> clean-up once the checkpoint counts the epoch.
-            extra_state: () -> what the stage adds to the checkpoint.
-            log: prints the one-line epoch summary (flushed: it is what a log file shows).
-        """
-        eta = progress.Eta(self.recipe.epochs, self.epoch)
-        for epoch in range(self.epoch, self.recipe.epochs):
-            lr = self.trainer.optimizer.param_groups[0]["lr"]
-            t0 = time.perf_counter()
-            batches = train_batches(epoch)
-            train_loss, train_acc = self.trainer.train_epoch(progress.bar(batches, f"epoch {epoch + 1} train"))
-            t1 = time.perf_counter()
-            test_loss, test_acc = test_eval()
-            t2 = time.perf_counter()
-            self.scheduler.step()
-            row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                   "test_loss": test_loss, "test_acc": test_acc}
-            if after_epoch is not None:
-                row.update(after_epoch(epoch))
-            t3 = time.perf_counter()
-            self._check_divergence(epoch, row)
-            row.update(seconds_train=t1 - t0, seconds_test=t2 - t1)
-            if after_epoch is not None:
-                row["seconds_collect"] = t3 - t2
-            self.rows.append(row)
-            self.epoch = epoch + 1
-            improved = test_acc > self.best_acc
-            self.best_acc = max(self.best_acc, test_acc)
-            with distributed.fail_together():  # a failed write (disk full) stops every process
-                if self.is_main:
-                    if before_checkpoint is not None:
-                        before_checkpoint(self.epoch)
-                    self._write_epoch(improved, test_acc, extra_state)
-                    if after_checkpoint is not None:
-                        after_checkpoint(self.epoch)
-            eta.step()
-            if self.is_main:
-                collect = f", {t3 - t2:.1f}s collect" if after_epoch is not None else ""
-                log(f"epoch {epoch + 1}/{self.recipe.epochs}  lr {lr:.4g}  train loss {train_loss:.4f} "
-                    f"acc {train_acc:.2f}%  test loss {test_loss:.4f} acc {test_acc:.2f}%  "
-                    f"({t1 - t0:.1f}s train, {t2 - t1:.1f}s test{collect}; {eta.text()})")
-
-    def _check_divergence(self, epoch: int, row: dict) -> None:
-        """Stop before a diverged epoch is checkpointed: the last good checkpoint is kept."""
+    def _check_divergence(self, row: dict) -> None:
         kept = f"the last good checkpoint is {self.files.last}" if self.epoch else "no checkpoint was written"
         bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
-            raise UserError(f"{', '.join(bad)} became {row[bad[0]]} in epoch {epoch + 1}; training diverged "
+            raise UserError(f"{', '.join(bad)} became {row[bad[0]]} in epoch {row['epoch']}; training diverged "
                             f"({kept}); lower --learning_rate (or use --precision fp32)")
         first = self.rows[0]["train_loss"] if self.rows else None
         if first is not None and row["train_loss"] > DIVERGENCE_FACTOR * first:
-            raise UserError(f"the training loss of epoch {epoch + 1} ({row['train_loss']:.4g}) is over "
+            raise UserError(f"the training loss of epoch {row['epoch']} ({row['train_loss']:.4g}) is over "
                             f"{DIVERGENCE_FACTOR:g} times that of epoch 1 ({first:.4g}): training diverged "
                             f"({kept}); lower --learning_rate")
 
-    def _write_epoch(self, improved: bool, test_acc: float, extra_state: Callable[[], dict] | None) -> None:
+    def save(self, improved: bool, extra: dict | None = None) -> None:
         """The main process's files after an epoch: best model, run state, CSV log."""
         if improved:
-            save_checkpoint(self.files.best, self.weights("best", acc=test_acc, best_acc=self.best_acc))
-        save_checkpoint(self.files.last, self.state(extra_state() if extra_state else None))
+            save_checkpoint(self.files.best, self.weights("best", acc=self.rows[-1]["test_acc"], best_acc=self.best_acc))
+        save_checkpoint(self.files.last, self.state(extra))
         write_csv(self.files.log, self.rows)
+
+
+def epoch_line(row: dict, epochs: int, eta: progress.Eta) -> str:
+    """The one-line summary of an epoch's CSV row, as a log file shows it."""
+    collect = f", {row['seconds_collect']:.1f}s collect" if "seconds_collect" in row else ""
+    return (f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f} "
+            f"acc {row['train_acc']:.2f}%  test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}%  "
+            f"({row['seconds_train']:.1f}s train, {row['seconds_test']:.1f}s test{collect}; {eta.text()})")
 
 
 def write_csv(path: str, rows: list[dict[str, Any]]) -> None:

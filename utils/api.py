@@ -1,0 +1,221 @@
+"""The library functions a researcher calls from their own code (docs/api.md).
+
+* :func:`cld`: CLD scores from their own per-epoch loss arrays (numpy only);
+* :func:`rank`: per-class rankings from any per-example scores;
+* :func:`baseline`: a DeepCore baseline's per-class ranking from their own embeddings and
+  logits (or probabilities);
+* :func:`select`: a coreset from per-class rankings, at a budget and an order.
+
+Each computes exactly what the stages compute (the same functions run underneath); each checks
+its inputs first and raises ``ValueError`` naming what is wrong (NaN losses, mismatched lengths,
+an unknown method) instead of failing deep inside.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping, TypeVar
+
+import numpy as np
+
+from utils.errors import UserError
+from utils.scoring import methods
+from utils.scoring import trajectory
+from utils.scoring.ranking import rank_per_class
+from utils.selection.coreset import class_budgets, select_coreset
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _value_errors(fn: F) -> F:
+    """Report the stages' user errors as ``ValueError`` (what a Python caller expects)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+    return wrapper  # type: ignore[return-value]
+
+
+def _labels(labels: Any, what: str, n: int | None = None) -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise ValueError(f"{what} must be a 1-D array of integer class labels, got {arr.dtype} of shape {arr.shape}")
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"{what} holds a negative class label ({int(arr.min())})")
+    if n is not None and arr.shape[0] != n:
+        raise ValueError(f"{what} has {arr.shape[0]} entries but there are {n} examples")
+    return arr.astype(np.int64)
+
+
+def _matrix(values: Any, what: str, rows: int | None = None) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 2 or arr.dtype.kind not in "iuf":
+        raise ValueError(f"{what} must be a 2-D array of numbers, got {arr.dtype} of shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{what} holds NaN or infinite values")
+    if rows is not None and arr.shape[0] != rows:
+        raise ValueError(f"{what} has {arr.shape[0]} rows but there are {rows} examples")
+    return arr
+
+
+def _indices(indices: Any, n: int) -> np.ndarray:
+    if indices is None:
+        return np.arange(n, dtype=np.int64)
+    arr = _labels(indices, "indices", n)
+    if np.unique(arr).size != n:
+        raise ValueError("indices lists an example twice")
+    return arr
+
+
+@_value_errors
+def cld(train_losses: Any, train_labels: Any, val_losses: Any, val_labels: Any) -> np.ndarray:
+    """CLD of every training example (Nagaraj, Ravikumar, Roy, TMLR 2025).
+
+    CLD(z) = Pearson( Δ l_t(z), Δ V_t(c) ) over the E-1 consecutive differences, V_t(c) the mean
+    validation loss of z's class c after epoch t; population std; a constant side gives 0.
+
+    Args:
+        train_losses: (E, N) loss of each training example after each of E >= 3 epochs.
+        train_labels: (N,) integer class of each training example.
+        val_losses: (E, V) loss of each held-out validation example after each epoch.
+        val_labels: (V,) their classes; every class of ``train_labels`` needs one at least.
+
+    Returns:
+        (N,) float64 CLD scores; higher is better (the paper keeps the top of each class).
+    """
+    tr = _matrix(train_losses, "train_losses").astype(np.float32, copy=False)
+    val = _matrix(val_losses, "val_losses").astype(np.float32, copy=False)
+    if val.shape[0] != tr.shape[0]:
+        raise ValueError(f"train_losses has {tr.shape[0]} epochs (rows) but val_losses has {val.shape[0]}")
+    if tr.shape[0] < trajectory.MIN_EPOCHS:
+        raise ValueError(f"CLD needs at least {trajectory.MIN_EPOCHS} epochs (rows), got {tr.shape[0]}")
+    losses = {"epoch": np.arange(tr.shape[0]), "tr_loss": tr, "val_loss": val,
+              "tr_lbl": _labels(train_labels, "train_labels", tr.shape[1]),
+              "val_lbl": _labels(val_labels, "val_labels", val.shape[1]),
+              "train_indices": np.arange(tr.shape[1]), "val_indices": np.arange(val.shape[1])}
+    return trajectory.cld(losses)
+
+
+@_value_errors
+def rank(scores: Any, labels: Any, indices: Any = None) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Rank every class from the highest score down, ties to the lower index.
+
+    Args:
+        scores: (N,) one score per example (higher = ranked first).
+        labels: (N,) integer classes.
+        indices: (N,) the examples' dataset indices (default 0..N-1).
+
+    Returns:
+        ``(ranked, aligned)``: {class: indices best first} and {class: their scores}.
+    """
+    values = np.asarray(scores, dtype=np.float64)
+    if values.ndim != 1 or not np.isfinite(values).all():
+        raise ValueError("scores must be a 1-D array of finite numbers")
+    labels = _labels(labels, "labels", values.shape[0])
+    return rank_per_class(values, labels, _indices(indices, values.shape[0]))
+
+
+BASELINE_INPUTS = ("embeddings", "probs", "grads", "logits")
+
+
+@_value_errors
+def baseline(method: str, labels: Any, *, embeddings: Any = None, logits: Any = None, probs: Any = None,
+             indices: Any = None, val_labels: Any = None, val_embeddings: Any = None, val_logits: Any = None,
+             seed: int = 0, cal_neighbors: int = 10, glister_eta: float = 0.1
+             ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """A model-based baseline's per-class ranking from your own features, as stage 2 ranks it.
+
+    Args:
+        method: a model method but DeepFool (docs/methods.md), e.g. ``"herding"``, ``"margin"``.
+        labels: (N,) integer classes.
+        embeddings: (N, D) penultimate-layer features (herding, kcenter, cal, moderate, gradients).
+        logits: (N, C) the model's logits (the probability and gradient methods).
+        probs: (N, C) probabilities instead of logits (they are taken as log-probabilities).
+        indices: (N,) dataset indices (default 0..N-1); ties go to the lower one.
+        val_labels, val_embeddings, val_logits: the validation examples (GradMatch, GLISTER).
+        seed: the first centre of kcenter and contextual_diversity.
+        cal_neighbors: CAL's nearest neighbours.
+        glister_eta: GLISTER's step size.
+
+    Returns:
+        ``(ranked, scores)``: {class: indices best first} and {class: the scores, or for greedy
+        methods the gains of each step}.
+    """
+    import torch
+
+    from utils.scoring import model
+
+    record = methods.get(method)
+    if not record.uses_model or not set(record.inputs) <= set(BASELINE_INPUTS):
+        usable = [m.name for m in methods.METHODS.values() if m.uses_model and set(m.inputs) <= set(BASELINE_INPUTS)]
+        raise ValueError(f"method {record.name!r} is not ranked from features; choose one of {', '.join(usable)}")
+    labels = _labels(labels, "labels")
+    n = labels.shape[0]
+    if probs is not None:
+        if logits is not None:
+            raise ValueError("give logits or probs, not both")
+        p = _matrix(probs, "probs", n)
+        if (p < 0).any():
+            raise ValueError("probs holds negative values")
+        logits = np.log(np.maximum(p, np.finfo(np.float32).tiny))
+
+    def features(lbl: np.ndarray, emb: Any, lgt: Any, part: str) -> model.Features:
+        needs_emb = bool({"embeddings", "grads"} & set(record.inputs))
+        needs_lgt = bool({"probs", "grads", "logits"} & set(record.inputs))
+        if needs_emb and emb is None:
+            raise ValueError(f"{record.name} reads {part}embeddings")
+        if needs_lgt and lgt is None:
+            raise ValueError(f"{record.name} reads {part}logits (or probs)")
+        e = _matrix(emb, f"{part}embeddings", len(lbl)) if emb is not None else np.zeros((len(lbl), 0))
+        z = _matrix(lgt, f"{part}logits", len(lbl)) if lgt is not None else np.zeros((len(lbl), 1))
+        if lgt is not None and lbl.size and lbl.max() >= z.shape[1]:
+            raise ValueError(f"{part}labels go up to class {int(lbl.max())} but {part}logits have {z.shape[1]} columns")
+        return model.Features(torch.as_tensor(z, dtype=torch.float32), torch.as_tensor(e, dtype=torch.float32),
+                              torch.as_tensor(lbl))
+
+    feats = features(labels, embeddings, logits, "")
+    vfeats = None
+    if record.validation:
+        if val_labels is None:
+            raise ValueError(f"{record.name} reads validation examples: give val_labels, val_embeddings, val_logits")
+        vlabels = _labels(val_labels, "val_labels")
+        missing = sorted(set(labels.tolist()) - set(vlabels.tolist()))
+        if missing:
+            raise ValueError(f"class {missing[0]} has no validation example; {record.name} needs one in every class")
+        vfeats = features(vlabels, val_embeddings, val_logits, "val_")
+    losses = {"train_indices": _indices(indices, n), "tr_lbl": labels,
+              "val_lbl": vlabels if vfeats is not None else np.zeros(0, np.int64)}
+    options = {"seed": int(seed), "cal_neighbors": int(cal_neighbors), "glister_eta": float(glister_eta)}
+    return model.rank_classes(record, feats, vfeats, losses, options, model.full_gradients(feats))
+
+
+@_value_errors
+def select(ranked: Mapping[int, Any], *, samples_per_class: int | None = None, fraction: float | None = None,
+           order: str = "top", scores: Mapping[int, Any] | None = None, seed: int = 0, ccs_beta: float = 0.0,
+           hard_end: str = "top") -> np.ndarray:
+    """A coreset: the same budget of every class, taken from its ranking as ``order`` says.
+
+    Args:
+        ranked: {class: indices best first}, from :func:`rank`, :func:`baseline` or a score file's
+            ``indices``.
+        samples_per_class: k examples of every class; or
+        fraction: round(fraction x class size) of every class (at least 1).
+        order: top, zero (smallest |score|), bottom, middle, random or ccs (docs/methods.md).
+        scores: {class: scores aligned with ``ranked``}; needed by zero and ccs.
+        seed: the draw of random and ccs.
+        ccs_beta: ccs: share of each class's hardest examples dropped first.
+        hard_end: ccs: the end of a ranking holding the hardest examples (top or bottom).
+
+    Returns:
+        The coreset's indices, sorted ascending.
+    """
+    ranked = {int(c): np.asarray(v, dtype=np.int64) for c, v in ranked.items()}
+    budget = class_budgets({c: len(v) for c, v in ranked.items()}, samples_per_class=samples_per_class,
+                           fraction=fraction)
+    if scores is not None:
+        scores = {int(c): np.asarray(v, dtype=np.float64) for c, v in scores.items()}
+        for c, idx in ranked.items():
+            if c not in scores or scores[c].shape != idx.shape:
+                raise ValueError(f"the scores of class {c} are not aligned with its ranking")
+    return select_coreset(ranked, scores, budget, order, seed, ccs_beta, hard_end)

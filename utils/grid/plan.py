@@ -1,0 +1,157 @@
+"""A grid of the three stages, as in the tables of *Coresets from Trajectories: Selecting Data via
+Correlation of Loss Differences* (Nagaraj, Ravikumar, Roy, TMLR 2025): its steps, and each step as
+the exact shell command that runs it.
+
+The grid: stage 1 once per scoring model (seed ``score_seed``), stage 2 once per (scoring model,
+method), stage 3 once per (scoring model, method, order, size, training model, seed), the orders
+being ``orders`` plus the method's own ``method_orders``. :mod:`utils.grid.runner` runs the steps;
+:mod:`utils.grid.table` makes the table of their results.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from utils import paths
+from utils.cli import config
+from utils.cli.flags import FlagSet, Settings
+from utils.files.atomic import atomic_write
+
+SCRIPTS = {1: "get_loss_values.py", 2: "compute_cld_scores.py", 3: "train_on_coresets.py"}
+FLAGSETS: dict[int, FlagSet] = {1: config.STAGE1, 2: config.STAGE2, 3: config.STAGE3}
+# Flags every printed command names even at their default values, so that a command says which
+# run it is at a glance.
+ALWAYS = ("dataset", "model_arch", "epochs", "manual_seed", "loss_path", "method", "score_path",
+          "samples_per_class", "fraction", "order", "name")
+
+
+@dataclass
+class Step:
+    """One run of one stage: the keyword flags of its stage, the file whose existence means done,
+    the ``*_last.pth`` a killed run leaves (stages 1 and 3) and the lock a running one holds."""
+    stage: int
+    flags: dict
+    output: str
+    lock: str
+    last: str = ""
+    name: str = ""
+
+    @property
+    def script(self) -> str:
+        return SCRIPTS[self.stage]
+
+
+# ----------------------------------------------------------------------------- planning
+
+def _forwarded(g: Settings, stage: int) -> dict:
+    """The grid's values of the flags it forwards to ``stage`` under their own names."""
+    own = config.GRID_SETS[stage]
+    return {name: g[name] for name in FLAGSETS[stage].flags if name in config.GRID.flags and name not in own}
+
+
+def sizes(g: Settings) -> list[tuple[str, Any]]:
+    """[('samples_per_class', k), ...] or [('fraction', f), ...]."""
+    if g.samples_per_class is not None:
+        return [("samples_per_class", k) for k in g.samples_per_class]
+    return [("fraction", f) for f in g.fractions]
+
+
+def plan(g: Settings) -> list[Step]:
+    """Every step of the grid, stage 1 steps first, then stage 2, then stage 3."""
+    ones, twos, threes = [], [], []
+    recipe1 = {name: g[name] if g[f"score_{name}"] is None else g[f"score_{name}"] for name in config.STAGE1_RECIPE}
+    for score_arch in g.score_model_arch:
+        run = paths.run_name(g.dataset, score_arch, g.score_seed)
+        sums = g.trajectories == "sums"
+        loss = (paths.sums_path if sums else paths.loss_path)(g.scores_dir, g.dataset, score_arch, g.score_seed)
+        files = paths.RunFiles(g.checkpoint_path, g.logpath, run, loss)
+        ones.append(Step(1, {**_forwarded(g, 1), **recipe1, "dataset": g.dataset, "model_arch": score_arch,
+                             "manual_seed": g.score_seed}, loss, files.lock, files.last, run))
+        for method in g.methods:
+            score = paths.score_path(g.scores_dir, method, g.dataset, score_arch, g.score_seed)
+            twos.append(Step(2, {**_forwarded(g, 2), "loss_path": loss, "method": method}, score,
+                             paths.lock_of(score)))
+            extra = [pair.split(":")[1] for pair in g.method_orders if pair.split(":")[0] == method]
+            for order in dict.fromkeys(g.orders + extra):
+                if order == "random" and method != g.methods[0]:
+                    # A uniform draw within each class's pool does not depend on the method's
+                    # ranking: one random baseline (over the first method's file) serves them all.
+                    continue
+                for size in sizes(g):
+                    for model_arch in g.model_archs:
+                        for seed in g.seeds:
+                            name = paths.coreset_run_name(g.dataset, model_arch, method, score_arch, order, size,
+                                                          seed, g.tag)
+                            files = paths.RunFiles(g.checkpoint_path, g.logpath, name, paths.run_json(g.results_dir, name))
+                            threes.append(Step(3, {**_forwarded(g, 3), "score_path": score, size[0]: size[1],
+                                                   "order": order, "dataset": g.dataset, "model_arch": model_arch,
+                                                   "manual_seed": seed, "name": name},
+                                               files.output, files.lock, files.last, name))
+    return ones + twos + threes
+
+
+# ----------------------------------------------------------------------------- commands
+
+def launcher_of(stage: int, launcher: str) -> str:
+    """Stages 1 and 3 train (and may be distributed); stage 2 is one process on one machine."""
+    return "python" if stage == 2 else launcher
+
+
+def command(step: Step, flags: dict | None = None, launcher: str = "python") -> str:
+    """The shell command that runs ``step`` (with ``flags`` instead of its own, if given)."""
+    return FLAGSETS[step.stage].render(step.script, step.flags if flags is None else flags,
+                                       launcher_of(step.stage, launcher), keep=ALWAYS)
+
+
+def decide(step: Step) -> tuple[str, dict]:
+    """('skip' | 'resume' | 'run', flags to run with) from the files on disk now.
+
+    A finished output means skip. A ``*_last.pth`` means a killed run: it continues with
+    ``--resume_path`` (one that already holds every epoch, killed while writing its output, just
+    writes it). The stage itself refuses a checkpoint of another run or recipe, with the reason;
+    the grid then stops there rather than discard that checkpoint.
+    """
+    if os.path.exists(step.output):
+        return "skip", step.flags
+    if step.last and os.path.exists(step.last):
+        return "resume", {**step.flags, "resume_path": step.last}
+    return "run", step.flags
+
+
+def guarded(step: Step, launcher: str = "python") -> str:
+    """One script line: skip when done, continue from ``*_last.pth`` when one exists."""
+    out = shlex.quote(step.output)
+    cmd = command(step, launcher=launcher)
+    if step.last:
+        last = shlex.quote(step.last)
+        cmd += f' $([ -e {last} ] && echo --resume_path {last})'
+    return f"[ -e {out} ] || {cmd}  # stage{step.stage}"
+
+
+def stage_counts(steps: Sequence[Step]) -> dict[int, int]:
+    """{stage: number of its steps} for stages 1, 2 and 3."""
+    return {s: sum(1 for x in steps if x.stage == s) for s in (1, 2, 3)}
+
+
+def write_script(path: str, steps: Sequence[Step], table_command: str, launcher: str = "python") -> None:
+    """Write the grid as a bash script: one command per line, tagged ``# stage1/2/3`` / ``# table``."""
+    counts = stage_counts(steps)
+    head = f"""#!/usr/bin/env bash
+# Grid written by reproduce_table.py; run from the repository root.
+# Stages depend on each other: every 'stage1' line must finish before any 'stage2' line starts,
+# and every 'stage2' line before any 'stage3' line. Lines of one stage are independent.
+#   all at once, in order:     bash {os.path.basename(path)}
+#   as cluster array jobs:     grep '# stage3$' {os.path.basename(path)} | sed -n "${{SLURM_ARRAY_TASK_ID}}p" | bash
+#                              (stage1: {counts[1]} lines, stage2: {counts[2]}, stage3: {counts[3]}; tasks 1..N;
+#                               chain the three arrays with --dependency=afterok)
+#   then the table:            the last line (every run is found done and skipped).
+# Each line skips a finished run and continues a killed one from its *_last.pth, exactly as a rerun
+# of reproduce_table.py would.
+set -e
+"""
+    lines = [guarded(s, launcher) for s in steps] + [f"{table_command}  # table"]
+    text = head + "\n".join(lines) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+    os.chmod(path, 0o755)
