@@ -69,9 +69,12 @@ def test_end_to_end_score_file(loss_file, capsys):
         assert np.all(np.diff(rec["scores"][c]) <= 0)
     text = capsys.readouterr().out
     assert "positive CLD" in text and "min 10 / median 10 / max 10" in text
-    # The recipe of stage 1 that differs from the defaults (here its 8 epochs) comes along.
+    # The recipe of stage 1 that differs from the defaults comes along, except where it would take
+    # too few SGD steps: 4 examples at batch 128 for 8 epochs are 8 steps, so batch 1 and 25 epochs.
+    assert "# 4 examples at batch 128 for 8 epochs would be 8 SGD steps, too few to fit a model; --batch_size 1 " \
+           "--epochs 25 gives 100\n" in text
     assert f"python train_on_coresets.py --score_path {out} --samples_per_class 1 --dataset CIFAR10 " \
-           "--model_arch resnet18 --epochs 8\n" in text
+           "--model_arch resnet18 --epochs 25 --batch_size 1\n" in text
 
 
 @pytest.mark.parametrize("method", sorted(m.name for m in methods.METHODS.values() if m.family == "trajectory"))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import io
 import os
+import re
 import pickle
 import signal
 import subprocess
@@ -111,7 +113,7 @@ def test_two_grids_at_once_split_the_work(tmp_path):
              for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    done = [line for out, _ in outs for line in out.splitlines() if line.startswith("=== stage")
+    done = [line for out, _ in outs for line in out.splitlines() if re.match(r"=== \[\d+/\d+\] stage", line)
             and " done in " in line]
     assert sum(" stage 1 done" in line for line in done) == 1  # trained once, not twice
     assert sum(" stage 2 done" in line for line in done) == 2
@@ -140,8 +142,10 @@ def disk_full_for(fragment: str):
 def test_a_full_disk_during_a_results_write_leaves_a_readable_csv(tmp_path):
     results = str(tmp_path / "res")
     write_result(results, "a", {"name": "a", "final_test_acc": 1.0})
-    with disk_full_for("results.csv"), pytest.raises(UserError, match=r"no space left to write .*results.csv \("
-                                                                       r"[\d.]+ MB free in .*nothing was written"):
+    with disk_full_for("results.csv"), pytest.raises(UserError, match=r"result is written to .*runs/b.json, but its row "
+                                                                       r".*is not: no space left to write .*results.csv "
+                                                                       r"\([\d.]+ MB free in .*run the same command "
+                                                                       r"again: it adds the row"):
         write_result(results, "b", {"name": "b", "final_test_acc": 2.0})
     assert pd.read_csv(os.path.join(results, "results.csv"))["name"].tolist() == ["a"]
     assert _tree(results) == ["results.csv", "results.csv.lock", "runs/a.json", "runs/b.json"]  # no partial file
@@ -310,3 +314,185 @@ def test_an_output_path_that_is_a_folder_is_refused_before_any_work(reference, t
     folder.mkdir()
     assert_user_error(cli(compute_cld_scores, "--loss_path", reference["loss"], "--output_path", str(folder),
                           "--overwrite"), "is a folder")
+
+
+# ----------------------------------------------------------------------------- stopping a grid
+
+def _grid_in_its_own_session(tmp_path):
+    root = str(tmp_path)
+    write_fake_cifar(os.path.join(root, "data"), "CIFAR10", per_class=4, test_per_class=2)
+    args = [sys.executable, os.path.join(REPO, "reproduce_table.py"), "--dataset", "CIFAR10", "--score_model_arch",
+            "resnet20", "--model_archs", "resnet20", "--methods", "cld", "--orders", "top", "--samples_per_class",
+            "2,3", "--seeds", "0,1,2,3", "--score_epochs", "3", "--epochs", "400", "--schedule", "[]", "--device",
+            "cpu", "--precision", "fp32", "--batch_size", "16", "--workers", "0", "--jobs", "2",
+            "--data_path", os.path.join(root, "data"), "--scores_dir", os.path.join(root, "S"), "--splits_dir",
+            os.path.join(root, "Sp"), "--checkpoint_path", os.path.join(root, "C"), "--logpath", os.path.join(root, "L"),
+            "--results_dir", os.path.join(root, "R")]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 240
+    while time.time() < deadline and len(glob.glob(os.path.join(root, "C", "*coreset*_last.pth"))) < 2:
+        time.sleep(0.2)  # both workers are training (each has written a checkpoint)
+    assert proc.poll() is None, proc.stderr.read()
+    return proc, root
+
+
+def _alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("how", ["sigterm to the main process", "ctrl-c to the process group"])
+def test_a_grid_stops_at_once_and_leaves_no_process_behind(how, tmp_path):
+    proc, root = _grid_in_its_own_session(tmp_path)
+    started = time.time()
+    if how.startswith("sigterm"):
+        os.kill(proc.pid, signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=30)
+    stopped = time.time() - started
+    deadline = time.time() + 5
+    while _alive(proc.pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(proc.pid), "a process of the grid outlived it by 5 s"
+    assert stopped < 5 and proc.returncode == 130, (stopped, proc.returncode)
+    results = glob.glob(os.path.join(root, "R", "runs", "*.json"))
+    assert len(results) == 0  # 400-epoch runs: none finished, none queued one started after the stop
+    from utils.files.checkpoint import load_checkpoint
+
+    assert all(load_checkpoint(p)["epoch"] >= 1 for p in glob.glob(os.path.join(root, "C", "*coreset*_last.pth")))
+
+
+# ----------------------------------------------------------------------------- round 3
+
+def test_a_stage3_run_killed_right_after_its_json_gets_its_row_on_rerun(data, reference, tmp_path):
+    from test_robustness import run_killed
+
+    flags = s3_flags(data, reference["scores"], tmp_path)
+    run_killed("train_on_coresets.py", flags, "between('run.json', 1, 'results.csv')")
+    assert os.path.exists(tmp_path / "res" / "runs" / "run.json") and not os.path.exists(tmp_path / "res" / "results.csv")
+    for extra in ({}, {"resume_path": str(tmp_path / "ckpt" / "run_last.pth")}):
+        proc = cli(train_on_coresets, *flag_args({**flags, **extra}))
+        assert proc.returncode == 0 and "already complete" in proc.stdout, proc
+        assert pd.read_csv(tmp_path / "res" / "results.csv")["name"].tolist() == ["run"]
+    assert not glob.glob(str(tmp_path / "res" / ".results.csv.*.tmp"))
+
+
+def _peak_rss_mb_of(code: str) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run ``code`` in a fresh interpreter; (process, its peak RSS in MB, its RSS in MB before ``code``)."""
+    wrapper = ("import resource, sys, time; sys.path.insert(0, %r)\n"
+               "from utils.cli.entry import run_cli\nimport compute_cld_scores, train_on_coresets, get_loss_values\n"
+               "import torch, models, sklearn.datasets, utils.collect.stage, utils.files.checkpoint  # a stage's baseline\n"
+               "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\nt0 = time.time()\n%s\n"
+               "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, base, time.time() - t0)"
+               % (REPO, code))
+    proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=120, cwd=REPO)
+    peak, base, seconds = (float(x) for x in proc.stdout.split("PEAK")[1].split())
+    return proc, peak - base, seconds
+
+
+def test_a_hex_codec_pickle_bomb_is_refused_cheaply(tmp_path):
+    # bytes rebuilt through _codecs.encode(..., 'hex') nested 29 times: 400 bytes asking for gigabytes
+    inner = pickle.dumps(b"ab", protocol=2)
+    body = b"\x80\x02" + b"c_codecs\nencode\n" * 29 + inner[2:-1]
+    for _ in range(29):
+        body += b"X\x03\x00\x00\x00hex\x86R"
+    path = tmp_path / "bomb_losses.pickle"
+    path.write_bytes(body + b".")
+    proc, grown, seconds = _peak_rss_mb_of(
+        f"print(run_cli(compute_cld_scores.main, ['--loss_path', {str(path)!r}]))")
+    assert "refusing to call _codecs.encode with 'hex'" in proc.stderr and proc.stdout.startswith("2")
+    assert grown < 200 and seconds < 2
+
+
+def test_a_deflate_bomb_checkpoint_and_npz_are_refused_before_inflating(tmp_path):
+    import zipfile
+
+    bomb = tmp_path / "bomb_last.pth"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        with z.open("archive/data.pkl", "w", force_zip64=True) as f:
+            chunk = b"\0" * (1 << 20)
+            for _ in range(1024):
+                f.write(chunk)
+    assert bomb.stat().st_size < 5 << 20
+    proc, grown, seconds = _peak_rss_mb_of(
+        f"print(run_cli(get_loss_values.main, ['--evaluate_only', '--resume_path', {str(bomb)!r}, '--dataset', 'digits']))")
+    assert "declares 1073741824 bytes" in proc.stderr and proc.stdout.startswith("2"), proc.stderr
+    assert grown < 200 and seconds < 2
+    from utils.errors import UserError as Refused
+    from utils.files.npz import load_npz
+
+    npz = tmp_path / "extra.npz"
+    np.savez(npz, epochs=np.array(3))
+    with zipfile.ZipFile(npz, "a") as z:
+        z.writestr("junk.npy", b"x" * 100)
+    with pytest.raises(Refused, match="unexpected member 'junk.npy'"):
+        load_npz(str(npz), "CLD sums", ["epochs"])
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("checkpoints", {"last": "x", "snapshots": {"one": "x.pth"}}, "checkpoints.snapshots has the entry 'one'"),
+    ("config", "a string", "'config' is not a dict of flags by name"),
+    ("config", {"learning_rate": "abc"}, "--learning_rate takes a number, got 'abc'"),
+])
+def test_crafted_loss_file_metadata_is_one_line(field, value, message, reference, tmp_path):
+    d = load_losses(reference["loss"])
+    path = _pickle(tmp_path / "crafted_losses.pickle", {**d, field: value})
+    for method in ("herding", "glister", "cld"):
+        assert_user_error(cli(compute_cld_scores, "--loss_path", path, "--method", method, "--device", "cpu"), message)
+
+
+def test_a_cifar_batch_with_string_labels_is_one_line(tmp_path):
+    root = str(tmp_path / "data")
+    write_fake_cifar(root, "CIFAR10", per_class=2, test_per_class=1)
+    batch = os.path.join(root, "cifar", "cifar-10-batches-py", "data_batch_1")
+    with open(batch, "rb") as f:
+        d = pickle.load(f, encoding="latin1")
+    d["labels"] = [str(x) for x in d["labels"]]
+    with open(batch, "wb") as f:
+        pickle.dump(d, f, protocol=2)
+    proc = cli(get_loss_values, *flag_args(s1_flags(root, tmp_path / "out")))
+    assert_user_error(proc, "data_batch_1", "'labels' holds", "not one integer label per image")
+
+
+def test_a_symlinked_lock_or_trajectory_folder_is_refused_and_its_target_untouched(data, tmp_path):
+    flags = s1_flags(data, tmp_path)
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    os.makedirs(tmp_path / "ckpt")
+    os.symlink(target, tmp_path / "ckpt" / f"{RUN1}.lock")
+    assert_user_error(cli(get_loss_values, *flag_args(flags)), f"{RUN1}.lock is a symbolic link")
+    assert target.read_text() == "keep me"
+    os.remove(tmp_path / "ckpt" / f"{RUN1}.lock")
+    os.makedirs(tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "ckpt" / f"{RUN1}_trajectories")
+    assert_user_error(cli(get_loss_values, *flag_args(flags)), f"{RUN1}_trajectories is a symbolic link")
+    assert os.listdir(tmp_path / "elsewhere") == []
+
+
+def test_a_foreign_json_in_the_runs_folder_is_a_warning_before_training(data, reference, tmp_path):
+    os.makedirs(tmp_path / "res" / "runs")
+    (tmp_path / "res" / "runs" / "list.json").write_text("[1,2]")
+    proc = cli(train_on_coresets, *flag_args(s3_flags(data, reference["scores"], tmp_path)))
+    assert proc.returncode == 0, proc.stderr
+    warning = next(line for line in proc.stderr.splitlines() if "list.json" in line)
+    assert warning.startswith("warning: ") and "results.csv leaves it out" in warning
+    assert pd.read_csv(tmp_path / "res" / "results.csv")["name"].tolist() == ["run"]
+
+
+@pytest.mark.parametrize("schedule,message", [("[5,2]", "strictly increasing"), ("[3,3]", "strictly increasing"),
+                                              ("[0,2]", "epochs of 1 or more")])
+def test_a_schedule_out_of_order_is_refused(schedule, message, tmp_path):
+    assert_user_error(cli(get_loss_values, "--schedule", schedule, "--dataset", "digits"), "--schedule", message)
+    assert_user_error(cli(train_on_coresets, "--schedule", schedule), "--schedule", message)
+
+
+def test_a_refused_run_leaves_no_folder_it_made(data, tmp_path):
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    flags = {**s1_flags(data, tmp_path), "scores_dir": str(tmp_path / "blocker" / "scores")}
+    assert_user_error(cli(get_loss_values, *flag_args(flags)), "cannot create folder", "blocker/scores")
+    assert sorted(os.listdir(tmp_path)) == ["blocker"]  # not the checkpoint and log folders made before it

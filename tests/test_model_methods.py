@@ -63,7 +63,8 @@ def test_stage1_keeps_the_snapshots_and_records_them(run):
 
 @pytest.mark.parametrize("method", MODEL_METHODS)
 def test_every_model_method_writes_a_score_file_that_stage3_trains_on(method, run, tmp_path):
-    extra = {"deepfool_max_iter": 5} if method == "deepfool" else {}
+    extra = {"deepfool_max_iter": 5} if method == "deepfool" else {"budgets": [2]} if methods.get(method).weighted \
+        else {}
     rec = _score(run, method, tmp_path, snapshot_epoch=2, **extra)
     d = run["losses"]
     assert rec["method"] == method and rec["snapshot_epoch"] == 2 and rec["snapshot"].endswith(f"{RUN}_epoch2.pth")
@@ -80,13 +81,16 @@ def test_every_model_method_writes_a_score_file_that_stage3_trains_on(method, ru
                                         device="cpu", workers=0, download=False, batch_size=8,
                                         checkpoint_path=str(tmp_path / "c"), logpath=str(tmp_path / "l"),
                                         results_dir=str(tmp_path / "r"))
-    assert result["method"] == method and result["coreset_indices"] == sorted(
-        int(i) for v in rec["indices"].values() for i in v[:2])
+    top = sorted(int(i) for v in rec["indices"].values() for i in v[:2])
+    if method == "gradmatch":  # trained on the examples of nonzero weight only
+        top = sorted(int(i) for c, v in rec["indices"].items() for i, w in zip(v[:2], rec["weights"]["k2"][c]) if w > 0)
+    assert result["method"] == method and result["coreset_indices"] == top
+    assert result["weighted"] == methods.get(method).weighted
 
 
-def test_the_default_weights_are_the_40_epoch_snapshot_else_the_final_ones(run, tmp_path):
+def test_the_default_weights_are_the_one_snapshot_the_run_kept(run, tmp_path):
     rec = _score(run, "least_confidence", tmp_path)
-    assert rec["snapshot_epoch"] == 3 and rec["snapshot"].endswith(f"{RUN}_last.pth")  # no epoch-40 snapshot
+    assert rec["snapshot_epoch"] == 2 and rec["snapshot"].endswith(f"{RUN}_epoch2.pth")
     assert_user_error(cli(compute_cld_scores, "--loss_path", run["loss"], "--method", "herding", "--snapshot_epoch",
                           "7", "--device", "cpu"), "kept no weights after epoch 7", "snapshots: 2", "final weights: epoch 3")
 
@@ -199,3 +203,112 @@ def test_snapshots_survive_a_resume(run, tmp_path):
     assert sorted(load_losses(path)["checkpoints"]["snapshots"]) == [1, 2, 3]
     for e, raw in first.items():
         assert open(tmp_path / "ckpt" / f"{RUN}_epoch{e}.pth", "rb").read() == raw
+
+
+def test_several_snapshots_take_the_40_epoch_one_or_are_refused_naming_them(run, tmp_path):
+    from utils.scoring.methods import default_snapshot
+
+    assert default_snapshot([], 30, "r") == 30 and default_snapshot([10], 30, "r") == 10
+    assert default_snapshot([10, 40, 60], 90, "r") == 40
+    flags = s1_flags(run["data"], tmp_path, snapshot_epochs=[1, 2])
+    with contextlib.redirect_stdout(io.StringIO()):
+        loss = get_loss_values.main(**flags)
+    assert_user_error(cli(compute_cld_scores, "--loss_path", loss, "--method", "herding", "--device", "cpu"),
+                      "kept weight snapshots after epochs 1, 2", "--snapshot_epoch")
+
+
+def test_the_summary_and_the_score_file_name_the_weights_used(run, tmp_path):
+    proc = cli(compute_cld_scores, "--loss_path", run["loss"], "--method", "herding", "--device", "cpu",
+               "--output_path", str(tmp_path / "h.pickle"))
+    assert proc.returncode == 0 and f"{RUN}_epoch2.pth (after epoch 2)" in proc.stdout
+    rec = load_scores(str(tmp_path / "h.pickle"))
+    assert rec["snapshot_epoch"] == 2 and rec["options"]["selection_model"] == "snapshot"
+
+
+# ----------------------------------------------------------------------------- weights and targets
+
+def _class_gradients(f, c):
+    rows, idx = _class_rows(f, c)
+    return f["grads"].astype(np.float64)[rows], idx
+
+
+def test_craig_weights_count_the_examples_nearest_each_selected_one(run, tmp_path):
+    assert sorted(_score(run, "craig", tmp_path / "default")["weights"]) == ["k1"]  # the printed command's k
+    path = str(tmp_path / "craig.npz")
+    rec = _score(run, "craig", tmp_path, budgets=[2, 0.5], save_features=path)
+    with np.load(path, allow_pickle=False) as f:
+        f = {k: f[k] for k in f.files}
+    assert sorted(rec["weights"]) == ["f0.5", "k2"]
+    for c in rec["indices"]:
+        g, idx = _class_gradients(f, c)
+        for key, k in (("k2", 2), ("f0.5", int(np.floor(0.5 * len(idx) + 0.5)))):
+            chosen = [int(np.flatnonzero(idx == i)[0]) for i in rec["indices"][c][:k]]
+            d = np.linalg.norm(g[:, None, :] - g[None, sorted(chosen), :], axis=2)
+            counts = np.bincount(d.argmin(1), minlength=k)
+            expected = [counts[sorted(chosen).index(j)] for j in chosen]
+            np.testing.assert_array_equal(rec["weights"][key][c], expected)
+            assert rec["weights"][key][c].sum() == len(idx)  # every example of the class is some medoid's
+
+
+def test_gradmatch_weights_are_the_nonnegative_least_squares_fit_of_the_target(run, tmp_path):
+    from scipy.optimize import nnls
+
+    for target in ("val", "train"):
+        path = str(tmp_path / f"gm_{target}.npz")
+        rec = _score(run, "gradmatch", tmp_path / target, budgets=[3], gradient_target=target, save_features=path)
+        assert rec["options"]["gradient_target"] == target
+        with np.load(path, allow_pickle=False) as f:
+            f = {k: f[k] for k in f.files}
+        for c in rec["indices"]:
+            g, idx = _class_gradients(f, c)
+            if target == "val":
+                b = f["val_grads"].astype(np.float64)[f["val_labels"] == c].mean(0)
+            else:
+                b = g.mean(0)
+            chosen = [int(np.flatnonzero(idx == i)[0]) for i in rec["indices"][c][:3]]
+            np.testing.assert_allclose(rec["weights"]["k3"][c], nnls(g[chosen].T, b)[0], rtol=1e-6, atol=1e-9)
+
+
+def test_the_gradient_target_changes_gradmatch_and_is_recorded(run, tmp_path):
+    val = _score(run, "gradmatch", tmp_path / "v")
+    train = _score(run, "gradmatch", tmp_path / "t", gradient_target="train")
+    assert val["options"]["gradient_target"] == "val" and train["options"]["gradient_target"] == "train"
+    assert any(not np.array_equal(val["indices"][c], train["indices"][c]) for c in val["indices"])
+
+
+def test_stage3_trains_craig_weighted_by_default_and_unweighted_on_request(run, tmp_path):
+    _score(run, "craig", tmp_path, budgets=[2])
+    path = str(tmp_path / "craig_scores.pickle")
+    common = dict(score_path=path, data_path=run["data"], samples_per_class=2, epochs=1, device="cpu", workers=0,
+                  download=False, batch_size=8, checkpoint_path=str(tmp_path / "c"), logpath=str(tmp_path / "l"),
+                  results_dir=str(tmp_path / "r"))
+    with contextlib.redirect_stdout(io.StringIO()):
+        weighted = train_on_coresets.main(**common)
+        plain = train_on_coresets.main(**common, weighted=False, name="plain")
+    assert weighted["weighted"] is True and plain["weighted"] is False and plain["coreset_weights"] is None
+    rec = load_scores(path)
+    by_class = {}
+    for i, w in zip(weighted["coreset_indices"], weighted["coreset_weights"]):
+        c = next(c for c, v in rec["indices"].items() if i in v)
+        by_class[c] = by_class.get(c, 0) + w
+    assert by_class == {c: len(v) for c, v in rec["indices"].items()}  # per class: the pool size
+    import pandas as pd
+
+    rows = pd.read_csv(tmp_path / "r" / "results.csv").set_index("name")
+    assert rows.loc["plain", "weighted"] == False and rows.loc[weighted["name"], "snapshot_epoch"] == 2  # noqa: E712
+    proc = cli(train_on_coresets, *[f"--{k}={v}" for k, v in {**common, "samples_per_class": 3}.items()])
+    assert_user_error(proc, "craig weights for the budgets k2, not k3", "--budgets 3", "--weighted false")
+
+
+def test_a_weighted_loss_is_the_weighted_mean_of_the_example_losses():
+    import torch
+
+    from utils.train.engine import _LossStep
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x, y, w = torch.randn(5, 4), torch.tensor([0, 1, 2, 1, 0]), torch.tensor([1.0, 3.0, 0.5, 2.0, 0.0])
+    loss, totals = _LossStep(model, "cpu", None)(x, y, w)
+    each = torch.nn.functional.cross_entropy(model(x), y, reduction="none")
+    assert torch.allclose(loss, (each * w).sum() / w.sum())
+    assert torch.allclose(totals[0], each.double().sum())  # the log keeps the plain loss

@@ -8,7 +8,9 @@ import json
 import os
 import shlex
 import statistics
+import re
 import subprocess
+import sys
 
 import pytest
 
@@ -280,8 +282,45 @@ def test_a_random_row_is_named_as_the_uniform_baseline(tmp_path):
     """A random order reads a method's file but not its scores: its row must not carry the method's name."""
     g = GRID.settings({**grid_flags(str(tmp_path)), "orders": ["top", "random"], "samples_per_class": [2]})
     row = dict(score_model_arch="resnet20", model_arch="resnet20", samples_per_class=2, fraction=None,
-               coreset_size=20, n_seeds=2, min_train_acc=100.0, std_test_acc=0.5)
+               coreset_size=20, n_seeds=2, min_train_acc=100.0, std_test_acc=0.5, converged=True)
     md = table.table_markdown([{**row, "method": "cld", "order": "top", "mean_test_acc": 41.0},
                                {**row, "method": "cld", "order": "random", "mean_test_acc": 40.0}], g)
     assert "| cld (top) | 41.00 ± 0.50 |" in md
     assert "| random (uniform per class) | 40.00 ± 0.50 |" in md and "cld (random)" not in md
+
+
+def _dry_run(capsys, **flags) -> list[str]:
+    assert run_cli(reproduce_table.main, [f"--{k}={v if not isinstance(v, list) else ','.join(map(str, v))}"
+                                          for k, v in flags.items()] + ["--dry_run"]) == 0
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("python ")]
+
+
+def test_the_dry_run_names_the_weights_of_every_model_method(tmp_path, capsys):
+    flags = {**grid_flags(str(tmp_path)), "methods": ["cld", "herding", "craig", "el2n"], "snapshot_epochs": [2]}
+    stage2 = [line for line in _dry_run(capsys, **flags) if "compute_cld_scores.py" in line]
+    by_method = {re.search(r"--method (\w+)", line).group(1): line for line in stage2}
+    assert "--snapshot_epoch" not in by_method["cld"] and "--snapshot_epoch" not in by_method["el2n"]
+    assert "--snapshot_epoch 2" in by_method["herding"] and "--snapshot_epoch 2" in by_method["craig"]
+    assert "--budgets '[2,4]'" in by_method["craig"] and "--budgets" not in by_method["herding"]
+    # Several snapshots and none of 40 epochs: which weights is a question, asked before any work.
+    proc = subprocess.run([sys.executable, "reproduce_table.py", *[f"--{k}={v if not isinstance(v, list) else ','.join(map(str, v))}"
+                           for k, v in {**flags, "snapshot_epochs": [1, 2]}.items()], "--dry_run"],
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True, text=True)
+    assert proc.returncode == 2 and "kept weight snapshots after epochs 1, 2" in proc.stderr
+
+
+def test_deepcore_selection_model_adds_a_stage1_run_of_its_recipe(tmp_path, capsys):
+    flags = {**grid_flags(str(tmp_path)), "methods": ["cld", "herding"], "selection_model": "deepcore",
+             "selection_epochs": 5}
+    lines = _dry_run(capsys, **flags)
+    stage1 = [line for line in lines if "get_loss_values.py" in line]
+    assert len(stage1) == 2
+    extra = next(line for line in stage1 if "/deepcore_selection" in line)
+    assert "--schedule '[]'" in extra and "--noaugment" in extra and "--epochs 5" in extra
+    herding = next(line for line in lines if "--method herding" in line)
+    assert "/deepcore_selection/" in herding and "--snapshot_epoch 5" in herding
+    assert "--selection_model deepcore" in herding
+    cld = next(line for line in lines if "--method cld" in line)
+    assert "/deepcore_selection/" not in cld
+    runs = [line for line in lines if "train_on_coresets.py" in line and "herding" in line]
+    assert runs and all("herding+deepcore" in line for line in runs)

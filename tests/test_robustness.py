@@ -207,10 +207,17 @@ def test_killed_stage1_resumes_to_the_uninterrupted_files(data, reference, tmp_p
     assert load_checkpoint(last)["model"].keys() == load_checkpoint(
         os.path.join(reference["s1"], "ckpt", f"{RUN1}_last.pth"))["model"].keys()
 
-    # A finished run is neither resumed nor rerun over its outputs.
-    assert_user_error(cli(get_loss_values, *flag_args(resume)), "holds all 3 epochs", "the run is complete",
+    # A finished run is not resumed; rerun as it was, it is reported complete; with another recipe, refused.
+    before = open(loss, "rb").read()
+    resumed = cli(get_loss_values, *flag_args(resume))
+    assert resumed.returncode == 0 and f"already complete: {loss}" in resumed.stdout, resumed
+    again = cli(get_loss_values, *flag_args(flags))
+    assert again.returncode == 0 and f"already complete: {loss}" in again.stdout, again
+    assert f"next: python compute_cld_scores.py --loss_path {loss}" in again.stdout
+    assert_user_error(cli(get_loss_values, *flag_args({**flags, "learning_rate": 0.05})), loss,
+                      "already exists, from a run with another recipe", "--learning_rate 0.1 (this command: 0.05)",
                       "--overwrite")
-    assert_user_error(cli(get_loss_values, *flag_args(flags)), loss, "already exists", "--overwrite")
+    assert open(loss, "rb").read() == before
 
 
 def test_killed_stage3_resumes_to_the_uninterrupted_result(data, reference, tmp_path):
@@ -243,7 +250,8 @@ def test_killed_stage3_resumes_to_the_uninterrupted_result(data, reference, tmp_
     with open(result_json) as f:
         assert json.load(f)["final_test_acc"] == straight["final_test_acc"]
     assert len(pd.read_csv(tmp_path / "res" / "results.csv")) == 1
-    assert_user_error(cli(train_on_coresets, *flag_args(resume)), "the run is complete")
+    resumed = cli(train_on_coresets, *flag_args(resume))
+    assert resumed.returncode == 0 and "already complete:" in resumed.stdout, resumed
 
 
 # ----------------------------------------------------------------------------- damaged inputs
@@ -435,8 +443,13 @@ def test_existing_outputs_are_never_replaced_silently(data, reference, tmp_path,
     assert_user_error(cli(train_on_coresets, *flag_args(s3_flags(data, reference["scores"], str(tmp_path / "s3")))),
                       "run.csv", "--overwrite")
     result = os.path.join(reference["s3"], "res", "runs", "run.json")
-    assert_user_error(cli(train_on_coresets, *flag_args(s3_flags(data, reference["scores"], reference["s3"]))),
-                      result, "already exists", "--overwrite")
+    before = open(result, "rb").read()
+    again = cli(train_on_coresets, *flag_args(s3_flags(data, reference["scores"], reference["s3"])))
+    assert again.returncode == 0 and f"already complete: {result}" in again.stdout, again
+    assert_user_error(cli(train_on_coresets, *flag_args(s3_flags(data, reference["scores"], reference["s3"],
+                                                                 batch_size=4))),
+                      result, "another recipe", "--batch_size", "--overwrite")
+    assert open(result, "rb").read() == before
     # A *_best.pth alone (a run killed during its first checkpoint) is replaced, and the run says so.
     log.unlink()
     os.makedirs(tmp_path / "ckpt", exist_ok=True)

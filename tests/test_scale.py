@@ -87,8 +87,15 @@ def test_cld_from_running_sums_equals_cld_from_the_full_trajectories(full, sums,
         from_full = load_scores(compute_cld_scores.main(loss_path=full, output_path=str(tmp_path / "full.pickle")))
     assert sums.endswith("_cld_sums.npz") and load_sums(sums)["sums"]["epochs"] == EPOCHS
     for c in from_full["indices"]:
-        np.testing.assert_array_equal(from_sums["indices"][c], from_full["indices"][c])
-        np.testing.assert_allclose(from_sums["scores"][c], from_full["scores"][c], rtol=0, atol=1e-9)
+        # The same score for every example, to rounding; with 3 epochs (2 differences) every CLD is
+        # +-1 or 0, so the rankings are equal up to the order of scores tied within that rounding.
+        full_of = dict(zip(from_full["indices"][c].tolist(), from_full["scores"][c]))
+        sums_of = dict(zip(from_sums["indices"][c].tolist(), from_sums["scores"][c]))
+        assert full_of.keys() == sums_of.keys()
+        np.testing.assert_allclose([sums_of[i] for i in full_of], list(full_of.values()), rtol=0, atol=1e-9)
+        def tied(ranking, scores):
+            return [i for _, i in sorted((-round(scores[i], 9), i) for i in ranking)]
+        assert tied(from_sums["indices"][c], sums_of) == tied(from_full["indices"][c], full_of)
     # What stage 1 in sums mode keeps: O(N) state, no (epochs, N) array.
     state = os.listdir(os.path.join(os.path.dirname(os.path.dirname(sums)), "ckpt", f"{RUN}_trajectories"))
     assert state == [f"cld_sums_epoch{EPOCHS}.npz"]

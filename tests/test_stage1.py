@@ -138,10 +138,14 @@ def test_unwritable_output_folder_is_refused(cifar100_root, tmp_path):
                                                                        "scores_dir": str(blocker / "scores")})
 
 
-def test_existing_run_is_not_overwritten(stage1_run, cifar100_root):
-    _, base = stage1_run
-    with pytest.raises(UserError, match="already exists; pass --overwrite"):
-        get_loss_values.main(data_path=cifar100_root[0], epochs=3, **FAST, **out_dirs(base))
+def test_existing_run_is_reported_complete_or_refused_with_another_recipe(stage1_run, cifar100_root, capsys):
+    path, base = stage1_run
+    before = open(path, "rb").read()
+    assert get_loss_values.main(data_path=cifar100_root[0], epochs=3, **FAST, **out_dirs(base)) == path
+    assert f"already complete: {path}" in capsys.readouterr().out
+    with pytest.raises(UserError, match=r"another recipe \(--epochs 3 \(this command: 4\)\); pass --overwrite"):
+        get_loss_values.main(data_path=cifar100_root[0], epochs=4, **FAST, **out_dirs(base))
+    assert open(path, "rb").read() == before
 
 
 def test_divergence_stops_with_the_epoch_named(cifar100_root, tmp_path):

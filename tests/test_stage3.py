@@ -69,7 +69,8 @@ def test_fraction_budget_and_results_row(scored, cifar100_root, tmp_path):
                          "samples_per_class", "fraction", "coreset_size", "manual_seed", "epochs",
                          "learning_rate", "momentum", "weight_decay", "nesterov", "schedule", "gamma", "batch_size",
                          "augment", "precision", "compile", "world_size", "commit",
-                         "best_test_acc", "final_test_acc", "final_train_acc", "seconds", "score_path"]
+                         "weighted", "snapshot_epoch", "selection_model", "best_test_acc", "final_test_acc",
+                         "final_train_acc", "converged", "seconds", "score_path"]
     assert (row["name"], row["dataset"], row["model_arch"], row["method"], row["score_model_arch"], row["order"]) == \
         (name, "CIFAR100", "resnet20", "cld", "resnet20", "top")
     # The recipe that ran, so that rows of two recipes can be told apart.
@@ -77,6 +78,7 @@ def test_fraction_budget_and_results_row(scored, cifar100_root, tmp_path):
             row["gamma"], row["batch_size"], row["augment"], row["precision"], row["compile"], row["world_size"]) == \
         ("0.1", "0.9", "0.0005", "True", "[81,121]", "0.1", "32", "True", "fp32", "False", "1")
     assert 0 <= float(row["final_train_acc"]) <= 100 and row["final_train_acc"] == str(saved["final_train_acc"])
+    assert saved["converged"] == (saved["final_train_acc"] >= 90.0) and row["converged"] == str(saved["converged"])
     assert (row["samples_per_class"], row["fraction"], row["coreset_size"], row["epochs"]) == ("", "0.25", "40", "1")
     assert float(row["final_test_acc"]) == result["final_test_acc"] and row["score_path"] == scored
     assert os.path.exists(tmp_path / "ckpt" / f"{name}_last.pth")

@@ -187,7 +187,7 @@ def baseline(method: str, labels: Any, *, embeddings: Any = None, logits: Any = 
     losses = {"train_indices": _indices(indices, n), "tr_lbl": labels,
               "val_lbl": vlabels if vfeats is not None else np.zeros(0, np.int64)}
     options = {"seed": int(seed), "cal_neighbors": int(cal_neighbors), "glister_eta": float(glister_eta)}
-    return model.rank_classes(record, feats, vfeats, losses, options, model.full_gradients(feats))
+    return model.rank_classes(record, feats, vfeats, losses, options, model.full_gradients(feats))[:2]
 
 
 @_value_errors

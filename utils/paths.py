@@ -64,16 +64,33 @@ def source_of_score_file(path: str) -> tuple[str, str] | None:
     return found.group(1).lower(), os.path.join(os.path.dirname(path), f"{found.group(2)}_losses.pickle")
 
 
+def source_of_loss_file(path: str) -> tuple[str, str, int, bool] | None:
+    """(dataset, model, seed, whether a sums file) of a loss or sums file of the default name, else None
+    (dataset names hold no underscore; model names may)."""
+    found = re.fullmatch(r"([A-Za-z0-9]+)_(.+)_seed(\d+)_(losses\.pickle|cld_sums\.npz)", os.path.basename(path))
+    if not found:
+        return None
+    return found.group(1), found.group(2), int(found.group(3)), found.group(4).endswith(".npz")
+
+
+def budget_token(budget: tuple[str, float]) -> str:
+    """``k5`` (5 per class) or ``f0.1`` (10% of each class): how run names and score files name a budget."""
+    kind, value = budget
+    return f"k{int(value)}" if kind == "samples_per_class" else f"f{value:g}"
+
+
 def coreset_run_name(dataset: str, model_arch: str, method: str, score_arch: str, order: str,
-                     budget: tuple[str, float], seed: int, tag: str = "") -> str:
+                     budget: tuple[str, float], seed: int, tag: str = "", selection: str = "") -> str:
     """Stage 3's run name: ``{dataset}_{arch}_coreset_{source}_{order}_{k5|f0.1}_seed{seed}[_{tag}]``.
 
     ``source`` is the method, followed by ``-{score_arch}`` when another model produced the scores
-    (the paper's transfer experiments); ``budget`` is ('samples_per_class', k) or ('fraction', f).
+    (the paper's transfer experiments) and by ``+{selection}`` when a model method scored from a
+    separate selection run (``+deepcore``); ``budget`` is ('samples_per_class', k) or ('fraction', f).
     """
-    kind, value = budget
-    token = f"k{value}" if kind == "samples_per_class" else f"f{value:g}"
+    token = budget_token(budget)
     source = method if score_arch in (model_arch, "unknown") else f"{method}-{score_arch}"
+    if selection and selection != "snapshot":
+        source += f"+{selection}"
     name = f"{dataset}_{model_arch}_coreset_{source}_{order}_{token}_seed{seed}"
     return f"{name}_{tag}" if tag else name
 
@@ -89,6 +106,9 @@ def run_json(results_dir: str, name: str) -> str:
 
 def results_csv(results_dir: str) -> str:
     return os.path.join(results_dir, "results.csv")
+
+
+SELECTION_RUNS = "deepcore_selection"  # subfolder of the grid's folders for DeepCore's selection run
 
 
 def table_files(results_dir: str) -> dict[str, str]:

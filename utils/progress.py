@@ -81,3 +81,8 @@ def say(line: str) -> None:
         tqdm.write(line, file=sys.stdout)
     else:
         print(line, flush=True)
+
+
+def warn(message: str) -> None:
+    """A ``warning: ...`` line on stderr (flushed): the run goes on, but the user should know."""
+    print("warning: " + " ".join(message.split()), file=sys.stderr, flush=True)

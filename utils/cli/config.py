@@ -81,6 +81,8 @@ DATA = [
 ]
 VAL_SPLIT = Flag("val_split_ratio", Optional(Float(0, 1, lo_open=True, hi_open=True)), None,
                  "share of each class held out for validation (default 0.1; ImageNet 0.01)")
+SKIP_BAD_IMAGES = Flag("skip_bad_images", Bool(), False, "ImageFolder datasets: leave out the files that cannot be "
+                       "read as images (listed), instead of refusing the run")
 DECODE = Flag("decode", Choice(("cpu", "gpu")), "cpu",
               "ImageFolder JPEG decoding: cpu (DataLoader workers) or gpu (nvJPEG on the training GPU)")
 MODEL_ARCH = Flag("model_arch", Str(), "resnet18", "model: a name of the registry (torchvision names for ImageNet)")
@@ -123,6 +125,10 @@ COLLECT_PRECISION = Flag("collect_precision", Choice(COLLECT_PRECISIONS), "fp32"
                          "precision of the per-example losses and features: fp32 (TF32 off; default), same "
                          "(the training precision), bf16 or fp16")
 OVERWRITE = Flag("overwrite", Bool(), False, "replace this run's existing outputs")
+THREADS = Flag("threads", Int(0, 4096), 0, "CPU threads of torch (0: one for a model under a million parameters, "
+               "where more threads only contend, else torch's default; OMP_NUM_THREADS is respected)")
+FIT_THRESHOLD = Flag("fit_threshold", Float(0, 100), 90.0, "accuracy (%) on its own coreset below which a trained "
+                     "model is flagged as not fit (converged false)")
 
 STAGE1_OUTPUTS = [
     Flag("scores_dir", Path(), paths.SCORES_DIR, "folder of the loss file"),
@@ -151,14 +157,23 @@ SCORING = [
     Flag("seed", Optional(Int(0, MAX_SEED)), None, "random, kcenter, contextual_diversity: seed of the draw; "
          "default the loss file's manual_seed"),
     Flag("snapshot_epoch", Optional(Int(1, MAX_EPOCHS)), None, "model methods: the weights after this epoch; "
-         "default the 40-epoch snapshot if the run kept one, else the final weights"),
+         "default the one snapshot the run kept (of several, the 40-epoch one), else the final weights"),
     Flag("save_features", Path(), "", "model methods: also write the matrix the method used to this .npz"),
     Flag("cal_neighbors", Int(1, 1000), 10, "cal: nearest neighbours per example"),
     Flag("deepfool_max_iter", Int(1, 10_000), 50, "deepfool: iterations at most"),
     Flag("glister_eta", Optional(Float(0, 100, lo_open=True)), None, "glister: step size of the Taylor "
          "estimate; default the run's learning rate"),
+    Flag("budgets", ListOf(Float(0, MAX_BATCH * 64, lo_open=True), unique=True), [], "craig, gradmatch: the "
+         "budgets whose per-example weights to record: k per class (an integer) or a fraction of each class (below "
+         "1); default the k of the printed stage-3 command"),
+    Flag("selection_model", Choice(("snapshot", "deepcore")), "snapshot", "model methods: what the loss file's run "
+         "is, recorded in the score file: snapshot (the trajectory run itself) or deepcore (a separate run of "
+         "DeepCore's selection recipe: constant learning rate, no augmentation)"),
+    Flag("gradient_target", Choice(("val", "train")), "val", "gradmatch, glister: match the class's held-out "
+         "validation split (val, the methods' definition) or its training split (train, what DeepCore's run does)"),
     Flag("data_path", Path(), "", "model methods: the data folder; default the one stage 1 recorded"),
     Flag("device", DeviceKind(), "auto", "model methods: auto, cpu, cuda or cuda:N"),
+    THREADS,
     COLLECT_PRECISION,
     OVERWRITE.with_default(False, "replace an existing score file"),
 ]
@@ -177,6 +192,8 @@ SELECTION = [
          "first"),
     Flag("allow_missing_classes", Bool(), False, "train on the classes the score file ranks even if it lacks "
          "some of the dataset's"),
+    Flag("weighted", Bool(), True, "train a CRAIG or GradMatch coreset with its per-example weights (a weighted mean "
+         "of the losses, as DeepCore does; GradMatch keeps its nonzero-weight examples); false: unweighted"),
 ]
 STAGE3_OUTPUTS = [
     Flag("results_dir", Path(), paths.RESULTS_DIR, "where runs/<name>.json and results.csv go"),
@@ -199,7 +216,16 @@ def check_model(model_arch: str, dataset: str) -> str:
     return model_arch
 
 
+def check_schedule(schedule: list, flag: str = "--schedule") -> None:
+    """Milestones strictly increasing, each at least 1 (MultiStepLR would apply a repeated one twice
+    and take an unordered list as given)."""
+    require(all(m >= 1 for m in schedule), f"{flag} takes epochs of 1 or more, got {schedule}")
+    require(all(a < b for a, b in zip(schedule, schedule[1:])), f"{flag} must be strictly increasing (each "
+            f"epoch once, in order), got {schedule}")
+
+
 def _check_training(s: Settings) -> Settings:
+    check_schedule(s.schedule)
     require(s.start_epoch == 0, f"--start_epoch {s.start_epoch} is not supported: a run resumed with "
             "--resume_path continues from the epoch stored in its checkpoint, and a fresh run starts at 0 "
             "(use --epochs to train for fewer epochs)")
@@ -216,8 +242,21 @@ def _check_stage1(s: Settings) -> Settings:
     return s
 
 
+def budgets_of(values: list) -> tuple[tuple[str, float], ...]:
+    """``--budgets`` as ``('samples_per_class', k)`` (an integer) or ``('fraction', f)`` (below 1)."""
+    out = []
+    for v in values:
+        if v < 1:
+            out.append(("fraction", float(v)))
+        else:
+            require(float(v).is_integer(), f"--budgets takes per-class counts (integers) or fractions below 1, got {v:g}")
+            out.append(("samples_per_class", int(v)))
+    return tuple(out)
+
+
 def _check_stage2(s: Settings) -> Settings:
     method = methods.get(s.method)
+    budgets_of(s.budgets)
     check_safe_name(s.model_arch, "--model_arch")
     if s.save_features:
         require(method.uses_model, f"--save_features exports the matrix of a model method; {method.name} reads "
@@ -239,7 +278,7 @@ def _check_stage3(s: Settings) -> Settings:
 
 
 STAGE1 = FlagSet([*DATA[:2], MODEL_ARCH, DATA[2], *RECIPE[:3], RECIPE[3], VAL_SPLIT, *RECIPE[4:], *RUN,
-                  *DEVICE, COLLECT_PRECISION, *STAGE1_OUTPUTS, DATA[3], DECODE,
+                  *DEVICE, THREADS, COLLECT_PRECISION, *STAGE1_OUTPUTS, DATA[3], DECODE, SKIP_BAD_IMAGES,
                   OVERWRITE.with_default(False, "replace an existing loss file, or start an existing run over")],
                  check=_check_stage1)
 
@@ -249,7 +288,8 @@ STAGE3 = FlagSet([*SELECTION, DATA[0], DATA[1].with_default(None, "dataset to tr
                                                              "file's (the paper's CIFAR100 for its files)"),
                   MODEL_ARCH.with_default(None, "model to train; default the model that produced the scores "
                                                 "(another one: the paper's transfer experiment)"),
-                  DATA[2], *RECIPE, *RUN, *DEVICE, *STAGE3_OUTPUTS, DATA[3], DECODE,
+                  DATA[2], *RECIPE, *RUN, *DEVICE, THREADS, *STAGE3_OUTPUTS, FIT_THRESHOLD, DATA[3], DECODE,
+                  SKIP_BAD_IMAGES,
                   OVERWRITE.with_default(False, "replace the results and checkpoints of an earlier run of this "
                                                 "name")],
                  check=_check_stage3)
@@ -283,6 +323,11 @@ GRID_OWN = [
     Flag("seeds", ListOf(Int(0, MAX_SEED), unique=True), [1234], "stage-3 seeds; the table averages over them"),
     Flag("score_seed", Optional(Int(0, MAX_SEED)), None, "seed of stage 1 (and of the scores); default the first "
          "of --seeds"),
+    Flag("selection_model", Choice(("snapshot", "deepcore")), "snapshot", "the weights the model-based methods "
+         "score from: snapshot (a weight snapshot of the stage-1 trajectory run, --snapshot_epochs) or deepcore (one "
+         "more stage-1 run with DeepCore's selection recipe: SGD lr 0.1, constant, no augmentation; its final weights)"),
+    Flag("selection_epochs", Int(1, MAX_EPOCHS), 40, "--selection_model deepcore: epochs of that run (DeepCore's "
+         "selection_epochs)"),
 ]
 GRID_RUNNING = [
     Flag("tag", Name(), "", "appended to every stage-3 run name, to keep grids with other recipes apart"),
@@ -303,10 +348,11 @@ _ALL = _by_name(STAGE1, STAGE2, STAGE3)
 # Stage flags the grid forwards under the same name (the rest it sets itself, per step).
 GRID_FORWARDED = [
     *STAGE1_RECIPE_FLAGS,
-    *(_ALL[n] for n in ("data_path", "workers", "download", "decode", "val_split_ratio", "device", "precision",
-                        "compile", "collect_precision", "snapshot_epochs", "trajectories", "first_epochs",
+    *(_ALL[n] for n in ("data_path", "workers", "download", "decode", "skip_bad_images", "val_split_ratio", "device", "precision",
+                        "compile", "threads", "fit_threshold", "collect_precision", "snapshot_epochs", "trajectories", "first_epochs",
                         "epoch_stride", "el2n_epochs", "dyn_unc_window", "snapshot_epoch", "cal_neighbors",
-                        "deepfool_max_iter", "glister_eta", "ccs_beta", "allow_missing_classes", "scores_dir",
+                        "deepfool_max_iter", "glister_eta", "gradient_target", "ccs_beta", "weighted",
+                        "allow_missing_classes", "scores_dir",
                         "splits_dir", "checkpoint_path", "logpath", "results_dir")),
 ]
 # Stage flags the grid sets itself for each step (never forwarded from its own flags).
@@ -314,6 +360,7 @@ GRID_SETS = {
     1: ("model_arch", "manual_seed", "resume_path", "evaluate_only", "overwrite", "start_epoch", "dataset",
         *STAGE1_RECIPE),
     2: ("loss_path", "dataset", "model_arch", "split_path", "method", "output_path", "seed", "save_features",
+        "budgets", "selection_model",
         "overwrite", "data_path"),
     3: ("score_path", "samples_per_class", "topk_per_class", "fraction", "order", "dataset", "model_arch",
         "manual_seed", "name", "resume_path", "evaluate_only", "overwrite", "start_epoch"),
@@ -338,6 +385,9 @@ def _check_grid(s: Settings) -> Settings:
     if s.trajectories == "sums":
         require(names == ["cld"], "--trajectories sums keeps CLD's sums only; "
                 "the other methods need the full trajectories (--methods cld, or --trajectories full)")
+    check_schedule(s.schedule)
+    if s.score_schedule is not None:
+        check_schedule(s.score_schedule, "--score_schedule")
     epochs = s.score_epochs if s.score_epochs is not None else s.epochs
     require(epochs >= 3, f"stage 1 must record at least 3 epochs (CLD correlates 2+ loss differences), got {epochs}")
     require(s.launcher.strip() != "", "--launcher must be a command such as python or torchrun")

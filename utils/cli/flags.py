@@ -103,7 +103,8 @@ class Float(Kind):
         return value
 
     def render(self, value: Any) -> str:
-        return repr(float(value))
+        text = repr(float(value))  # exact, and read back to the same float
+        return text[:-2] if text.endswith(".0") else text
 
 
 def _range(lo, hi, lo_open=False, hi_open=False) -> str:

@@ -22,11 +22,11 @@ from utils.data.datasets import dataset_info
 from utils.data.splits import stratified_split
 from utils.errors import UserError
 from utils.files.checkpoint import save_checkpoint
-from utils.files.losses import load_split, save_losses, save_split, save_sums
+from utils.files.losses import load_losses, load_split, load_sums, save_losses, save_split, save_sums
 from utils.train import distributed
 from utils.train.options import Recipe, SessionOptions, recipe_identity
-from utils.train.session import Session, evaluate_checkpoint, open_session
-from utils.train.state import RunState, claim_run, epoch_line, run_claims
+from utils.train.session import Session, evaluate_checkpoint, open_session, where
+from utils.train.state import RunState, claim_run, epoch_line, recipe_differences, run_claims, schedule_note
 
 
 def collect_losses(s: Settings) -> str:
@@ -42,6 +42,10 @@ def collect_losses(s: Settings) -> str:
     output = (paths.sums_path if sums else paths.loss_path)(s.scores_dir, info.name, s.model_arch, s.manual_seed)
     files = paths.RunFiles(s.checkpoint_path, s.logpath, paths.run_name(info.name, s.model_arch, s.manual_seed),
                            output)
+    if not s.overwrite and os.path.isfile(output) and not distributed.launched_by_torchrun():
+        done = _already_complete(s, output, ratio)
+        if done:
+            return done
     with run_claims() as claims:  # the main process holds the run's lock for the run's whole life
         def prepare() -> None:
             folders = [s.checkpoint_path, s.logpath, s.scores_dir, s.splits_dir]
@@ -57,6 +61,9 @@ def _run(s: Settings, session: Session, files: paths.RunFiles, recipe: Recipe, r
     say = progress.say if is_main else (lambda *a, **k: None)
     labels = session.data.train_labels
     train_idx, val_idx = stratified_split(labels, ratio, s.manual_seed, session.data.num_classes)
+    if session.excluded_train.size:  # --skip_bad_images: the split as drawn, less the unreadable files
+        train_idx = train_idx[~np.isin(train_idx, session.excluded_train)]
+        val_idx = val_idx[~np.isin(val_idx, session.excluded_train)]
     identity = {"stage": "losses", "dataset": info.name, "model_arch": s.model_arch, "manual_seed": s.manual_seed,
                 "val_split_ratio": ratio, "num_train": int(len(train_idx)), "num_val": int(len(val_idx)),
                 "world_size": session.dist.world, "trajectories": s.trajectories,
@@ -79,9 +86,11 @@ def _run(s: Settings, session: Session, files: paths.RunFiles, recipe: Recipe, r
         say(f"note: no weight snapshot after epoch {', '.join(map(str, skipped))}: the run has {recipe.epochs} epochs "
             "(stage 2's model-based methods then use its final weights)")
     say(f"{info.name}: {len(train_idx)} training / {len(val_idx)} validation / {len(session.test_source)} test "
-        f"examples; {s.model_arch} ({sum(p.numel() for p in session.model.parameters()) / 1e6:.2f}M parameters) "
-        f"on {session.device}, training in {session.precision}, losses recorded in {session.collect_precision}")
+        f"examples; {s.model_arch} ({session.parameters / 1e6:.2f}M parameters) on {where(session)}, training in "
+        f"{session.precision}, losses recorded in {session.collect_precision}")
 
+    if schedule_note(recipe):
+        say(schedule_note(recipe))
     eta = progress.Eta(recipe.epochs, run.epoch)
     for epoch in range(run.epoch, recipe.epochs):
         lr = run.learning_rate
@@ -134,6 +143,31 @@ def _run(s: Settings, session: Session, files: paths.RunFiles, recipe: Recipe, r
     say(f"next: python compute_cld_scores.py --loss_path {files.output}")
     distributed.teardown()
     return files.output
+
+
+# What a rerun must repeat of a finished run to be the same run (and then merely reported).
+SAME_RUN = ("dataset", "model_arch", "manual_seed", "epochs", "batch_size", "learning_rate", "momentum", "weight_decay",
+            "disable_nesterov", "schedule", "gamma", "augment", "val_split_ratio", "precision", "collect_precision",
+            "trajectories", "snapshot_epochs")
+
+
+def _already_complete(s: Settings, output: str, ratio: float) -> str:
+    """The output of this very run exists: say so and print the next command; returns the output
+    ('' for a resume to more epochs, which goes on). Under torchrun, where other nodes may not see
+    the file, this is not asked: the run is refused as before."""
+    recorded = (load_sums if output.endswith(".npz") else load_losses)(output).get("config")
+    flags = {**s, "dataset": dataset_info(s.dataset).name, "val_split_ratio": ratio}
+    if isinstance(recorded, dict) and isinstance(recorded.get("dataset"), str):
+        recorded = {**recorded, "dataset": dataset_info(recorded["dataset"]).name}
+    differ = recipe_differences(recorded, flags, SAME_RUN)
+    if s.resume_path and differ and all(d.startswith("--epochs ") for d in differ):
+        return ""  # a resume that trains on, to more epochs: its output is replaced at the end
+    if differ:
+        raise UserError(f"{output} already exists, from a run with another recipe ({'; '.join(differ)}); pass "
+                        "--overwrite to replace it, or choose another --scores_dir")
+    progress.say(f"already complete: {output} (the same run; --overwrite to run it again)")
+    progress.say(f"next: python compute_cld_scores.py --loss_path {output}")
+    return output
 
 
 def _write_split(path: str, train_idx: np.ndarray, val_idx: np.ndarray, dataset: str, model_arch: str,

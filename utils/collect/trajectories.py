@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from utils.errors import UserError
-from utils.files.atomic import ensure_dir
+from utils.files.atomic import ensure_dir, write_error
 from utils.files.npz import load_npz, save_npz
 from utils.paths import RunFiles
 from utils.scoring.trajectory import CLDSums
@@ -51,7 +51,8 @@ class FullTrajectories:
         if done == 0:
             ensure_dir(self.files.trajectories)
             for key, (dtype, n) in self.layout.items():
-                self.maps[key] = np.lib.format.open_memmap(self.files.trajectory(key), "w+", dtype, (self.epochs, n))
+                self.maps[key] = _reserved(np.lib.format.open_memmap(self.files.trajectory(key), "w+", dtype,
+                                                                     (self.epochs, n)))
             return
         for key, (dtype, n) in self.layout.items():
             path = self.files.trajectory(key)
@@ -63,12 +64,12 @@ class FullTrajectories:
             if mm.dtype != dtype or mm.ndim != 2 or mm.shape[1] != n or mm.shape[0] < done:
                 raise UserError(f"{path} holds {mm.shape} {mm.dtype} rows, not the {done} x {n} {np.dtype(dtype)} "
                                 "rows of this run; start over with --overwrite")
-            self.maps[key] = mm if mm.shape[0] >= self.epochs else self._grown(path, mm, done)
+            self.maps[key] = _reserved(mm) if mm.shape[0] >= self.epochs else self._grown(path, mm, done)
 
     def _grown(self, path: str, mm: np.memmap, done: int) -> np.memmap:
         """A copy of the first ``done`` rows in a map of ``self.epochs`` rows, swapped in atomically."""
         tmp = path + ".grow.npy"
-        bigger = np.lib.format.open_memmap(tmp, "w+", mm.dtype, (self.epochs, mm.shape[1]))
+        bigger = _reserved(np.lib.format.open_memmap(tmp, "w+", mm.dtype, (self.epochs, mm.shape[1])))
         bigger[:done] = mm[:done]
         bigger.flush()
         del mm
@@ -93,6 +94,22 @@ class FullTrajectories:
         :class:`SumsTrajectories`, no older state is kept beside the current one."""
 
 
+def _reserved(mm: np.memmap) -> np.memmap:
+    """``mm`` with its whole file allocated on disk now. A memory map is a sparse file until rows are
+    written into it; were the disk filled meanwhile (by another process), writing a row would fault
+    the process (SIGBUS) instead of failing a write: here it is one error, before the epoch runs."""
+    path = mm.filename
+    try:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    return mm
+
+
 class SumsTrajectories:
     """CLD's running sums instead of rows (``--trajectories sums``); the same interface."""
 
@@ -107,7 +124,7 @@ class SumsTrajectories:
             if not os.path.exists(path):
                 raise UserError(f"{path}, CLD's running sums after epoch {done}, is missing; the checkpoint cannot "
                                 "be resumed without it: start over with --overwrite")
-            self.sums.restore(load_npz(path, "CLD sums"))
+            self.sums.restore(load_npz(path, "CLD sums", CLDSums.STATE))
             if self.sums.epochs != done:
                 raise UserError(f"{path} holds the sums of {self.sums.epochs} epochs, not {done}; start over with "
                                 "--overwrite")

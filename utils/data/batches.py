@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from utils.data.datasets import ArrayDataset, DatasetInfo
+from utils.data.images import BadImage
+from utils.errors import UserError
 
 CROP_PADDING = 4
 
@@ -117,8 +119,10 @@ class TensorBatches:
         return torch.addcmul(self.shift, nhwc.permute(0, 3, 1, 2).float(), self.scale)
 
     def train_epoch(self, indices: np.ndarray, batch_size: int, seed: int, epoch: int,
-                    rank: int = 0, world: int = 1, augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Shuffled, augmented batches of the examples ``indices`` for one epoch (last batch partial)."""
+                    rank: int = 0, world: int = 1, augment: bool = True,
+                    weights: np.ndarray | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Shuffled, augmented batches ``(x, y)`` of the examples ``indices`` for one epoch (last batch
+        partial); ``(x, y, w)`` with the examples' ``weights`` (aligned with ``indices``)."""
         g = epoch_generator(seed, epoch)
         n = len(indices)
         perm = torch.randperm(n, generator=g)
@@ -127,12 +131,16 @@ class TensorBatches:
         mine = torch.from_numpy(shard_positions(n, rank, world))
         order = torch.as_tensor(np.asarray(indices, dtype=np.int64))[perm[mine]].to(self.device)
         offsets, flips = offsets[mine].to(self.device), flips[mine].to(self.device)
+        w = None if weights is None else torch.as_tensor(np.asarray(weights, np.float32))[perm[mine]].to(self.device)
         for start in range(0, len(order), batch_size):
             sel = order[start:start + batch_size]
             images = self.images[sel]
             if augment:
                 images = crop_flip(images, offsets[start:start + batch_size], flips[start:start + batch_size])
-            yield self._normalise(images), self.targets[sel]
+            if w is None:
+                yield self._normalise(images), self.targets[sel]
+            else:
+                yield self._normalise(images), self.targets[sel], w[start:start + batch_size]
 
     def eval_batches(self, indices: np.ndarray, batch_size: int, rank: int = 0,
                      world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -161,7 +169,10 @@ class _SeededSample(torch.utils.data.Dataset):
     def __getitem__(self, item):
         index, seed = item
         path, label = self.folder.samples[index]
-        image = self.folder.loader(path)
+        try:
+            image = self.folder.loader(path)
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors of a damaged file
+            raise BadImage(f"cannot decode image {path} ({type(exc).__name__}: {exc})") from None
         if seed is not None:
             torch.manual_seed(seed)
         return self.transform(image), label, index
@@ -251,20 +262,34 @@ class FolderBatches:
                 y.to(self.device, non_blocking=True))
 
     def train_epoch(self, indices: np.ndarray, batch_size: int, seed: int, epoch: int, rank: int = 0,
-                    world: int = 1, augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    world: int = 1, augment: bool = True,
+                    weights: np.ndarray | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
         """This rank's batches of ``indices`` for one epoch.
 
         The order is shuffled; with ``augment`` each example is cropped and flipped from its
         per-(seed, epoch) seed, without it each is the evaluation view (resize, centre crop).
 
         Yields:
-            ``(x, y)``: (B, 3, S, S) float32 channels_last and (B,) int64 labels, on the device.
+            ``(x, y)``: (B, 3, S, S) float32 channels_last and (B,) int64 labels, on the device;
+            ``(x, y, w)`` with the examples' ``weights`` (aligned with ``indices``).
         """
         key = ("train", _fingerprint(indices), batch_size, augment, seed, rank, world)
         loader = self._loader(key, indices, batch_size, seed, rank, world, shuffle=True, augment=augment)
         loader.sampler.set_epoch(epoch)
-        for batch in loader:
-            yield self._on_device(batch, augment)
+        lookup = None
+        if weights is not None:  # by dataset index: the loader's batches carry the indices
+            lookup = torch.zeros(len(self.labels), dtype=torch.float32)
+            lookup[torch.as_tensor(np.asarray(indices, np.int64))] = torch.as_tensor(np.asarray(weights, np.float32))
+        for batch in _named_failures(loader):
+            x, y = self._on_device(batch, augment)
+            if lookup is None:
+                yield x, y
+            else:
+                yield x, y, lookup[self._batch_indices(batch)].to(self.device, non_blocking=True)
+
+    def _batch_indices(self, batch) -> torch.Tensor:
+        """The dataset indices of a loaded batch."""
+        return batch[2]
 
     def eval_batches(self, indices: np.ndarray, batch_size: int, rank: int = 0,
                      world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -277,10 +302,19 @@ class FolderBatches:
         loader = self._loader(key, indices, batch_size, 0, rank, world, shuffle=False, augment=False)
         slots = torch.from_numpy(shard_positions(len(indices), rank, world))
         start = 0
-        for batch in loader:
+        for batch in _named_failures(loader):
             x, y = self._on_device(batch, augment=False)
             yield x, y, slots[start:start + len(y)].to(self.device)
             start += len(y)
+
+
+def _named_failures(loader) -> Iterator:
+    """The loader's batches; a file a worker could not decode stops the run with one line naming it
+    (the worker's traceback, which the DataLoader appends, is dropped)."""
+    try:
+        yield from loader
+    except BadImage as exc:
+        raise UserError(str(exc).rsplit("BadImage: ", 1)[-1].strip().splitlines()[0]) from None
 
 
 def _fingerprint(indices: np.ndarray) -> tuple[int, int]:

@@ -142,11 +142,17 @@ def _read_cifar_batches(paths: list[str], label_key: str, info: DatasetInfo) -> 
         batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
         if "data" not in batch or label_key not in batch:
             raise UserError(f"{info.name} file {path} lacks 'data' or {label_key!r}; is it the right CIFAR?")
-        data = np.asarray(batch["data"])
-        lbl = np.asarray(batch[label_key])
+        try:
+            data = np.asarray(batch["data"])
+            lbl = np.asarray(batch[label_key])
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"{info.name} file {path}: its data or labels are not arrays ({exc})") from None
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(lbl) != len(data):
             raise UserError(f"{info.name} file {path}: data of shape {data.shape} ({data.dtype}) with "
                             f"{len(lbl)} labels; expected uint8 (N, 3072) and N labels")
+        if lbl.ndim != 1 or (lbl.size and lbl.dtype.kind not in "iu"):
+            raise UserError(f"{info.name} file {path}: {label_key!r} holds {lbl.dtype} values of shape {lbl.shape}, "
+                            "not one integer label per image; is it the right CIFAR?")
         if lbl.size and (lbl.min() < 0 or lbl.max() >= info.num_classes):
             raise UserError(f"{info.name} file {path}: labels outside 0..{info.num_classes - 1}")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))

@@ -43,6 +43,7 @@ from PIL import Image
 
 from utils.data.batches import FolderBatches, EpochSampler, eval_resize, normaliser
 from utils.data.datasets import DatasetInfo
+from utils.data.images import BadImage
 
 # RandomResizedCrop's defaults, which FolderBatches uses.
 CROP_SCALE = (0.08, 1.0)
@@ -226,7 +227,10 @@ class _EncodedSample(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, int | None]) -> _Example:
         index, seed = item
         path, label = self.folder.samples[index]
-        payload, encoded, width, height = _read_example(path)
+        try:
+            payload, encoded, width, height = _read_example(path)
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors of a damaged file
+            raise BadImage(f"cannot decode image {path} ({type(exc).__name__}: {exc})") from None
         box, flip = draw_crop_flip(width, height, seed) if seed is not None else ((0, 0, height, width), False)
         return _Example(payload, encoded, int(label), int(index), box, flip)
 
@@ -309,6 +313,9 @@ class DeviceJpegBatches(FolderBatches):
         return torch.utils.data.DataLoader(
             _EncodedSample(self.folder), batch_size=batch_size, sampler=sampler, num_workers=self.workers,
             collate_fn=_collate, persistent_workers=self.workers > 0)
+
+    def _batch_indices(self, batch: _Batch) -> torch.Tensor:
+        return batch.indices
 
     def _on_device(self, batch: _Batch, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode, crop/resize/flip (augment) or resize/centre-crop, normalise; plus labels."""

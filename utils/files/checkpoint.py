@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import torch
 
 from utils.errors import UserError, first_line
+from utils.files.npz import check_members
 from utils.files.atomic import atomic_write
 from utils.files.unpickle import ZIP_MAGIC
 
@@ -153,6 +154,7 @@ def _check_archive(path: str, what: str) -> None:
             kind = " (it looks like a pickle: a loss, score or split file?)" if head[:1] == b"\x80" else ""
             raise UserError(f"{what} {path} is not a checkpoint of this project: not a PyTorch zip archive{kind}")
         with zipfile.ZipFile(path) as archive:
+            check_members(archive, path, what)
             bad = archive.testzip()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as exc:
         raise UserError(f"{what} {path} is truncated or corrupt ({first_line(exc)})") from None

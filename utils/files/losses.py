@@ -81,7 +81,31 @@ def validate_losses(d: Mapping[str, Any], path: str) -> dict:
             out[key] = arr
     check_run_metadata(out, path, "loss file")
     check_labels_and_indices(out, path)
+    check_run_records(out, path, "loss file")
     return out
+
+
+def check_run_records(d: dict, path: str, what: str) -> None:
+    """The types of what a file of stage 1 records about its run (read by stage 2 before use): the
+    flags (``config``, a dict by name; their values are checked by the stages against the flags'
+    kinds), its weights (``checkpoints``: ``last`` and ``snapshots`` by epoch), its data folder and
+    collection precision."""
+    if d.get("config") is not None and not (isinstance(d["config"], dict) and all(isinstance(k, str) for k in d["config"])):
+        raise UserError(f"{what} {path}: 'config' is not a dict of flags by name; the file is corrupt")
+    for key in ("data_path", "collect_precision"):
+        if d.get(key) is not None and not isinstance(d[key], str):
+            raise UserError(f"{what} {path}: {key!r} is not text; the file is corrupt")
+    checkpoints = d.get("checkpoints")
+    if checkpoints is None:
+        return
+    snapshots = checkpoints.get("snapshots") if isinstance(checkpoints, dict) else None
+    if not isinstance(checkpoints, dict) or not isinstance(checkpoints.get("last"), str) or not isinstance(snapshots, dict):
+        raise UserError(f"{what} {path}: 'checkpoints' is not {{'last': path, 'snapshots': {{epoch: path}}}}; the file "
+                        "is corrupt")
+    for epoch, file in snapshots.items():
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 1 or not isinstance(file, str):
+            raise UserError(f"{what} {path}: checkpoints.snapshots has the entry {epoch!r}: {file!r}, not an epoch and "
+                            "its weights file; the file is corrupt")
 
 
 MAX_CLASSES = 1_000_000  # far above any dataset; a larger label is corruption, not data
@@ -209,6 +233,10 @@ def load_split(path: str) -> dict:
 
 
 _SUMS_META = ("dataset", "model_arch", "manual_seed", "num_classes", "collect_precision", "data_path")
+_SUMS_SPLIT = ("epoch", "tr_lbl", "val_lbl", "train_indices", "val_indices")
+# CLD's running sums (utils.scoring.trajectory.CLDSums keeps these): a sums file holds each as sums_<name>.
+SUMS_STATE = ("epochs", "prev", "mean_x", "m2_x", "c_xy", "prev_v", "mean_y", "m2_y")
+SUMS_MEMBERS = ("format", "config", *_SUMS_META, *_SUMS_SPLIT, *(f"sums_{k}" for k in SUMS_STATE))
 
 
 def save_sums(path: str, record: Mapping[str, Any], state: Mapping[str, np.ndarray]) -> None:
@@ -216,14 +244,14 @@ def save_sums(path: str, record: Mapping[str, Any], state: Mapping[str, np.ndarr
     and CLD's running sums (``sums_*``), in an ``.npz`` that loads without pickle."""
     arrays = {"format": SUMS_FORMAT, "config": json.dumps(record["config"], sort_keys=True),
               **{key: record[key] for key in _SUMS_META},
-              **{key: record[key] for key in ("epoch", "tr_lbl", "val_lbl", "train_indices", "val_indices")},
+              **{key: record[key] for key in _SUMS_SPLIT},
               **{f"sums_{key}": value for key, value in state.items()}}
     save_npz(path, arrays)
 
 
 def load_sums(path: str) -> dict:
     """Read a sums file; returns its metadata, split and ``sums`` (the state of ``CLDSums``)."""
-    data = load_npz(path, "sums file")
+    data = load_npz(path, "sums file", SUMS_MEMBERS)
     if str(data.get("format", "")) != SUMS_FORMAT:
         raise UserError(f"{path} is not a sums file of stage 1 (no '{SUMS_FORMAT}' format tag)")
     try:

@@ -4,6 +4,7 @@ numpy only.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 import numpy as np
@@ -70,6 +71,30 @@ def load_scores(path: str) -> dict:
         out["scores"][key] = values.astype(np.float64)
     if set(out["scores"]) != set(out["indices"]):
         raise UserError(f"score file {path}: classes with indices and classes with scores differ")
+    if d.get("weights") is not None:
+        out["weights"] = _weights(d["weights"], out["indices"], path)
+    return out
+
+
+def _weights(value: Any, indices: dict[int, np.ndarray], path: str) -> dict[str, dict[int, np.ndarray]]:
+    """CRAIG's and GradMatch's per-example weights: ``{budget key: {class: weights of its first k}}``."""
+    if not isinstance(value, dict):
+        raise UserError(f"score file {path}: 'weights' is not a dict of budgets")
+    out = {}
+    for key, per_class in value.items():
+        if not isinstance(key, str) or not re.fullmatch(r"k\d{1,9}|f0?\.\d{1,12}|f1", key) or \
+                not isinstance(per_class, dict):
+            raise UserError(f"score file {path}: weights budget {key!r} is not k<count> or f<fraction> with weights "
+                            "per class")
+        out[key] = {}
+        for c, w in per_class.items():
+            cls = _class_key(c, path)
+            arr = np.asarray(w)
+            if cls not in indices or arr.ndim != 1 or arr.dtype.kind not in "iuf" or arr.size > indices[cls].size \
+                    or not np.isfinite(arr).all() or (arr < 0).any():
+                raise UserError(f"score file {path}: the {key} weights of class {c!r} are not nonnegative numbers "
+                                "aligned with the top of its ranking")
+            out[key][cls] = arr.astype(np.float64)
     return out
 
 

@@ -11,7 +11,6 @@ import io
 import os
 import pickle
 import sys
-from codecs import encode as codecs_encode
 from typing import Any, Callable
 
 import numpy as np
@@ -62,6 +61,15 @@ def _frombuffer(buf: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
     return np.frombuffer(buf, dtype).reshape(shape, order=order)
 
 
+def _latin1_encode(text: Any, encoding: str = "latin1") -> bytes:
+    """What protocol-2 pickles call to rebuild bytes (``_codecs.encode(text, 'latin1')``): one byte per
+    character, so the result is no larger than the file's own text. Any other codec is refused: a
+    hex encoding doubles its input, and 29 of them nested make a 400-byte pickle ask for gigabytes."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "iso-8859-1"):
+        raise pickle.UnpicklingError(f"refusing to call _codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
 def _no_sizes(kind: type) -> Callable[..., Any]:
     """A builtin constructor that may not be given a bare integer (``bytes(10**9)``)."""
     def build(*args: Any) -> Any:
@@ -75,7 +83,7 @@ _CALLABLES = {
     **{("builtins", k.__name__): _no_sizes(k) for k in (list, tuple, set, frozenset, dict, bytes)},
     **{("builtins", k.__name__): k for k in (int, float, complex, str, bool, slice)},
     ("collections", "OrderedDict"): dict,
-    ("_codecs", "encode"): codecs_encode,
+    ("_codecs", "encode"): _latin1_encode,
     ("numpy", "ndarray"): _NdarrayMark,
     ("numpy", "dtype"): _dtype,
     **{(m, "_reconstruct"): _reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")},

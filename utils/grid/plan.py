@@ -18,6 +18,7 @@ from utils import paths
 from utils.cli import config
 from utils.cli.flags import FlagSet, Settings
 from utils.files.atomic import atomic_write
+from utils.scoring import methods
 
 SCRIPTS = {1: "get_loss_values.py", 2: "compute_cld_scores.py", 3: "train_on_coresets.py"}
 FLAGSETS: dict[int, FlagSet] = {1: config.STAGE1, 2: config.STAGE2, 3: config.STAGE3}
@@ -58,32 +59,73 @@ def sizes(g: Settings) -> list[tuple[str, Any]]:
     return [("fraction", f) for f in g.fractions]
 
 
+def snapshot_epoch(g: Settings, epochs: int) -> int:
+    """The weights the grid's model methods score from: ``--snapshot_epoch``, else the one snapshot
+    stage 1 keeps (of several, the 40-epoch one), else its final weights."""
+    if g.snapshot_epoch is not None:
+        return g.snapshot_epoch
+    kept = sorted(e for e in g.snapshot_epochs if e <= epochs)
+    return methods.default_snapshot(kept, epochs, f"stage 1 ({epochs} epochs, --snapshot_epochs {g.snapshot_epochs})")
+
+
+# DeepCore's selection model (main.py's selection_* defaults and EarlyTrain): SGD with Nesterov,
+# lr 0.1, momentum 0.9, weight decay 5e-4, a constant learning rate, no augmentation.
+DEEPCORE_SELECTION = dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4, disable_nesterov=False, schedule=[],
+                          augment=False, snapshot_epochs=[])
+
+
+def _stage1(g: Settings, score_arch: str, recipe: dict, sub: str = "") -> Step:
+    """A stage-1 step of ``score_arch`` with ``recipe``, its files under the grid's folders (or
+    their subfolder ``sub``)."""
+    folders = {k: os.path.join(g[k], sub) if sub else g[k] for k in ("scores_dir", "splits_dir", "checkpoint_path",
+                                                                       "logpath")}
+    run = paths.run_name(g.dataset, score_arch, g.score_seed)
+    sums = g.trajectories == "sums" and not sub
+    loss = (paths.sums_path if sums else paths.loss_path)(folders["scores_dir"], g.dataset, score_arch, g.score_seed)
+    files = paths.RunFiles(folders["checkpoint_path"], folders["logpath"], run, loss)
+    flags = {**_forwarded(g, 1), **recipe, **folders, "dataset": g.dataset, "model_arch": score_arch,
+             "manual_seed": g.score_seed}
+    if sub:
+        flags["trajectories"] = "full"
+    return Step(1, flags, loss, files.lock, files.last, run)
+
+
 def plan(g: Settings) -> list[Step]:
     """Every step of the grid, stage 1 steps first, then stage 2, then stage 3."""
     ones, twos, threes = [], [], []
     recipe1 = {name: g[name] if g[f"score_{name}"] is None else g[f"score_{name}"] for name in config.STAGE1_RECIPE}
+    deepcore = g.selection_model == "deepcore"
     for score_arch in g.score_model_arch:
-        run = paths.run_name(g.dataset, score_arch, g.score_seed)
-        sums = g.trajectories == "sums"
-        loss = (paths.sums_path if sums else paths.loss_path)(g.scores_dir, g.dataset, score_arch, g.score_seed)
-        files = paths.RunFiles(g.checkpoint_path, g.logpath, run, loss)
-        ones.append(Step(1, {**_forwarded(g, 1), **recipe1, "dataset": g.dataset, "model_arch": score_arch,
-                             "manual_seed": g.score_seed}, loss, files.lock, files.last, run))
+        trajectories = _stage1(g, score_arch, recipe1)
+        ones.append(trajectories)
+        if deepcore:  # one more run: the model-based methods score from its final weights
+            selection = _stage1(g, score_arch, {**recipe1, **DEEPCORE_SELECTION, "epochs": g.selection_epochs},
+                                paths.SELECTION_RUNS)
+            ones.append(selection)
         for method in g.methods:
-            score = paths.score_path(g.scores_dir, method, g.dataset, score_arch, g.score_seed)
-            twos.append(Step(2, {**_forwarded(g, 2), "loss_path": loss, "method": method}, score,
-                             paths.lock_of(score)))
+            record = methods.get(method)
+            source = selection if deepcore and record.uses_model else trajectories
+            scores_dir = os.path.dirname(source.output)
+            score = paths.score_path(scores_dir, method, g.dataset, score_arch, g.score_seed)
+            scoring = {**_forwarded(g, 2), "loss_path": source.output, "method": method}
+            if record.uses_model:  # the weights a model method scores from, named in its command
+                scoring["snapshot_epoch"] = g.selection_epochs if deepcore else snapshot_epoch(g, recipe1["epochs"])
+                scoring["selection_model"] = g.selection_model
+            if record.weighted:  # the weights of the grid's own budgets
+                scoring["budgets"] = list(g.samples_per_class or g.fractions)
+            twos.append(Step(2, scoring, score, paths.lock_of(score)))
             extra = [pair.split(":")[1] for pair in g.method_orders if pair.split(":")[0] == method]
             for order in dict.fromkeys(g.orders + extra):
                 if order == "random" and method != g.methods[0]:
                     # A uniform draw within each class's pool does not depend on the method's
                     # ranking: one random baseline (over the first method's file) serves them all.
                     continue
+                tag = g.selection_model if record.uses_model else ""
                 for size in sizes(g):
                     for model_arch in g.model_archs:
                         for seed in g.seeds:
                             name = paths.coreset_run_name(g.dataset, model_arch, method, score_arch, order, size,
-                                                          seed, g.tag)
+                                                          seed, g.tag, selection=tag)
                             files = paths.RunFiles(g.checkpoint_path, g.logpath, name, paths.run_json(g.results_dir, name))
                             threes.append(Step(3, {**_forwarded(g, 3), "score_path": score, size[0]: size[1],
                                                    "order": order, "dataset": g.dataset, "model_arch": model_arch,

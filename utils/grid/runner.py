@@ -14,7 +14,9 @@ import contextlib
 import multiprocessing
 import os
 import shlex
+import signal
 import subprocess
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -57,6 +59,37 @@ def _held(step: Step):
         lock.release()
 
 
+class GridClock:
+    """Progress of a grid: runs done of those to do, and the time left from the measured duration of
+    each stage's runs (a stage-1 run takes minutes where a stage-3 run takes seconds, so one mean
+    over all runs would mislead); stage-3 runs in ``jobs`` workers overlap."""
+
+    def __init__(self, todo: dict[int, int], jobs: int = 1):
+        self.todo, self.jobs = dict(todo), jobs
+        self.total = sum(todo.values())
+        self.finished = 0
+        self.seconds: dict[int, list[float]] = {1: [], 2: [], 3: []}
+        self.started = time.perf_counter()
+
+    def done(self, stage: int, seconds: float) -> None:
+        self.todo[stage] -= 1
+        self.finished += 1
+        self.seconds[stage].append(seconds)
+
+    def text(self) -> str:
+        """``elapsed 3m05s, ETA 1m12s``; the ETA is '?' until every stage with runs left has one timed."""
+        left = 0.0
+        for stage, n in sorted(self.todo.items()):
+            if n <= 0:
+                continue
+            if not self.seconds[stage]:
+                return f"elapsed {progress.duration(time.perf_counter() - self.started)}, ETA ? (no stage-{stage} " \
+                       "run timed yet)"
+            mean = sum(self.seconds[stage]) / len(self.seconds[stage])
+            left += n * mean / (self.jobs if stage == 3 else 1)
+        return f"elapsed {progress.duration(time.perf_counter() - self.started)}, ETA {progress.duration(left)}"
+
+
 class Runner:
     """Runs the steps of a grid not yet done, in order, and counts what it did.
 
@@ -69,7 +102,9 @@ class Runner:
                  say: Callable[[str], None] = progress.say):
         self.steps, self.launcher, self.jobs, self.say = list(steps), launcher, jobs, say
         self.counts = {"skipped": {1: 0, 2: 0, 3: 0}, "ran": {1: 0, 2: 0, 3: 0}}
-        self.eta = progress.Eta(sum(1 for s in self.steps if not os.path.exists(s.output)))
+        todo = {stage: sum(1 for s in self.steps if s.stage == stage and not os.path.exists(s.output))
+                for stage in (1, 2, 3)}
+        self.clock = GridClock(todo, jobs)
 
     def dry_run(self) -> None:
         for step in self.steps:
@@ -80,14 +115,21 @@ class Runner:
                 self.say(command(step, flags, self.launcher) + ("  # continues a killed run" if action == "resume" else ""))
 
     def run(self) -> dict:
-        later = []
-        for step in progress.bar(self.steps, "grid", unit="step"):
-            if step.stage == 3 and self.jobs > 1:
-                later.append(step)
-            elif not self._one(step):
-                later.append(step)  # another process runs it now
-        if later:
-            self._later(later)
+        # SIGTERM (a scheduler's stop) stops the grid as Ctrl-C does: no new run, workers ended.
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+        try:
+            later = []
+            for step in progress.bar(self.steps, "grid", unit="step"):
+                if step.stage == 3 and self.jobs > 1:
+                    later.append(step)
+                elif not self._one(step):
+                    later.append(step)  # another process runs it now
+            if later:
+                self._later(later)
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
         return self.counts
 
     def _one(self, step: Step) -> bool:
@@ -103,9 +145,8 @@ class Runner:
             wait_for(step.lock)  # stages 2 and 3 need this output
             return self._one(step)
         cmd = command(step, flags, self.launcher)
-        self.say(f"\n=== [{self.eta.done + 1}/{self.eta.total}] stage {step.stage}"
-                 f"{'  (continues a killed run)' if action == 'resume' else ''}  "
-                 f"elapsed {progress.duration(self.eta.elapsed)}, {self.eta.text()}\n$ {cmd}")
+        self.say(f"\n=== [{self.clock.finished + 1}/{self.clock.total}] stage {step.stage}"
+                 f"{'  (continues a killed run)' if action == 'resume' else ''}  {self.clock.text()}\n$ {cmd}")
         started = time.perf_counter()
         try:
             # Stages 1 and 3 lock their run themselves; stage 2 is locked here, for the grid.
@@ -123,8 +164,9 @@ class Runner:
         if not os.path.exists(step.output):
             raise UserError(f"stage {step.stage} finished without writing {step.output}")
         self.counts["ran"][step.stage] += 1
-        self.eta.step()
-        self.say(f"=== stage {step.stage} done in {seconds:.1f} s: {step.output}")
+        self.clock.done(step.stage, seconds)
+        self.say(f"=== [{self.clock.finished}/{self.clock.total}] stage {step.stage} done in {seconds:.1f} s: "
+                 f"{step.output}  ({self.clock.text()})")
 
     def _later(self, steps: list[Step]) -> None:
         """Stage-3 steps in parallel workers, then those another process held: wait for each."""
@@ -150,8 +192,9 @@ class Runner:
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
         context = multiprocessing.get_context("spawn")
         counter = context.Value("i", 0)
-        with concurrent.futures.ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_worker_start,
-                                                    initargs=(counter, threads)) as pool:
+        pool = concurrent.futures.ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_worker_start,
+                                                      initargs=(counter, threads))
+        try:
             futures = {pool.submit(_worker_run, flags): step for step, flags in todo}
             bar = progress.bar(concurrent.futures.as_completed(futures), "grid", total=len(futures), unit="run")
             for future in bar:
@@ -161,7 +204,22 @@ class Runner:
                     held.append(step)
                     continue
                 self._done(step, outcome)
+        except BaseException:
+            # Stopped (Ctrl-C, SIGTERM) or failed: start no queued run, and end the running ones
+            # now; each keeps its last checkpoint, so a rerun continues them.
+            workers = list(getattr(pool, "_processes", {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for worker in workers:
+                worker.terminate()
+            for worker in workers:
+                worker.join(5)
+            raise
+        pool.shutdown()
         return held
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 # ----------------------------------------------------------------------------- worker processes

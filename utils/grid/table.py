@@ -1,8 +1,9 @@
 """The table of a grid (``reproduce_table.py``): ``table.csv``, ``table.md`` and
 ``accuracy_vs_size.png`` from the run JSONs of the grid's stage-3 steps.
 
-One row per (method, order, scoring model, training model, size): the mean and sample standard
-deviation over seeds of the final-epoch test accuracy. Runs of one row must share their recipe
+One row per (method, order, scoring model, training model, size, selection model): the mean and
+sample standard deviation over seeds of the final-epoch test accuracy, with the weights a model
+method scored from (``snapshot_epoch``) and whether its coreset trained weighted. Runs of one row must share their recipe
 (learning rate, batch size, schedule, epochs, precision, ...); a table never averages two recipes.
 """
 from __future__ import annotations
@@ -19,37 +20,38 @@ from utils.cli.flags import Settings
 from utils.errors import UserError
 from utils.files.atomic import atomic_write, ensure_dir
 from utils.selection import results
+from utils.grid.labels import recipe_text, row_label, weights_note
+from utils.grid.plot import plot
 from utils.selection.coreset import ORDERS
 
 TABLE_COLUMNS = ("method", "order", "score_model_arch", "model_arch", "samples_per_class", "fraction",
-                 "coreset_size", "n_seeds", "mean_test_acc", "std_test_acc", "min_train_acc")
+                 "selection_model", "snapshot_epoch", "weighted", "coreset_size", "n_seeds", "mean_test_acc",
+                 "std_test_acc", "min_train_acc", "converged")
 # The table averages the accuracy after the last epoch. best_test_acc is the maximum over epochs
 # of the *test* accuracy, i.e. chosen on the test set, and so optimistically biased.
 ACCURACY_KEY = "final_test_acc"
 # What the runs of one row must agree on (a differing one is named): the recorded recipe, less how
 # the code was compiled and which commit ran it.
-RECIPE_KEYS = ("epochs", *(c for c in results.RECIPE_COLUMNS if c not in ("compile", "commit")))
+RECIPE_KEYS = ("epochs", *(c for c in results.RECIPE_COLUMNS if c not in ("compile", "commit")), "snapshot_epoch",
+               "weighted")
 
 
 def load_runs(steps: Iterable) -> list[dict]:
     """The result JSONs of this grid's stage-3 runs (only these: other runs in the folder stay out)."""
-    runs = []
-    for step in steps:
-        if step.stage == 3 and os.path.exists(step.output):
-            with open(step.output) as f:
-                runs.append(json.load(f))
-    return runs
+    return [results.read_result(step.output) for step in steps if step.stage == 3 and os.path.exists(step.output)]
+
+
+KEY = ("method", "order", "score_model_arch", "model_arch", "samples_per_class", "fraction", "selection_model")
 
 
 def _key(r: dict) -> tuple:
-    return (r["method"], r["order"], r["score_model_arch"], r["model_arch"], r.get("samples_per_class"),
-            r.get("fraction"))
+    return tuple(r.get(k) for k in KEY)
 
 
 def summarise(runs: Sequence[dict]) -> list[dict]:
     """One row per (method, order, scoring model, training model, size): mean and sample std
-    (ddof=1; empty for a single seed) of the final-epoch test accuracy over seeds, and the mean
-    lowest accuracy on the coreset itself (whether training converged)."""
+    (ddof=1; empty for a single seed) of the final-epoch test accuracy over seeds, the lowest
+    accuracy of a run on its own coreset, and whether every run fit its coreset (``converged``)."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault(_key(r), []).append(r)
@@ -62,9 +64,14 @@ def summarise(runs: Sequence[dict]) -> list[dict]:
         std = math.sqrt(sum((a - mean) ** 2 for a in acc) / (n - 1)) if n > 1 else None
         sizes = sorted({int(m["coreset_size"]) for m in members})
         train = [float(m["final_train_acc"]) for m in members if m.get("final_train_acc") is not None]
-        rows.append(dict(zip(TABLE_COLUMNS, (*key, sizes[0] if len(sizes) == 1 else round(sum(sizes) / len(sizes)),
-                                             n, round(mean, 4), None if std is None else round(std, 4),
-                                             round(min(train), 4) if train else None))))
+        # Runs of earlier versions record no verdict; every seed must have fit its coreset.
+        converged = all(m.get("converged", True) is not False for m in members)
+        first = members[0]
+        rows.append({**dict(zip(KEY, key)), "snapshot_epoch": first.get("snapshot_epoch"),
+                     "weighted": bool(first.get("weighted", False)),
+                     "coreset_size": sizes[0] if len(sizes) == 1 else round(sum(sizes) / len(sizes)), "n_seeds": n,
+                     "mean_test_acc": round(mean, 4), "std_test_acc": None if std is None else round(std, 4),
+                     "min_train_acc": round(min(train), 4) if train else None, "converged": converged})
     return rows
 
 
@@ -99,12 +106,6 @@ def _size_label(r: dict) -> str:
     return f"k={r['samples_per_class']}" if r["samples_per_class"] is not None else f"{100 * r['fraction']:g}%"
 
 
-def row_label(method: str, order: str) -> str:
-    """A table row's or plot line's name. A random order ignores its file's scores (a uniform draw
-    within each class), so it is named as the baseline it is, not after the method it read."""
-    return "random (uniform per class)" if order == "random" else f"{method} ({order})"
-
-
 def _cell(r: dict) -> str:
     return f"{r['mean_test_acc']:.2f}" + ("" if r["std_test_acc"] is None else f" ± {r['std_test_acc']:.2f}")
 
@@ -119,86 +120,47 @@ def table_markdown(rows: Sequence[dict], g: Settings) -> str:
                 continue
             sizes = sorted({(r["samples_per_class"] or 0, r["fraction"] or 0, _size_label(r), r["coreset_size"])
                             for r in sub})
-            labels: dict[str, Any] = {}  # size label -> coreset size of its first (smallest) entry
+            labels: dict[str, Any] = {}  # size label -> coreset size (the largest: GradMatch may train on fewer)
             for _, _, label, n in sizes:
-                labels.setdefault(label, n)
+                labels[label] = max(labels.get(label, 0), n)
             seeds = sorted({r["n_seeds"] for r in sub})
-            converged = [r["min_train_acc"] for r in sub if r["min_train_acc"] is not None]
             parts.append(
                 f"### {g.dataset}: test accuracy (%) of {model_arch} trained on coresets "
                 f"(scores from {score_arch}, {g.score_epochs or g.epochs} epochs, seed {g.score_seed}; "
                 f"{g.epochs} training epoch{'s' if g.epochs > 1 else ''})\n\n"
                 f"Final-epoch test accuracy, mean ± sample std over {'/'.join(map(str, seeds))} seed(s); "
                 f"column: budget per class (coreset size). Recipe: {recipe_text(g)}."
-                + (f" Accuracy of every run on its own coreset: at least {min(converged):.1f}%." if converged else "")
-                + "\n")
+                + weights_note(sub) + _fit_note(sub) + "\n")
             header = "| method (order) | " + " | ".join(f"{label} ({n})" for label, n in labels.items()) + " |"
             lines = [header, "|---|" + "---:|" * len(labels)]
-            cells: dict[tuple, dict[str, str]] = {}  # (method, order) -> size label -> cell of its first row
+            cells: dict[str, dict[str, str]] = {}  # row label -> size label -> cell of its first row
             for r in sub:
-                cells.setdefault((r["method"], r["order"]), {}).setdefault(_size_label(r), _cell(r))
-            for (method, order), row in cells.items():
-                lines.append(f"| {row_label(method, order)} | " + " | ".join(row.get(label, "") for label in labels)
-                             + " |")
+                cell = _cell(r) + ("" if r["converged"] else " †")
+                label = row_label(r["method"], r["order"], r.get("selection_model"), r.get("weighted", False))
+                cells.setdefault(label, {}).setdefault(_size_label(r), cell)
+            for label, row in cells.items():
+                lines.append(f"| {label} | " + " | ".join(row.get(size, "") for size in labels) + " |")
             parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 
 
-def recipe_text(g: Settings) -> str:
-    """The stage-3 recipe in a few words, for captions."""
-    schedule = ",".join(map(str, g.schedule)) or "none"
-    return (f"SGD lr {g.learning_rate:g} (x{g.gamma:g} after epochs {schedule}), batch {g.batch_size}, "
-            f"{g.epochs} epochs, weight decay {g.weight_decay:g}")
-
-
-def plot(path: str, rows: Sequence[dict], g: Settings) -> None:
-    """Accuracy against coreset budget, one line per method/order (and model), with std error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    by_fraction = g.samples_per_class is None
-    lines: dict[tuple, list[dict]] = {}
-    for r in rows:
-        lines.setdefault((r["method"], r["order"], r["score_model_arch"], r["model_arch"]), []).append(r)
-    wide = len(lines) > 8  # many methods: a legend beside the axes, and line styles as well as colours
-    fig, ax = plt.subplots(figsize=(9.6 if wide else 6.4, 5.2 if wide else 4.4))
-    styles = ["-", "--", ":", "-."]
-    for i, ((method, order, score_arch, model_arch), members) in enumerate(lines.items()):
-        members = sorted(members, key=lambda r: r["fraction"] if by_fraction else r["samples_per_class"])
-        x = [100 * r["fraction"] if by_fraction else r["samples_per_class"] for r in members]
-        y = [r["mean_test_acc"] for r in members]
-        err = [r["std_test_acc"] or 0.0 for r in members]
-        label = row_label(method, order)
-        if len(g.model_archs) > 1 or len(g.score_model_arch) > 1:
-            label += f", {model_arch}" + (f" / scores {score_arch}" if len(g.score_model_arch) > 1 else "")
-        ax.errorbar(x, y, yerr=err, marker="o", markersize=3, capsize=3, label=label, linestyle=styles[i // 10 % 4])
-    ax.set_xlabel("coreset size (% of each class)" if by_fraction else "coreset size (examples per class)")
-    ax.set_ylabel("final test accuracy (%)")
-    seeds = len(g.seeds)
-    ax.set_title(f"{g.dataset}: accuracy vs coreset size ({seeds} seed{'s' if seeds > 1 else ''}, mean ± std)\n"
-                 f"{', '.join(g.model_archs)}: {recipe_text(g)}", fontsize="small")
-    ticks = sorted({100 * f for f in g.fractions} if by_fraction else set(g.samples_per_class))
-    if ticks[-1] / max(ticks[0], 1e-9) >= 4:  # budgets usually grow geometrically
-        ax.set_xscale("log")
-        ax.minorticks_off()
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.grid(True, alpha=0.3)
-    if wide:
-        ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
-    else:
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+def _fit_note(rows: Sequence[dict]) -> str:
+    """Whether every run fit its coreset (a model that did not learn its coreset says nothing about it)."""
+    fits = [r["min_train_acc"] for r in rows if r["min_train_acc"] is not None]
+    if not fits:
+        return ""
+    if all(r["converged"] for r in rows):
+        return f" Every run fit its coreset: lowest accuracy on its own coreset {min(fits):.1f}%."
+    return (f" † marks a cell where a run did not fit its coreset (accuracy on it below --fit_threshold; lowest "
+            f"{min(fits):.1f}%): its test accuracy says little about the coreset.")
 
 
 def write_outputs(g: Settings, steps: Sequence, say: Callable[[str], None] = progress.say) -> list[dict]:
     """table.csv, table.md and accuracy_vs_size.png in ``results_dir`` from this grid's runs."""
     runs = load_runs(steps)
+    if {r["name"] for r in runs} - results.rows_present(g.results_dir):  # a kill between a JSON and its row
+        results.refresh_csv(g.results_dir)
+        say(f"note: rows missing from {paths.results_csv(g.results_dir)} were restored from the run results")
     wanted = sum(1 for s in steps if s.stage == 3)
     if len(runs) < wanted:
         say(f"warning: {wanted - len(runs)} of the grid's {wanted} coreset runs have no result yet; "

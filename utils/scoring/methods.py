@@ -19,10 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from utils.errors import UserError
 
+SELECTION_EPOCH = 40  # DeepCore's selection_epochs: the snapshot taken when a run kept several
 # Stage-2 flags every trajectory method reads (which recorded epochs to use).
 EPOCH_OPTIONS = ("first_epochs", "epoch_stride")
 # Stage-2 flags every model method reads (which weights, how to evaluate).
-MODEL_OPTIONS = ("snapshot_epoch", "collect_precision")
+MODEL_OPTIONS = ("snapshot_epoch", "collect_precision", "selection_model")
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,13 @@ class Method:
         hard_end: 'top' or 'bottom', the end holding the hardest examples.
         options: the stage-2 flags the method reads (recorded in the score file).
         greedy: the ranking is a greedy order and the scores are the greedy gains.
-        validation: a model method that also reads the validation split's features.
+        validation: a model method that also reads the validation split's features (unless its
+            ``gradient_target`` is ``train``).
         run_defaults: ``(option, stage-1 config key)`` pairs: an option left unset takes the value
             the stage-1 run was trained with.
         paper: where it comes from.
+        weighted: its coresets carry per-example weights, and stage 3 trains them weighted (as
+            DeepCore does: CRAIG and GradMatch).
     """
     name: str
     family: str
@@ -54,6 +58,7 @@ class Method:
     validation: bool = False
     run_defaults: tuple[tuple[str, str], ...] = ()
     paper: str = ""
+    weighted: bool = False
 
     @property
     def uses_model(self) -> bool:
@@ -64,9 +69,10 @@ def _trajectory(name, inputs, top_means, hard_end, options=(), paper=""):
     return Method(name, "trajectory", inputs, top_means, hard_end, EPOCH_OPTIONS + options, paper=paper)
 
 
-def _model(name, inputs, top_means, hard_end, options=(), greedy=False, validation=False, run_defaults=(), paper=""):
-    return Method(name, "model", inputs, top_means, hard_end, MODEL_OPTIONS + options, greedy, validation,
-                  run_defaults, paper)
+def _model(name, inputs, top_means, hard_end, options=(), greedy=False, validation=False, run_defaults=(), paper="",
+           weighted=False):
+    return Method(name, "model", inputs, top_means, hard_end, MODEL_OPTIONS + options + (("budgets",) if weighted else ()),
+                  greedy, validation, run_defaults, paper, weighted)
 
 
 _RECORDS = [
@@ -102,12 +108,14 @@ _RECORDS = [
            paper="Xia et al. 2023 (Moderate-DS)"),
     _model("grand", ("grads",), "largest last-layer gradient norm (hardest)", "top", paper="Paul et al. 2021 (DeepCore)"),
     _model("craig", ("grads",), "facility-location greedy order on gradient distances", "top", greedy=True,
-           paper="Mirzasoleiman et al. 2020 (DeepCore)"),
+           paper="Mirzasoleiman et al. 2020 (DeepCore)", weighted=True),
     _model("gradmatch", ("grads",), "orthogonal-matching-pursuit order matching the class's mean validation gradient",
-           "top", greedy=True, validation=True, paper="Killamsetty et al. 2021 (DeepCore)"),
+           "top", ("gradient_target",), greedy=True, validation=True, paper="Killamsetty et al. 2021 (DeepCore)",
+           weighted=True),
     # GLISTER's step size defaults to the run's learning rate, as DeepCore's does
-    _model("glister", ("grads", "logits"), "greedy order raising the validation log-likelihood most (Taylor estimate)",
-           "top", ("glister_eta",), greedy=True, validation=True, run_defaults=(("glister_eta", "learning_rate"),),
+    _model("glister", ("grads", "logits", "embeddings"), "greedy order raising the validation log-likelihood most (Taylor estimate)",
+           "top", ("glister_eta", "gradient_target"), greedy=True, validation=True,
+           run_defaults=(("glister_eta", "learning_rate"),),
            paper="Killamsetty et al. 2021 (DeepCore)"),
     _model("facility_location", ("grads",), "facility-location greedy order (cosine similarity of gradients)", "top",
            greedy=True, paper="Iyer et al. 2021 (DeepCore's Submodular)"),
@@ -120,6 +128,14 @@ _RECORDS = [
 ]
 
 METHODS: dict[str, Method] = {m.name: m for m in _RECORDS}
+# The groups of the README's methods table: the grid's plot draws one panel per group (beside CLD
+# and the random baseline) when there are too many lines for one.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "training dynamics": ("loss", "el2n", "forgetting", "aum", "dyn_unc"),
+    "uncertainty and boundary": ("least_confidence", "entropy", "margin", "deepfool"),
+    "geometry": ("herding", "kcenter", "contextual_diversity", "cal", "moderate"),
+    "gradients": ("grand", "craig", "gradmatch", "glister", "facility_location", "graph_cut", "log_determinant"),
+}
 ALIASES = {"uniform": "random"}  # DeepCore's name for the random baseline
 
 
@@ -134,3 +150,17 @@ def get(name: str) -> Method:
     if key not in METHODS:
         raise UserError(f"unknown method {name!r}; choose one of {', '.join(names())}")
     return METHODS[key]
+
+
+def default_snapshot(kept: list[int], epochs: int, run: str) -> int:
+    """The weights a model method scores from when ``--snapshot_epoch`` is not given: the one
+    snapshot the run kept; of several, DeepCore's 40-epoch one (else a user error naming them);
+    with none, the final weights (after ``epochs``)."""
+    if not kept:
+        return epochs
+    if len(kept) == 1:
+        return kept[0]
+    if SELECTION_EPOCH in kept:
+        return SELECTION_EPOCH
+    raise UserError(f"{run} kept weight snapshots after epochs {', '.join(map(str, kept))}; choose the weights "
+                    f"with --snapshot_epoch (one of those, or {epochs} for the final weights)")

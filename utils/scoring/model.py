@@ -18,12 +18,12 @@ the network itself, takes the model and the training split instead and returns a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from utils import progress
+from utils import paths, progress
 from utils.data.datasets import load_dataset
 from utils.errors import UserError, first_line
 from utils.files.checkpoint import check_identity, load_model_weights
@@ -31,12 +31,12 @@ from utils.files.npz import save_npz
 from utils.data.sources import make_batches
 from utils.scoring import selectors
 from utils.scoring.deepfool import deepfool_distances
-from utils.scoring.methods import Method
+from utils.scoring.methods import Method, default_snapshot
 from utils.scoring.ranking import rank_per_class
+from utils.selection.coreset import class_budgets
 from utils.train.session import build_model
-from utils.train.device import precision_context, resolve_collect_precision, resolve_device, resolve_precision
+from utils.train.device import cpu_threads, precision_context, resolve_collect_precision, resolve_device, resolve_precision
 
-SELECTION_EPOCH = 40  # DeepCore's selection_epochs: the default snapshot
 MAX_FULL_GRADS = 1 << 30  # bytes: a larger gradient matrix is exported as its two factors
 
 
@@ -160,12 +160,15 @@ def log_determinant(f: ClassFeatures, **_: Any):
     return selectors.log_determinant(*f.gradients())
 
 
-def gradmatch(f: ClassFeatures, **_: Any):
-    return selectors.gradmatch(*f.gradients(), *f.val_gradients())
+def gradmatch(f: ClassFeatures, gradient_target: str = "val", **_: Any):
+    # target "train": the class's mean training gradient, what DeepCore's main.py runs (no dst_val)
+    return selectors.gradmatch(*f.gradients(), *(f.val_gradients() if gradient_target == "val" else (None, None)))
 
 
-def glister(f: ClassFeatures, glister_eta: float, **_: Any):
-    return selectors.glister(f.residual, f.embeddings, f.val.logits, f.val.labels, f.val.embeddings, glister_eta)
+def glister(f: ClassFeatures, glister_eta: float, gradient_target: str = "val", **_: Any):
+    # target "train": the training rows stand for the validation set, as in DeepCore's run
+    target = f.val if gradient_target == "val" else f.train
+    return selectors.glister(f.residual, f.embeddings, target.logits, target.labels, target.embeddings, glister_eta)
 
 
 def deepfool(model: torch.nn.Module, source, indices: np.ndarray, batch_size: int, device: torch.device,
@@ -188,6 +191,20 @@ SCORERS: dict[str, Callable[..., Any]] = {
 }
 
 
+def craig_weights(f: ClassFeatures, selected: np.ndarray, **_: Any) -> np.ndarray:
+    return selectors.craig_weights(*f.gradients(), selected)
+
+
+def gradmatch_weights(f: ClassFeatures, selected: np.ndarray, gradient_target: str = "val", **_: Any) -> np.ndarray:
+    return selectors.gradmatch_weights(*f.gradients(), selected,
+                                       *(f.val_gradients() if gradient_target == "val" else (None, None)))
+
+
+# The methods whose coresets DeepCore trains with per-example weights (a WeightedSubset and a
+# weighted mean of the losses, main.py), and how the weights of a selection are computed.
+WEIGHTS: dict[str, Callable[..., np.ndarray]] = {"craig": craig_weights, "gradmatch": gradmatch_weights}
+
+
 # ----------------------------------------------------------------------------- stage 2
 
 @dataclass(frozen=True)
@@ -200,12 +217,16 @@ class Evaluation:
         collect_precision: fp32 (TF32 off), same (the run's training precision), bf16 or fp16.
         data_path: the data folder; '' for the one stage 1 recorded.
         save_features: also write the matrix the method ranks from to this ``.npz`` ('' for none).
+        threads: CPU threads (0: :func:`utils.train.device.cpu_threads` chooses).
+        budgets: the budgets whose per-example weights CRAIG and GradMatch record.
     """
     snapshot_epoch: int | None = None
     device: str = "auto"
     collect_precision: str = "fp32"
     data_path: str = ""
     save_features: str = ""
+    threads: int = 0
+    budgets: tuple[tuple[str, float], ...] = ()
 
 
 def score_classes(method: Method, losses: dict, loss_path: str, e: Evaluation, options: dict) -> tuple:
@@ -216,12 +237,12 @@ def score_classes(method: Method, losses: dict, loss_path: str, e: Evaluation, o
     extra)``: the score file's per-class rankings and scores, and what it records beside them
     (the weights used).
     """
-    weights, epoch, path = _snapshot(losses, loss_path, e.snapshot_epoch)
+    state, epoch, path = _snapshot(losses, loss_path, e.snapshot_epoch)
     config = losses.get("config") or {}
     device = resolve_device(e.device)
     training = resolve_precision(config.get("precision", "auto"), device)
     precision = resolve_collect_precision(e.collect_precision, training, device)
-    model, source = _model_and_data(losses, weights, path, e.data_path, device, config)
+    model, source = _model_and_data(losses, state, path, e.data_path, device, config, e.threads)
     batch = int(config.get("test_batch_size", 256))
     train, val = losses["train_indices"], losses["val_indices"]
     options.update({"snapshot_epoch": epoch, "collect_precision": precision})
@@ -233,17 +254,20 @@ def score_classes(method: Method, losses: dict, loss_path: str, e: Evaluation, o
         indices, scores = rank_per_class(-distances.astype(np.float64), losses["tr_lbl"], train)
         return indices, scores, extra
     feats = extract_features(model, source, train, batch, device, precision, "train split")
-    vfeats = extract_features(model, source, val, batch, device, precision, "validation split") \
-        if method.validation else None
+    reads_val = method.validation and options.get("gradient_target", "val") == "val"
+    vfeats = extract_features(model, source, val, batch, device, precision, "validation split") if reads_val else None
     full = full_gradients(feats)
     if e.save_features:
         _save(e.save_features, _exported(method, feats, vfeats, full), losses, vfeats is not None)
-    return (*rank_classes(method, feats, vfeats, losses, options, full), extra)
+    indices, scores, weights = rank_classes(method, feats, vfeats, losses, options, full, e.budgets)
+    if method.name in WEIGHTS:
+        extra["weights"] = weights
+    return indices, scores, extra
 
 
 def _snapshot(losses: dict, loss_path: str, wanted: int | None) -> tuple[dict, int, str]:
-    """The weights to evaluate: the snapshot after ``wanted`` epochs, by default DeepCore's
-    40-epoch one when the run kept it, else the run's final weights."""
+    """The weights to evaluate: the snapshot after ``wanted`` epochs, by default
+    :func:`default_snapshot`'s."""
     checkpoints = losses.get("checkpoints")
     if not isinstance(checkpoints, dict) or not isinstance(checkpoints.get("snapshots"), dict):
         raise UserError(f"{loss_path} does not record the run's weights (a legacy loss file?); the model methods "
@@ -251,7 +275,7 @@ def _snapshot(losses: dict, loss_path: str, wanted: int | None) -> tuple[dict, i
     snapshots = {int(e): str(p) for e, p in checkpoints["snapshots"].items()}
     done = int(len(losses["epoch"]))
     if wanted is None:
-        wanted = SELECTION_EPOCH if SELECTION_EPOCH in snapshots else done
+        wanted = default_snapshot(sorted(snapshots), done, f"the run of {loss_path}")
     if wanted in snapshots:
         path = snapshots[wanted]
     elif wanted == done:
@@ -270,7 +294,8 @@ def _snapshot(losses: dict, loss_path: str, wanted: int | None) -> tuple[dict, i
     return weights, wanted, path
 
 
-def _model_and_data(losses: dict, weights: dict, path: str, data_path: str, device: torch.device, config: dict):
+def _model_and_data(losses: dict, weights: dict, path: str, data_path: str, device: torch.device, config: dict,
+                    threads: int = 0):
     data_path = data_path or losses.get("data_path") or config.get("data_path", "./Data")
     data = load_dataset(losses["dataset"], data_path, download=False)
     if data.num_classes != losses["num_classes"]:
@@ -281,6 +306,7 @@ def _model_and_data(losses: dict, weights: dict, path: str, data_path: str, devi
         raise UserError(f"the data under {data_path} is not the data the run was trained on (its labels differ); "
                         "pass --data_path with that data")
     model = build_model(losses["model_arch"], data.num_classes, data.info.name, device)
+    cpu_threads(threads, sum(p.numel() for p in model.parameters()), device)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
@@ -316,30 +342,40 @@ def extract_features(model: torch.nn.Module, source, indices: np.ndarray, batch_
 
 
 def rank_classes(method: Method, feats: Features, vfeats: Features | None, losses: dict, options: dict,
-                 full: bool) -> tuple[dict, dict]:
-    """Per class: the method's scores ranked (ties to the lower index), or its greedy order.
+                 full: bool, budgets: Sequence[tuple[str, float]] = ()) -> tuple[dict, dict, dict]:
+    """Per class: the method's scores ranked (ties to the lower index), or its greedy order; and
+    the weights of each budget, ``{budget_key: {class: weights of its top k}}`` (empty but for the
+    methods of :data:`WEIGHTS`).
 
     ``feats`` (``vfeats``) are the evaluation pass's features of ``losses["train_indices"]``
     (``losses["val_indices"]``, or None when the method does not read them); ``full``: whether the
-    gradient matrix is formed whole (:meth:`ClassFeatures.gradients`).
+    gradient matrix is formed whole (:meth:`ClassFeatures.gradients`). For a method of
+    :data:`WEIGHTS`, ``budgets`` (``('samples_per_class', k)`` or ``('fraction', f)``) also get the
+    per-example weights of each class's top k (:func:`class_weights`).
     """
     train, labels = losses["train_indices"], losses["tr_lbl"]
     fn = SCORERS[method.name]
     values = np.zeros(len(train))
     indices, scores = {}, {}
+    weights: dict[str, dict[int, np.ndarray]] = {paths.budget_token(b): {} for b in budgets} if method.name in WEIGHTS \
+        else {}
     for c in progress.bar(np.unique(labels), f"{method.name} per class", unit="class"):
         cols = np.flatnonzero(labels == c)
         cols = cols[np.argsort(train[cols], kind="stable")]
         val = vfeats.take(np.flatnonzero(losses["val_lbl"] == c)) if vfeats is not None else feats.take(cols[:0])
-        result = fn(ClassFeatures(int(c), train[cols], feats.take(cols), val, full), **options)
+        f = ClassFeatures(int(c), train[cols], feats.take(cols), val, full)
+        result = fn(f, **options)
         if method.greedy:
             order, gains = result
             indices[int(c)], scores[int(c)] = train[cols][order], np.asarray(gains, dtype=np.float64)
+            for budget in budgets if weights else ():
+                k = class_budgets({0: len(cols)}, **{budget[0]: budget[1]})[0]
+                weights[paths.budget_token(budget)][int(c)] = WEIGHTS[method.name](f, order[:k], **options)
         else:
             values[cols] = result
     if not method.greedy:
-        return rank_per_class(values, labels, train)
-    return indices, scores
+        return (*rank_per_class(values, labels, train), {})
+    return indices, scores, weights
 
 
 def _exported(method: Method, feats: Features, vfeats: Features | None, full: bool) -> dict[str, np.ndarray]:

@@ -450,8 +450,8 @@ def craig(R: torch.Tensor, E: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
     ``d_ij = ||g_i - g_j||`` (from the Gram matrix, clamped at 0), ``s_ij = max(d) - d_ij + 1e-3``
     (DeepCore negates the distances and subtracts their minimum minus 1e-3), then greedy
-    facility location (:func:`facility_location`). DeepCore's per-medoid weights are not
-    computed.
+    facility location (:func:`facility_location`). The per-medoid weights of a selection are
+    :func:`craig_weights`.
 
     Args:
         R: ``softmax(logits) - onehot(y)`` (N, C).
@@ -462,6 +462,67 @@ def craig(R: torch.Tensor, E: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """
     d = _squared_distances(gradient_gram(R, E)).clamp_(min=0.0).sqrt_()
     return _facility_greedy(d.max() - d + CRAIG_SHIFT)
+
+
+def craig_weights(R: torch.Tensor, E: torch.Tensor, selected: np.ndarray) -> np.ndarray:
+    """CRAIG's per-example weights of a selection: how many examples of the class are closest to
+    each selected one (gradient distance; ties to the lower row), so they sum to the class size.
+
+    DeepCore (``deepcore/methods/craig.py``, ``calc_weights``) adds 1 to every count (its weights
+    sum to the class size plus the budget) and returns them in ascending index order beside a
+    selection in greedy order; here each weight stands beside its own example.
+
+    Args:
+        R, E: the class's gradient factors (N, C), (N, D).
+        selected: rows of the selection (any order).
+
+    Returns:
+        float64 weights aligned with ``selected``.
+    """
+    selected = np.asarray(selected, dtype=np.int64)
+    d2 = _squared_distances(gradient_gram(_f64(R), _f64(E)))
+    rows = np.sort(selected)  # argmin takes the first minimum: ties go to the lower row
+    nearest = torch.argmin(d2[:, torch.as_tensor(rows, device=d2.device)], dim=1).cpu().numpy()
+    counts = np.bincount(nearest, minlength=rows.size).astype(np.float64)
+    return counts[np.searchsorted(rows, selected)]
+
+
+def gradmatch_weights(R: torch.Tensor, E: torch.Tensor, selected: np.ndarray, R_val: torch.Tensor | None = None,
+                      E_val: torch.Tensor | None = None) -> np.ndarray:
+    """GradMatch's per-example weights of a selection: the nonnegative least-squares coefficients
+    ``argmin_{x >= 0} ||sum_i x_i g_i - b||`` of the target b (as in :func:`gradmatch`) on the
+    selected gradients; DeepCore trains on the examples whose weight is nonzero.
+
+    Solved in Gram space: with ``G = V diag(l) V^T`` the Gram matrix of the selected rows and ``c``
+    their inner products with b, ``||A x - b||^2 = ||diag(l)^(1/2) V^T x - diag(l)^(-1/2) V^T c||^2``
+    plus a constant, which scipy's NNLS solves. DeepCore (``deepcore/methods/gradmatch.py``,
+    ``orthogonal_matching_pursuit``) solves NNLS on ridge-regularised normal equations
+    ``(G + I) x = c`` instead.
+
+    Args:
+        R, E: the class's gradient factors (N, C), (N, D).
+        selected: rows of the selection.
+        R_val, E_val: the target's rows (validation), or None for the class's training rows.
+
+    Returns:
+        float64 weights (>= 0) aligned with ``selected``.
+    """
+    from scipy.optimize import nnls
+
+    selected = np.asarray(selected, dtype=np.int64)
+    R, E = _f64(R), _f64(E)
+    idx = torch.as_tensor(selected, device=R.device)
+    Rs, Es = R[idx], E[idx]
+    G = gradient_gram(Rs, Es)
+    c = (gradient_gram(Rs, Es, R, E).mean(1) if R_val is None else gradient_gram(Rs, Es, R_val, E_val).mean(1))
+    lam, V = torch.linalg.eigh(G)
+    keep = lam > REL_ZERO * float(lam.max().clamp(min=0.0)) if lam.numel() else lam > 0
+    lam, V = lam[keep], V[:, keep]
+    if lam.numel() == 0:
+        return np.zeros(selected.size)
+    M = (lam.sqrt()[:, None] * V.T).cpu().numpy()
+    y = ((V.T @ c) / lam.sqrt()).cpu().numpy()
+    return nnls(M, y, maxiter=50 * max(selected.size, 1))[0]
 
 
 def facility_location(R: torch.Tensor, E: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -573,7 +634,7 @@ def gradmatch(R: torch.Tensor, E: torch.Tensor, R_val: torch.Tensor | None = Non
     (``||r|| <= 1e-6 ||b||``: the Gram-space residual ``||b||^2 - sum beta^2`` cannot resolve
     less) the remaining rows follow by ``<g_j, b>`` descending (ties: lower row). DeepCore adds
     a ridge term (lam = 1) to each refit and solves NNLS for its final weights; we use the plain
-    projection (and return no weights).
+    projection, and the weights of a selection are :func:`gradmatch_weights`.
 
     Args:
         R: ``softmax(logits) - onehot(y)`` of the class's training rows (N, C).

@@ -16,13 +16,14 @@ import numpy as np
 
 from utils import paths
 from utils.data.datasets import dataset_info
-from utils.cli.config import STAGE1, STAGE3
+from utils.cli.config import STAGE1, STAGE3, budgets_of
 from utils.cli.flags import Settings
 from utils.errors import UserError, require
 from utils.files.atomic import check_output_free
 from utils.files.losses import load_losses, load_sums
 from utils.files.scores import save_scores
 from utils.paths import check_safe_name
+from utils.train.options import optimizer_steps, recipe_for_steps
 from utils.scoring import methods
 from utils.scoring import trajectory as S
 from utils.scoring.ranking import rank_per_class
@@ -30,7 +31,7 @@ from utils.scoring.ranking import rank_per_class
 LEGACY_DEFAULT_SEED = 1234  # the paper code's default manual_seed
 # What the printed stage-3 command repeats of stage 1's flags when they differ from the defaults.
 _CARRIED = ("data_path", "epochs", "batch_size", "test_batch_size", "learning_rate", "momentum", "weight_decay",
-            "disable_nesterov", "schedule", "gamma", "device", "precision", "compile", "workers")
+            "disable_nesterov", "schedule", "gamma", "augment", "device", "precision", "compile", "threads", "workers")
 
 
 def score(s: Settings) -> str:
@@ -53,7 +54,12 @@ def score(s: Settings) -> str:
     else:
         from utils.scoring import model  # torch, only for the model methods
 
-        evaluation = model.Evaluation(s.snapshot_epoch, s.device, s.collect_precision, s.data_path, s.save_features)
+        _check_selection_model(s.selection_model, losses.get("config"), loss_path)
+        budgets = budgets_of(s.budgets) or (("samples_per_class", suggested_k(np.bincount(losses["tr_lbl"]))),)
+        if method.weighted:
+            options["budgets"] = [value for _, value in budgets]
+        evaluation = model.Evaluation(s.snapshot_epoch, s.device, s.collect_precision, s.data_path, s.save_features,
+                                      s.threads, budgets if method.weighted else ())
         indices, per_class, extra = model.score_classes(method, losses, loss_path, evaluation, options)
     record = {
         "method": method.name, "dataset": ds, "model_arch": arch, "manual_seed": seed, "num_classes": n_cls,
@@ -64,6 +70,24 @@ def score(s: Settings) -> str:
     save_scores(out, record)
     print(_summary(record, method, out, time.perf_counter() - started, losses.get("config") or {}))
     return out
+
+
+def suggested_k(class_sizes) -> int:
+    """The budget of the stage-3 command stage 2 prints: 10% of the smallest class (at least 1)."""
+    sizes = [int(n) for n in class_sizes if n > 0]
+    return max(1, int(np.floor(0.1 * min(sizes) + 0.5)))
+
+
+def _check_selection_model(selection_model: str, config, loss_path: str) -> None:
+    """``--selection_model deepcore`` is recorded only for a run of DeepCore's selection recipe, so
+    that a table saying so is true: constant learning rate (no schedule) and no augmentation."""
+    if selection_model != "deepcore":
+        return
+    config = config if isinstance(config, dict) else {}
+    require(config.get("schedule") == [] and config.get("augment") is False,
+            f"--selection_model deepcore names a run of DeepCore's selection recipe (a constant learning rate: "
+            f"--schedule [], and --augment false), but {loss_path} was trained with schedule "
+            f"{config.get('schedule')!r} and augment {config.get('augment')!r}")
 
 
 def _options(method: methods.Method, s: Settings, seed: int, config: dict) -> dict:
@@ -79,6 +103,8 @@ def _options(method: methods.Method, s: Settings, seed: int, config: dict) -> di
 
 def _read(path: str, s: Settings, method: methods.Method) -> dict:
     """The loss file (or legacy loss pickle), or a sums file, checked against what the method needs."""
+    if not os.path.exists(path):
+        raise UserError(f"loss file {path} not found; {_made_by(path)}")
     if path.endswith(".npz"):
         sums = load_sums(path)
         require(method.name == "cld", f"{path} holds CLD's running sums only (stage 1 ran with --trajectories "
@@ -86,11 +112,39 @@ def _read(path: str, s: Settings, method: methods.Method) -> dict:
                 "--trajectories full")
         require(s.first_epochs == 0 and s.epoch_stride == 1, "--first_epochs and --epoch_stride need the full "
                 "trajectories; a sums file holds only the sums over every epoch")
+        _check_config(sums.get("config"), path)
         return sums
     losses = load_losses(path, s.split_path)
+    _check_config(losses.get("config"), path)
     if method.family == "trajectory":
         S.check_signals(losses, method)
     return losses
+
+
+def _check_config(config, path: str) -> None:
+    """Every stage-1 flag a loss file records must be a value its flag takes (stage 2 reads them:
+    the recipe of the printed command, the precision, the learning rate of GLISTER's step)."""
+    for name, value in (config or {}).items():
+        if name in STAGE1:
+            try:
+                STAGE1[name].kind.check(value, name)
+            except UserError as exc:
+                raise UserError(f"loss file {path}: its recorded config is corrupt ({exc})") from None
+
+
+def _made_by(path: str) -> str:
+    """How to make a missing loss (or sums) file: the stage-1 command that writes it."""
+    source = paths.source_of_loss_file(path)
+    if source is None:
+        return "it is written by stage 1 (get_loss_values.py); pass --loss_path with its file"
+    dataset, arch, seed, sums = source
+    words = ["python get_loss_values.py", "--dataset", dataset, "--model_arch", arch, "--manual_seed", str(seed)]
+    folder = os.path.dirname(path)
+    if os.path.normpath(folder) != os.path.normpath(paths.SCORES_DIR):
+        words += ["--scores_dir", folder or "."]
+    if sums:
+        words += ["--trajectories", "sums"]
+    return "make it with stage 1: " + " ".join(words) + " (with your recipe flags)"
 
 
 def _run_metadata(losses: dict, loss_path: str, dataset: str, model_arch: str) -> tuple[str, str, int, int]:
@@ -124,20 +178,36 @@ def _score_trajectories(losses: dict, method: methods.Method, s: Settings, optio
     return indices, per_class, {"epochs_used": epochs}
 
 
-def next_command(record: dict, out: str, config: dict) -> str:
-    """The stage-3 command for this score file, with stage 1's recipe where it differs from the
-    defaults (so that copying it trains as stage 1 did)."""
+def next_command(record: dict, out: str, config: dict) -> tuple[str, str]:
+    """The stage-3 command for this score file, and a comment on it ('' when there is none).
+
+    It repeats stage 1's recipe where it differs from the defaults (so that copying it trains as
+    stage 1 did), except where that recipe would take fewer than :data:`MIN_STEPS` SGD steps on the
+    small coreset: then the batch size is lowered (and if need be the epochs raised), and the
+    comment says why.
+    """
     sizes = [v.size for v in record["indices"].values()]
+    k = suggested_k(sizes)
     values: dict[str, Any] = {"score_path": out, "dataset": record["dataset"], "model_arch": record["model_arch"],
-                              "samples_per_class": max(1, int(np.floor(0.1 * min(sizes) + 0.5)))}
+                              "samples_per_class": k}
     for name in _CARRIED:
         if name in config:
             try:
                 values[name] = STAGE3[name].kind.check(config[name], name)
             except UserError:
                 continue  # a value the file garbled is left out, not printed
+    examples = k * len(sizes)
+    batch, epochs = (values.get(name, STAGE3[name].default) for name in ("batch_size", "epochs"))
+    new_batch, new_epochs = recipe_for_steps(examples, batch, epochs)
+    comment = ""
+    if (new_batch, new_epochs) != (batch, epochs):
+        values.update(batch_size=new_batch, epochs=new_epochs)
+        changed = f"--batch_size {new_batch}" + (f" --epochs {new_epochs}" if new_epochs != epochs else "")
+        comment = (f"# {examples} examples at batch {batch} for {epochs} epochs would be "
+                   f"{optimizer_steps(examples, batch, epochs)} SGD steps, too few to fit a model; {changed} gives "
+                   f"{optimizer_steps(examples, new_batch, new_epochs)}")
     keep = ("score_path", "dataset", "model_arch", "samples_per_class")
-    return STAGE3.render("train_on_coresets.py", {k: v for k, v in values.items()}, keep=keep)
+    return STAGE3.render("train_on_coresets.py", values, keep=keep), comment
 
 
 def _summary(record: dict, method: methods.Method, out: str, seconds: float, config: dict) -> str:
@@ -152,7 +222,9 @@ def _summary(record: dict, method: methods.Method, out: str, seconds: float, con
     if "epochs_used" in record:
         ep = record["epochs_used"]
         stride = record["options"].get("epoch_stride", 1)
-        lines.append(f"epochs used   {ep.size}: {ep[0]} .. {ep[-1]}" + (f" (stride {stride})" if stride > 1 else ""))
+        # The file numbers epochs from 0; stage 1 prints "epoch 1/E" after the first.
+        lines.append(f"epochs used   {ep.size}: after epoch {ep[0] + 1} .. {ep[-1] + 1}"
+                     + (f" (stride {stride})" if stride > 1 else ""))
     if "snapshot" in record:
         lines.append(f"weights       {record['snapshot']} (after epoch {record['snapshot_epoch']}), evaluated in "
                      f"{record['options']['collect_precision']}")
@@ -164,6 +236,7 @@ def _summary(record: dict, method: methods.Method, out: str, seconds: float, con
         f"wrote         {out}  ({seconds:.1f} s)",
         "",
         "next (k = 10% of the smallest class; choose your own budget; the recipe is stage 1's):",
-        f"  {next_command(record, out, config)}",
     ]
+    command, comment = next_command(record, out, config)
+    lines += [f"  {comment}"] * bool(comment) + [f"  {command}"]
     return "\n".join(lines)

@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from utils.errors import UserError, require
-from utils.files.losses import SIGNAL_KEYS
+from utils.files.losses import SIGNAL_KEYS, SUMS_STATE
 
 MIN_EPOCHS = 3                 # CLD needs >= 2 loss differences to correlate
 DEFAULT_EL2N_EPOCHS = 20       # Data Diet scores early in training (epoch 20 of 200)
@@ -294,7 +294,7 @@ class CLDSums:
         n_cls: number of classes.
     """
 
-    STATE = ("epochs", "prev", "mean_x", "m2_x", "c_xy", "prev_v", "mean_y", "m2_y")
+    STATE = SUMS_STATE
 
     def __init__(self, tr_lbl: np.ndarray, val_lbl: np.ndarray, n_cls: int):
         self.tr_lbl, self.val_lbl, self.n_cls = np.asarray(tr_lbl), np.asarray(val_lbl), int(n_cls)

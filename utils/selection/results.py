@@ -25,8 +25,9 @@ from utils.files.locks import exclusive
 RECIPE_COLUMNS = ("learning_rate", "momentum", "weight_decay", "nesterov", "schedule", "gamma", "batch_size",
                   "augment", "precision", "compile", "world_size", "commit")
 RESULT_COLUMNS = ("name", "dataset", "model_arch", "method", "score_model_arch", "order", "samples_per_class",
-                  "fraction", "coreset_size", "manual_seed", "epochs", *RECIPE_COLUMNS, "best_test_acc",
-                  "final_test_acc", "final_train_acc", "seconds", "score_path")
+                  "fraction", "coreset_size", "manual_seed", "epochs", *RECIPE_COLUMNS, "weighted",
+                  "snapshot_epoch", "selection_model", "best_test_acc", "final_test_acc", "final_train_acc",
+                  "converged", "seconds", "score_path")
 
 
 @functools.lru_cache(maxsize=1)
@@ -57,7 +58,13 @@ def write_result(results_dir: str, name: str, result: Mapping[str, Any]) -> str:
     path = paths.run_json(results_dir, name)
     ensure_dir(os.path.dirname(path))
     atomic_write(path, lambda f: f.write(json.dumps(dict(result), indent=2, sort_keys=True).encode()))
-    refresh_csv(results_dir, changed=name)
+    try:
+        refresh_csv(results_dir, changed=name)
+    except UserError as exc:  # the result is safe in its JSON; say so, and how the row gets added
+        why = str(exc).split("; nothing was written")[0]
+        raise UserError(f"the run's result is written to {path}, but its row in {paths.results_csv(results_dir)} "
+                        f"is not: {why}; free some space, then run the same command again: it adds the row "
+                        "without training") from None
     return path
 
 
@@ -66,33 +73,73 @@ def refresh_csv(results_dir: str, changed: str | None = None) -> str:
     JSON of ``changed`` and of every run without a row; returns the CSV's path. The runs folder
     exists (the caller wrote a JSON there)."""
     csv_path = paths.results_csv(results_dir)
-    runs_dir = paths.runs_dir(results_dir)
     with exclusive(paths.lock_of(csv_path)):
-        if True:
-            rows = _read_rows(csv_path)
-            names = sorted(f[:-5] for f in os.listdir(runs_dir) if f.endswith(".json") and not f.startswith("."))
-            fresh = {}
-            for name in names:
-                known = rows.get(name)
-                json_path = paths.run_json(results_dir, name)
-                if known is None or name == changed:
-                    try:
-                        with open(json_path) as f:
-                            known = row_of(json.load(f))
-                    except (OSError, ValueError) as exc:
-                        raise UserError(f"cannot read run result {json_path} ({exc}); move it away") from None
-                fresh[name] = known
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\r\n")
-            writer.writeheader()
-            writer.writerows(fresh[name] for name in names)
-            atomic_write(csv_path, lambda f: f.write(buf.getvalue().encode()))
+        rows = _read_rows(csv_path)
+        foreign = set(foreign_results(results_dir))
+        names = [n for n in run_names(results_dir) if n not in foreign]
+        fresh = {}
+        for name in names:
+            known = rows.get(name)
+            if known is None or name == changed:
+                known = row_of(read_result(paths.run_json(results_dir, name)))
+            fresh[name] = known
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(fresh[name] for name in names)
+        atomic_write(csv_path, lambda f: f.write(buf.getvalue().encode()))
     return csv_path
 
 
-def _read_rows(csv_path: str) -> dict[str, dict]:
+def run_names(results_dir: str) -> list[str]:
+    """The runs with a result JSON in ``{results_dir}/runs/``."""
+    runs_dir = paths.runs_dir(results_dir)
+    if not os.path.isdir(runs_dir):
+        return []
+    return sorted(f[:-5] for f in os.listdir(runs_dir) if f.endswith(".json") and not f.startswith("."))
+
+
+def foreign_results(results_dir: str) -> dict[str, str]:
+    """{run name: what is wrong} for the JSONs of ``runs/`` that are not results of stage 3 (put there
+    by hand, damaged, or of another program): ``results.csv`` leaves them out."""
+    bad = {}
+    for name in run_names(results_dir):
+        try:
+            result = read_result(paths.run_json(results_dir, name))
+        except UserError as exc:
+            bad[name] = str(exc)
+            continue
+        if not isinstance(result.get("name"), str):
+            bad[name] = f"{paths.run_json(results_dir, name)} is not a result of train_on_coresets.py"
+    return bad
+
+
+def read_result(path: str) -> dict:
+    """A run's result JSON (a user error when it is unreadable or not an object)."""
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read run result {path} ({exc}); move it away") from None
+    if not isinstance(result, dict):
+        raise UserError(f"run result {path} holds a {type(result).__name__}, not a result; move it away")
+    return result
+
+
+def rows_present(results_dir: str) -> set[str]:
+    """The runs ``results.csv`` has a row for."""
+    return set(_read_rows(paths.results_csv(results_dir), quiet=True))
+
+
+def has_row(results_dir: str, name: str) -> bool:
+    """Whether ``results.csv`` has a row for run ``name``."""
+    return name in rows_present(results_dir)
+
+
+def _read_rows(csv_path: str, quiet: bool = False) -> dict[str, dict]:
     """The rows of an existing ``results.csv`` by run name; one of other columns (an older version)
-    is kept aside as ``results.csv.bak`` and the CSV is rebuilt from the JSONs."""
+    is kept aside as ``results.csv.bak`` and the CSV is rebuilt from the JSONs (``quiet``: only
+    read, an unreadable CSV has no rows)."""
     if not os.path.exists(csv_path):
         return {}
     try:
@@ -104,6 +151,8 @@ def _read_rows(csv_path: str) -> dict[str, dict]:
         if any(None in row or any(v is None for v in row.values()) for row in rows):
             raise ValueError("a ragged row")
     except (OSError, ValueError, csv.Error, UnicodeDecodeError):
+        if quiet:
+            return {}
         os.replace(csv_path, csv_path + ".bak")
         print(f"note: {csv_path} had other columns or a damaged row; it is kept as {csv_path}.bak and rebuilt from "
               "the run results")

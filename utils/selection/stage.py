@@ -14,18 +14,20 @@ import time
 import numpy as np
 
 from utils import paths, progress
+from utils.progress import warn
 from utils.cli.config import PAPER_TOPK, check_model
 from utils.cli.flags import Settings
 from utils.data.datasets import dataset_info
-from utils.errors import UserError
+from utils.errors import UserError, require
 from utils.files.scores import load_scores
 from utils.scoring import methods
 from utils.selection.coreset import SCORED_ORDERS, check_indices, class_budgets, select_coreset
-from utils.selection.results import project_commit, write_result
+from utils.selection.results import (foreign_results, has_row, project_commit, read_result, refresh_csv,
+                                     write_result)
 from utils.train import distributed
-from utils.train.options import Recipe, SessionOptions, recipe_identity
-from utils.train.session import evaluate_checkpoint, open_session
-from utils.train.state import RunState, claim_run, epoch_line, run_claims
+from utils.train.options import MIN_STEPS, Recipe, SessionOptions, optimizer_steps, recipe_for_steps, recipe_identity
+from utils.train.session import evaluate_checkpoint, open_session, where
+from utils.train.state import RunState, claim_run, epoch_line, recipe_differences, run_claims, schedule_note
 
 PAPER_DATASET = "CIFAR100"  # the paper code's default, for its score files that do not say
 
@@ -57,17 +59,59 @@ def train_on_coreset(s: Settings) -> dict:
                         "scores are the gains of each step); use top, bottom, middle or random")
     budget = ("samples_per_class", k) if k is not None else ("fraction", s.fraction)
     name = s.name or paths.coreset_run_name(info.name, model_arch, scores["method"], score_arch, s.order, budget,
-                                            s.manual_seed)
+                                            s.manual_seed, selection=_selection_model(scores) or "")
     files = paths.RunFiles(s.checkpoint_path, s.logpath, name, paths.run_json(s.results_dir, name))
+    if not s.overwrite and os.path.isfile(files.output) and not distributed.launched_by_torchrun():
+        done = _already_complete(s, files, score_path, model_arch, budget)
+        if done:
+            return done
     with run_claims() as claims:
         def prepare() -> None:  # main process, before any data is loaded
             claims.append(claim_run(files, [s.checkpoint_path, s.logpath, s.results_dir], s.resume_path, s.overwrite))
+            for problem in foreign_results(s.results_dir).values():  # said now, not after training
+                warn(f"{problem}; results.csv leaves it out")
 
         session = open_session(options, recipe, dataset=info.name, model_arch=model_arch,
                                num_classes=scores.get("num_classes"), num_classes_of=f"score file {score_path}",
                                prepare=prepare)
         coreset = _coreset(s, scores, score_path, session.train_source.labels, k)
-        return _train(s, session, files, recipe, coreset, scores, score_path, model_arch, score_arch, budget)
+        unreadable = coreset[np.isin(coreset, session.excluded_train)]
+        require(not unreadable.size, f"the coreset holds example {unreadable[:1].tolist()} whose file cannot be read "
+                "as an image (see the warning); rerun stages 1 and 2 with --skip_bad_images, or replace the file")
+        coreset, weights = _weights(s, scores, score_path, coreset, budget)
+        return _train(s, session, files, recipe, coreset, weights, scores, score_path, model_arch, score_arch, budget)
+
+
+# What a rerun must repeat of a finished run to be the same run (and then merely reported).
+SAME_RUN = ("epochs", "batch_size", "learning_rate", "momentum", "weight_decay", "disable_nesterov", "schedule",
+            "gamma", "augment", "precision", "order", "ccs_beta", "manual_seed", "weighted")
+
+
+def _already_complete(s: Settings, files: paths.RunFiles, score_path: str, model_arch: str,
+                      budget: tuple[str, float]) -> dict:
+    """The result of this very run exists: report it (restoring its ``results.csv`` row if a kill
+    lost it) instead of training again; returns it ({} for a resume to more epochs, which goes on)."""
+    result = read_result(files.output)
+    recorded = result.get("config")
+    differ = recipe_differences(recorded, s, SAME_RUN)
+    resolved = {"model_arch": model_arch, "samples_per_class": budget[1] if budget[0] == "samples_per_class" else None,
+                "fraction": budget[1] if budget[0] == "fraction" else None,
+                "score_path": os.path.realpath(score_path)}
+    recorded_resolved = {**result, "score_path": os.path.realpath(str(result.get("score_path", "")))}
+    differ += recipe_differences(recorded_resolved, resolved, tuple(resolved))
+    if s.resume_path and differ and all(d.startswith("--epochs ") for d in differ):
+        return {}  # a resume that trains on, to more epochs: its result is replaced at the end
+    if differ:
+        raise UserError(f"{files.output} already exists, from a run with another recipe ({'; '.join(differ)}); pass "
+                        "--overwrite to replace it, or give this run another --name or --results_dir")
+    say = progress.say
+    say(f"already complete: {files.output} (the same run; --overwrite to train it again)")
+    if not has_row(s.results_dir, files.name):
+        refresh_csv(s.results_dir)
+        say(f"note: its row was missing from {paths.results_csv(s.results_dir)} and is restored")
+    say(f"best test accuracy {result.get('best_test_acc')}%, final {result.get('final_test_acc')}%; accuracy on the "
+        f"coreset {result.get('final_train_acc')}%")
+    return result
 
 
 def _load(score_path: str) -> dict:
@@ -118,12 +162,48 @@ def _coreset(s: Settings, scores: dict, path: str, labels: np.ndarray, k: int | 
                           hard_end=scores.get("hard_end", "top"))
 
 
-def _train(s: Settings, session, files: paths.RunFiles, recipe: Recipe, coreset: np.ndarray, scores: dict,
-           score_path: str, model_arch: str, score_arch: str, budget: tuple[str, float]) -> dict:
+def _weights(s: Settings, scores: dict, path: str, coreset: np.ndarray,
+             budget: tuple[str, float]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The per-example weights CRAIG and GradMatch train with (DeepCore's weighted subsets), aligned
+    with the coreset; GradMatch keeps only its examples of nonzero weight. None: unweighted."""
+    stored = scores.get("weights")
+    if stored is None or not s.weighted:
+        return coreset, None
+    if s.order != "top":
+        progress.say(f"note: {scores['method']}'s weights are those of the top of its ranking; order {s.order} "
+                     "trains unweighted")
+        return coreset, None
+    key = paths.budget_token(budget)
+    if key not in stored:
+        value = budget[1] if budget[0] == "fraction" else int(budget[1])
+        raise UserError(f"score file {path} holds {scores['method']} weights for the budgets "
+                        f"{', '.join(sorted(stored)) or 'none'}, not {key}; write them with: python compute_cld_scores.py "
+                        f"--loss_path {scores.get('loss_path')} --method {scores['method']} --budgets {value} "
+                        f"--overwrite (or pass --weighted false)")
+    by_index = {}
+    for c, w in stored[key].items():
+        by_index.update(zip(scores["indices"][c][:len(w)].tolist(), w.tolist()))
+    weights = np.array([by_index.get(int(i), np.nan) for i in coreset])
+    if np.isnan(weights).any():
+        raise UserError(f"score file {path}: its {key} weights do not cover the coreset; rescore with compute_cld_scores.py")
+    if scores["method"] == "gradmatch":  # DeepCore trains on the examples OMP gave a nonzero weight
+        keep = weights > 0
+        progress.say(f"gradmatch keeps the {int(keep.sum())} of its {len(coreset)} selected examples whose weight is "
+                     "nonzero")
+        coreset, weights = coreset[keep], weights[keep]
+        if not len(coreset):
+            raise UserError(f"score file {path}: every gradmatch weight of budget {key} is zero; nothing to train on")
+    return coreset, weights
+
+
+def _train(s: Settings, session, files: paths.RunFiles, recipe: Recipe, coreset: np.ndarray,
+           weights: np.ndarray | None, scores: dict, score_path: str, model_arch: str, score_arch: str,
+           budget: tuple[str, float]) -> dict:
     info, is_main = session.data.info, session.dist.is_main
     say = progress.say if is_main else (lambda *a, **k: None)
     identity = {"stage": "coreset", "dataset": info.name, "model_arch": model_arch, "manual_seed": s.manual_seed,
-                "coreset_size": int(len(coreset)), "coreset_hash": _digest(coreset), "world_size": session.dist.world,
+                "coreset_size": int(len(coreset)), "coreset_hash": _digest(coreset, weights),
+                "world_size": session.dist.world,
                 **recipe_identity(recipe, session.precision)}
     run = RunState(session.model, session.trainer, session.scheduler, files, identity, dict(s), is_main)
     seconds_before = 0.0
@@ -131,13 +211,16 @@ def _train(s: Settings, session, files: paths.RunFiles, recipe: Recipe, coreset:
         seconds_before = float(run.resume(s.resume_path, recipe.epochs, s.overwrite, log=say).get("seconds", 0.0))
         say(f"resumed {s.resume_path} after epoch {run.epoch}")
     say(f"coreset of {len(coreset)} {info.name} examples ({s.order} of {scores['method']} scores by {score_arch}, "
-        f"{budget[0].replace('_', ' ')} {budget[1]}); training {model_arch} on {session.device} in {session.precision}")
+        f"{budget[0].replace('_', ' ')} {budget[1]}); training {model_arch} on {where(session)} in {session.precision}")
+    _say_training_plan(session, len(coreset), say)
+    if schedule_note(recipe):
+        say(schedule_note(recipe))
     start = time.perf_counter()
     eta = progress.Eta(recipe.epochs, run.epoch)
     for epoch in range(run.epoch, recipe.epochs):
         lr = run.learning_rate
         t0 = time.perf_counter()
-        train_loss, train_acc = session.train_epoch(coreset, s.manual_seed, epoch)
+        train_loss, train_acc = session.train_epoch(coreset, s.manual_seed, epoch, weights)
         t1 = time.perf_counter()
         test_loss, test_acc = session.test_eval()
         t2 = time.perf_counter()
@@ -152,6 +235,12 @@ def _train(s: Settings, session, files: paths.RunFiles, recipe: Recipe, coreset:
         say(epoch_line(run.rows[-1], recipe.epochs, eta))
     # Accuracy on the coreset itself, in eval mode and without augmentation: has training converged?
     on_coreset = session.evaluate(session.train_source, coreset, desc="coreset accuracy")
+    fit = 100.0 * float(on_coreset["correct"].double().mean())
+    converged = fit >= s.fit_threshold
+    if is_main and not converged:
+        warn(f"the model fit only {fit:.2f}% of its own coreset (below --fit_threshold {s.fit_threshold:g}): it did "
+             f"not learn it, so its test accuracy says little about the coreset; train longer (--epochs) or with "
+             f"more steps per epoch (a smaller --batch_size); recorded as converged false")
     result = {
         "name": files.name, "dataset": info.name, "model_arch": model_arch, "score_path": score_path,
         "method": scores["method"], "score_model_arch": score_arch, "order": s.order,
@@ -161,9 +250,12 @@ def _train(s: Settings, session, files: paths.RunFiles, recipe: Recipe, coreset:
         "precision": session.precision, "compile": str(s.compile), "world_size": session.dist.world,
         "commit": project_commit(), "best_test_acc": round(run.best_acc, 4),
         "final_test_acc": round(float(run.rows[-1]["test_acc"]), 4),
-        "final_train_acc": round(100.0 * float(on_coreset["correct"].double().mean()), 4),
+        "final_train_acc": round(fit, 4), "converged": converged, "fit_threshold": s.fit_threshold,
+        "optimizer_steps": session.optimizer_steps(len(coreset)),
         "seconds": round(seconds_before + time.perf_counter() - start, 2), "config": dict(s),
-        "coreset_indices": coreset.tolist(),
+        "coreset_indices": coreset.tolist(), "weighted": weights is not None,
+        "coreset_weights": None if weights is None else weights.tolist(),
+        "snapshot_epoch": scores.get("snapshot_epoch"), "selection_model": _selection_model(scores),
     }
     with distributed.fail_together():  # every process returns once the result is written
         if is_main:
@@ -174,7 +266,33 @@ def _train(s: Settings, session, files: paths.RunFiles, recipe: Recipe, coreset:
     return result
 
 
-def _digest(indices: np.ndarray) -> str:
-    """A short fingerprint of the coreset, so a resume cannot silently train on another one."""
-    return hashlib.sha1(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
+def _say_training_plan(session, examples: int, say) -> None:
+    """How many SGD steps the run takes, and a warning when they are too few to fit anything."""
+    r = session.recipe
+    steps = session.optimizer_steps(examples)
+    per_epoch = steps // r.epochs
+    say(f"training plan: {steps} optimizer steps ({r.epochs} epochs x {per_epoch} batch{'es' if per_epoch != 1 else ''} "
+        f"of at most {r.batch_size})")
+    if steps < MIN_STEPS and session.dist.is_main:
+        batch, epochs = recipe_for_steps(-(-examples // session.dist.world), r.batch_size, r.epochs)
+        warn(f"only {steps} optimizer steps: too few to fit a model (at least {MIN_STEPS} are advised); raise --epochs "
+             f"or lower --batch_size (e.g. --batch_size {batch}" + (f" --epochs {epochs}" if epochs != r.epochs else "")
+             + f" gives {optimizer_steps(examples, batch, epochs, session.dist.world)})")
+
+
+def _selection_model(scores: dict) -> str | None:
+    """What the weights of a model method's score file came from (None for trajectory methods)."""
+    options = scores.get("options")
+    if scores.get("snapshot_epoch") is None or not isinstance(options, dict):
+        return None
+    return str(options.get("selection_model", "snapshot"))
+
+
+def _digest(indices: np.ndarray, weights: np.ndarray | None = None) -> str:
+    """A short fingerprint of the coreset (and its weights), so a resume cannot silently train on
+    another one."""
+    h = hashlib.sha1(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
+    if weights is not None:
+        h.update(np.ascontiguousarray(weights, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
 

@@ -61,11 +61,18 @@ class _LossStep(nn.Module):
         self.model = model
         self.device_type, self.dtype = device_type, dtype
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(self.device_type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
             logits = self.model(x)
-            loss = F.cross_entropy(logits, y)
-        totals = torch.stack([loss.detach().double() * y.shape[0], (logits.argmax(1) == y).sum().double()])
+            if w is None:
+                loss = F.cross_entropy(logits, y)
+                total = loss.detach().double() * y.shape[0]
+            else:  # DeepCore's weighted subsets: a weighted mean of the per-example losses
+                each = F.cross_entropy(logits, y, reduction="none")
+                loss = (each * w).sum() / w.sum()
+                total = each.detach().double().sum()  # the log keeps the plain mean loss
+        totals = torch.stack([total, (logits.argmax(1) == y).sum().double()])
         return loss, totals
 
 
@@ -146,15 +153,16 @@ class Trainer:
         if self.compile_spec is not None and self.compile_spec.cudagraphs and self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
 
-    def train_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
-        """One epoch of SGD; returns (mean training loss, accuracy in %) over the batches seen."""
+    def train_epoch(self, batches: Iterable[tuple[torch.Tensor, ...]]) -> tuple[float, float]:
+        """One epoch of SGD over ``(x, y)`` batches, or ``(x, y, w)`` with per-example weights;
+        returns (mean training loss, accuracy in %) over the batches seen."""
         self.model.train()
         totals = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss sum, correct
         count = 0
-        for x, y in batches:
+        for x, y, *w in batches:
             self.optimizer.zero_grad(set_to_none=True)  # before the forward: no graph output outlives its step
             self._new_step()
-            loss, step_totals = self._loss_step(x, y)
+            loss, step_totals = self._loss_step(x, y, *w)
             # Accumulate on the device: no .item() per step, one synchronisation per epoch.
             totals += step_totals
             self.scaler.scale(loss).backward()

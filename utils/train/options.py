@@ -56,7 +56,8 @@ class SessionOptions:
     """Where and how a training stage runs: device, precisions, compilation, data, seed.
 
     Values are the checked flags of the same names (``utils.cli.config``); ``collect_precision``
-    'same' means the training precision (stage 3 records no per-example losses).
+    'same' means the training precision (stage 3 records no per-example losses); ``threads`` 0
+    lets :func:`utils.train.device.cpu_threads` choose.
     """
     data_path: str = "./Data"
     download: bool = True
@@ -67,9 +68,35 @@ class SessionOptions:
     collect_precision: str = "same"
     compile: bool | str = False
     manual_seed: int = 1234
+    threads: int = 0
+    skip_bad_images: bool = False
 
     @classmethod
     def from_settings(cls, s) -> "SessionOptions":
         return cls(data_path=s.data_path, download=s.download, workers=s.workers, decode=s.decode, device=s.device,
                    precision=s.precision, collect_precision=s.get("collect_precision", "same"), compile=s.compile,
-                   manual_seed=s.manual_seed)
+                   manual_seed=s.manual_seed, threads=s.threads, skip_bad_images=s.get("skip_bad_images", False))
+
+
+# Fewer optimizer steps than this rarely fit a model to anything: stage 3 warns, and the stage-3
+# command that stage 2 prints is scaled to reach it (130 examples at batch 128 for 8 epochs is 8
+# SGD steps, after which the digits CNN is at chance).
+MIN_STEPS = 100
+
+
+def optimizer_steps(examples: int, batch_size: int, epochs: int, world: int = 1) -> int:
+    """SGD steps of a run: per epoch, the batches of one process's share (shards padded equal)."""
+    per_process = -(-examples // world)
+    return epochs * -(-per_process // batch_size)
+
+
+def recipe_for_steps(examples: int, batch_size: int, epochs: int, steps: int = MIN_STEPS) -> tuple[int, int]:
+    """(batch size, epochs) that give at least ``steps`` optimizer steps on ``examples`` examples: the
+    batch size lowered first (no larger than asked, no smaller than 1), then the epochs raised."""
+    if optimizer_steps(examples, batch_size, epochs) >= steps:
+        return batch_size, epochs
+    batch = max(1, min(batch_size, examples * epochs // steps))
+    while batch > 1 and optimizer_steps(examples, batch, epochs) < steps:
+        batch -= 1
+    per_epoch = -(-examples // batch)
+    return batch, max(epochs, -(-steps // per_epoch))

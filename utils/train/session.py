@@ -5,7 +5,7 @@ Everything is resolved once here and passed down (no ``.cuda()`` anywhere else).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -14,14 +14,15 @@ import torch
 from utils import progress
 from utils.data.batches import shard_positions
 from utils.data.sources import make_batches
+from utils.data.images import bad_images, refuse_or_skip
 from utils.data.datasets import LoadedDataset, dataset_info, load_dataset
 from utils.errors import UserError, first_line
 from utils.files.checkpoint import check_identity, load_model_weights
 from utils.train import distributed
-from utils.train.device import resolve_collect_precision, resolve_compile, resolve_device, resolve_precision
+from utils.train.device import cpu_threads, resolve_collect_precision, resolve_compile, resolve_device, resolve_precision
 from utils.train.distributed import DistInfo
 from utils.train.engine import Trainer, build_optimizer, build_scheduler
-from utils.train.options import Recipe, SessionOptions
+from utils.train.options import Recipe, SessionOptions, optimizer_steps
 
 
 @dataclass
@@ -38,10 +39,22 @@ class Session:
     trainer: Trainer
     scheduler: Any
     recipe: Recipe
+    threads: int = 0  # torch's CPU threads
+    excluded_train: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # --skip_bad_images
+    excluded_test: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def optimizer_steps(self, examples: int) -> int:
+        """SGD steps of the whole run on ``examples`` examples (every process takes as many)."""
+        return optimizer_steps(examples, self.recipe.batch_size, self.recipe.epochs, self.dist.world)
 
     def test_eval(self) -> tuple[float, float]:
-        """(mean loss, accuracy %) on the whole test set."""
-        out = self.evaluate(self.test_source, np.arange(len(self.test_source)), desc="test")
+        """(mean loss, accuracy %) on the whole test set (less the files that cannot be images)."""
+        indices = np.setdiff1d(np.arange(len(self.test_source)), self.excluded_test)
+        out = self.evaluate(self.test_source, indices, desc="test")
         return float(out["loss"].double().mean()), 100.0 * float(out["correct"].double().mean())
 
     def evaluate(self, source, indices: np.ndarray, signals: bool = False, precision: str | None = None,
@@ -58,18 +71,27 @@ class Session:
         """Per-example results of training-set examples in the collection precision."""
         return self.evaluate(self.train_source, indices, signals, self.collect_precision, desc)
 
-    def train_epoch(self, indices: np.ndarray, seed: int, epoch: int) -> tuple[float, float]:
+    def train_epoch(self, indices: np.ndarray, seed: int, epoch: int,
+                    weights: np.ndarray | None = None) -> tuple[float, float]:
         """One epoch of SGD on this process's share of ``indices`` (shuffled and, with the recipe's
-        ``augment``, augmented from ``(seed, epoch)`` alone); returns (mean loss, accuracy %)."""
+        ``augment``, augmented from ``(seed, epoch)`` alone), weighted by ``weights`` (aligned with
+        ``indices``) if given; returns (mean loss, accuracy %)."""
         r = self.recipe
         batches = self.train_source.train_epoch(indices, r.batch_size, seed, epoch, self.dist.rank, self.dist.world,
-                                                r.augment)
+                                                r.augment, weights)
         count = self._count(len(indices), r.batch_size)
         return self.trainer.train_epoch(progress.bar(progress.Sized(batches, count), f"epoch {epoch + 1} train"))
 
     def _count(self, n: int, batch_size: int) -> int:
         """Batches this process gets of ``n`` examples (shards are padded to equal size)."""
         return -(-len(shard_positions(n, self.dist.rank, self.dist.world)) // batch_size)
+
+
+def where(session: Session) -> str:
+    """The device a stage runs on, for its summary line (with the thread count on a CPU)."""
+    if session.device.type != "cpu":
+        return str(session.device)
+    return f"cpu ({session.threads} thread{'s' if session.threads != 1 else ''}; --threads to change)"
 
 
 def seed_everything(seed: int) -> None:
@@ -119,8 +141,19 @@ def open_session(o: SessionOptions, recipe: Recipe, *, dataset: str, model_arch:
     data = distributed.in_turn(dist_info, lambda: load_dataset(dataset, o.data_path, download=o.download))
     if num_classes is not None and num_classes != data.num_classes:
         raise UserError(f"{data.info.name} has {data.num_classes} classes but {num_classes_of} was made for {num_classes}")
+    excluded = {"train": np.zeros(0, np.int64), "test": np.zeros(0, np.int64)}
+    if not data.info.in_memory:  # before any training: a damaged file is named now, not mid-epoch
+        with distributed.fail_together():
+            for part in ("train", "test"):
+                bad = bad_images(getattr(data, part), o.workers, part)
+                if dist_info.is_main:  # the main process names them; the others stop alike
+                    refuse_or_skip(bad, part, o.skip_bad_images)
+                elif bad and not o.skip_bad_images:
+                    raise UserError(f"the {part} set holds files that cannot be read as images")
+                excluded[part] = np.array(sorted(i for i, _, _ in bad), dtype=np.int64)
     seed_everything(o.manual_seed)
     model = build_model(model_arch, data.num_classes, data.info.name, torch_device)
+    threads = cpu_threads(o.threads, sum(p.numel() for p in model.parameters()), torch_device)
     wrapped = model
     if dist_info.enabled:
         ids = [torch_device.index] if torch_device.type == "cuda" else None
@@ -132,7 +165,8 @@ def open_session(o: SessionOptions, recipe: Recipe, *, dataset: str, model_arch:
     return Session(dist_info, torch_device, precision, collect, data,
                    make_batches(data.train, data.info, torch_device, o.workers, o.decode),
                    make_batches(data.test, data.info, torch_device, o.workers, o.decode),
-                   model, trainer, build_scheduler(optimizer, recipe), recipe)
+                   model, trainer, build_scheduler(optimizer, recipe), recipe, threads, excluded["train"],
+                   excluded["test"])
 
 
 def evaluate_checkpoint(o: SessionOptions, recipe: Recipe, checkpoint: str, *, dataset: str, model_arch: str) -> dict:

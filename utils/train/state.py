@@ -16,10 +16,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import math
 import os
 import shutil
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -72,9 +73,14 @@ def claim_run(files: RunFiles, folders: list[str], resume_path: str, overwrite: 
     it created.
     """
     claim = RunClaim(files.lock, _missing_folders(folders))
-    for folder in folders:
-        ensure_dir(folder)
     try:
+        for folder in folders:  # inside: a folder that cannot be made leaves none of the others behind
+            ensure_dir(folder)
+        for path in (files.lock, files.last, files.best, files.log, files.output, files.trajectories,
+                     *files.snapshots().values()):
+            if path and os.path.islink(path):  # written through, it would change a file elsewhere
+                raise UserError(f"{path} is a symbolic link; a run never writes through one: remove it, or choose "
+                                "other folders")
         claim.lock = RunLock(files.lock, f"run {files.name}")
         if files.output and os.path.isdir(files.output):
             raise UserError(f"{files.output} is a folder; the run's output cannot be written there")
@@ -249,6 +255,28 @@ class RunState:
             save_checkpoint(self.files.best, self.weights("best", acc=self.rows[-1]["test_acc"], best_acc=self.best_acc))
         save_checkpoint(self.files.last, self.state(extra))
         write_csv(self.files.log, self.rows)
+
+
+def recipe_differences(recorded: Any, flags: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """``--name V (this command: W)`` for every flag of ``names`` whose value in ``recorded`` (the
+    config a finished run saved) differs from ``flags``; a config that is not a dict differs in all."""
+    if not isinstance(recorded, dict):
+        return ["the recorded configuration is missing"]
+    def text(value: Any) -> str:
+        return json.dumps(list(value) if isinstance(value, tuple) else value, sort_keys=True, default=str)
+    return [f"--{n} {text(recorded.get(n))} (this command: {text(flags[n])})" for n in names
+            if text(recorded.get(n)) != text(flags[n])]
+
+
+def schedule_note(recipe) -> str:
+    """A note when learning-rate milestones lie past the run's last epoch (they then never apply);
+    '' otherwise."""
+    late = [m for m in recipe.schedule if m >= recipe.epochs]
+    if not late:
+        return ""
+    return (f"note: --schedule milestone{'s' if len(late) > 1 else ''} {', '.join(map(str, late))} lie{'s' if len(late) == 1 else ''} "
+            f"at or past the run's {recipe.epochs} epochs, so {'they' if len(late) > 1 else 'it'} never appl"
+            f"{'y' if len(late) > 1 else 'ies'}")
 
 
 def epoch_line(row: dict, epochs: int, eta: progress.Eta) -> str:
