@@ -24,7 +24,8 @@ test: $(SETUP)
 # stage 3 trains the CNN to convergence (15 epochs at batch 20, no augmentation: an 8x8 digit has
 # little room for crops) on k = 5, 10, 20, 40 examples per class of each ranking
 # (CLD: top, near-zero, bottom; every baseline: top; and a random draw), 5 seeds each, two runs
-# at a time. `make demo` again only reprints the table; Ctrl-C and rerun continues; rm -rf demo
+# at a time; then the table, the accuracy plot, the CLD-order bars, the method overlap and CLD's
+# overview figure. `make demo` again only reprints the table; Ctrl-C and rerun continues; rm -rf demo
 # to redo it. One thread per process, so that two runs on one machine print the same table.
 DEMO_THREADS ?= 1
 DEMO_METHODS := cld,el2n,forgetting,aum,least_confidence,entropy,margin,herding,kcenter,contextual_diversity,cal,moderate

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import io
 import json
 import multiprocessing
@@ -37,6 +36,7 @@ import get_loss_values
 import train_on_coresets
 from conftest import EPOCHS, REPO, assert_user_error, cli, flag_args, s1_flags, s3_flags
 from fakedata import write_fake_cifar
+from utils.files.locks import try_lock_descriptor
 from utils.files.atomic import atomic_write, remove_stale_temps
 from utils.files.checkpoint import load_checkpoint
 from utils.files.losses import load_losses, load_split
@@ -472,7 +472,7 @@ def test_stale_temporary_files_are_removed_but_not_those_being_written(tmp_path)
     other = tmp_path / ".other.bin.x.tmp"
     other.write_bytes(b"not ours")
     with open(live, "rb") as held:  # a writer that is still alive holds its lock
-        fcntl.flock(held, fcntl.LOCK_EX)
+        assert try_lock_descriptor(held.fileno())
         atomic_write(target, lambda f: f.write(b"new"))
         assert not stale.exists() and live.exists() and other.exists()
     assert remove_stale_temps(target) == [str(live)]

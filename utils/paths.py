@@ -113,8 +113,10 @@ SELECTION_RUNS = "deepcore_selection"  # subfolder of the grid's folders for Dee
 
 def table_files(results_dir: str) -> dict[str, str]:
     """What ``reproduce_table.py`` writes into the results folder."""
-    return {"csv": os.path.join(results_dir, "table.csv"), "md": os.path.join(results_dir, "table.md"),
-            "png": os.path.join(results_dir, "accuracy_vs_size.png")}
+    return {name: os.path.join(results_dir, file) for name, file in (
+        ("csv", "table.csv"), ("md", "table.md"), ("png", "accuracy_vs_size.png"), ("orders", "cld_orders.png"),
+        ("overlap_csv", "method_overlap.csv"), ("overlap_png", "method_overlap.png"),
+        ("overview", "cld_overview.png"))}
 
 
 def cifar_root(data_path: str) -> str:

@@ -137,6 +137,12 @@ STAGE1_OUTPUTS = [
          "these epochs ({checkpoint_path}/{run}_epoch{E}.pth) for the model-based methods of stage 2"),
     Flag("trajectories", Choice(("full", "sums")), "full", "full: every loss of every epoch (all methods); "
          "sums: only CLD's running sums per example (O(N) memory and disk)"),
+    Flag("stop_when_stable", Optional(Float(0, 1, lo_open=True)), None, "stop once CLD's per-class top-k coreset "
+         "overlaps the one --stability_every epochs earlier with a mean Jaccard of at least this, at two checks in a "
+         "row (off by default; the learning-rate schedule is not rescaled)"),
+    Flag("stability_every", Int(1, MAX_EPOCHS), 5, "--stop_when_stable: epochs between checks"),
+    Flag("stability_k", Float(0, MAX_BATCH * 64, lo_open=True), 0.1, "--stop_when_stable: the coreset compared, "
+         "k per class (an integer) or a fraction of each class (below 1)"),
 ]
 
 SCORING = [
@@ -149,6 +155,16 @@ SCORING = [
     Flag("method", Choice(methods.names), "cld", "scoring method (see docs/methods.md)"),
     Flag("output_path", Path(), "", "score file to write; default beside the loss file, "
          "{METHOD}_{dataset}_{arch}_seed{seed}_scores.pickle"),
+    Flag("stability", Bool(), False, "trajectory methods: also compare the ranking from the first E recorded epochs "
+         "with the ranking from all of them, for E on --stability_epochs (table, <score file>_stability.csv)"),
+    Flag("stability_epochs", ListOf(Int(1, MAX_EPOCHS), unique=True), [], "--stability: the E to compare (default "
+         "every 10% of the recorded epochs)"),
+    Flag("stability_k", ListOf(Float(0, MAX_BATCH * 64, lo_open=True), unique=True), [0.1], "--stability: the "
+         "coresets compared, k per class (integers) or fractions of each class (below 1)"),
+    Flag("figure", Path(), "", "also draw a PNG: with --stability its curve; else, for cld, the overview figure of "
+         "one class (its highest- and lowest-CLD images and their loss trajectories, and the CLD histograms)"),
+    Flag("figure_class", Optional(Int(0, 10**6)), None, "--figure: the class shown (default the class whose CLD "
+         "spreads widest)"),
     Flag("first_epochs", Int(0, MAX_EPOCHS), 0, "trajectory methods: score only the first N recorded epochs "
          "(0 = all)"),
     Flag("epoch_stride", Int(1, MAX_EPOCHS), 1, "trajectory methods: then keep every s-th of those epochs"),
@@ -171,7 +187,7 @@ SCORING = [
          "DeepCore's selection recipe: constant learning rate, no augmentation)"),
     Flag("gradient_target", Choice(("val", "train")), "val", "gradmatch, glister: match the class's held-out "
          "validation split (val, the methods' definition) or its training split (train, what DeepCore's run does)"),
-    Flag("data_path", Path(), "", "model methods: the data folder; default the one stage 1 recorded"),
+    Flag("data_path", Path(), "", "model methods and --figure: the data folder; default the one stage 1 recorded"),
     Flag("device", DeviceKind(), "auto", "model methods: auto, cpu, cuda or cuda:N"),
     THREADS,
     COLLECT_PRECISION,
@@ -258,6 +274,13 @@ def _check_stage2(s: Settings) -> Settings:
     method = methods.get(s.method)
     budgets_of(s.budgets)
     check_safe_name(s.model_arch, "--model_arch")
+    if s.stability:
+        require(method.family == "trajectory", f"--stability compares rankings from fewer recorded epochs; "
+                f"{method.name} scores from model weights, not from the trajectories")
+    if s.figure:
+        require(s.figure.endswith(".png"), f"--figure must name a .png file, got {s.figure!r}")
+        require(s.stability or method.name == "cld", "--figure draws CLD's overview figure (--method cld) or, with "
+                "--stability, the stability curve of a trajectory method")
     if s.save_features:
         require(method.uses_model, f"--save_features exports the matrix of a model method; {method.name} reads "
                 "the loss trajectories (they are in the loss file already)")
@@ -357,10 +380,12 @@ GRID_FORWARDED = [
 ]
 # Stage flags the grid sets itself for each step (never forwarded from its own flags).
 GRID_SETS = {
+    # The grid leaves stage 1's stop rule and stage 2's stability table and figure at their defaults
+    # (it draws its own pictures).
     1: ("model_arch", "manual_seed", "resume_path", "evaluate_only", "overwrite", "start_epoch", "dataset",
-        *STAGE1_RECIPE),
+        "stop_when_stable", "stability_every", "stability_k", *STAGE1_RECIPE),
     2: ("loss_path", "dataset", "model_arch", "split_path", "method", "output_path", "seed", "save_features",
-        "budgets", "selection_model",
+        "budgets", "selection_model", "stability", "stability_epochs", "stability_k", "figure", "figure_class",
         "overwrite", "data_path"),
     3: ("score_path", "samples_per_class", "topk_per_class", "fraction", "order", "dataset", "model_arch",
         "manual_seed", "name", "resume_path", "evaluate_only", "overwrite", "start_epoch"),

@@ -23,6 +23,8 @@ from utils.data.splits import stratified_split
 from utils.errors import UserError
 from utils.files.checkpoint import save_checkpoint
 from utils.files.losses import load_losses, load_split, load_sums, save_losses, save_split, save_sums
+from utils.scoring.stability import StopRule, budget_words
+from utils.scoring.trajectory import cld
 from utils.train import distributed
 from utils.train.options import Recipe, SessionOptions, recipe_identity
 from utils.train.session import Session, evaluate_checkpoint, open_session, where
@@ -67,13 +69,18 @@ def _run(s: Settings, session: Session, files: paths.RunFiles, recipe: Recipe, r
     identity = {"stage": "losses", "dataset": info.name, "model_arch": s.model_arch, "manual_seed": s.manual_seed,
                 "val_split_ratio": ratio, "num_train": int(len(train_idx)), "num_val": int(len(val_idx)),
                 "world_size": session.dist.world, "trajectories": s.trajectories,
-                "collect_precision": session.collect_precision, **recipe_identity(recipe, session.precision)}
+                "collect_precision": session.collect_precision, **recipe_identity(recipe, session.precision),
+                "stop_when_stable": s.stop_when_stable, "stability_every": s.stability_every,
+                "stability_k": s.stability_k}
     config = {**s, "val_split_ratio": ratio}
+    rule = StopRule(s.stop_when_stable, s.stability_every, s.stability_k) if s.stop_when_stable is not None else None
     run = RunState(session.model, session.trainer, session.scheduler, files, identity, config, is_main)
     store = (SumsTrajectories(files, labels[train_idx], labels[val_idx], session.data.num_classes) if sums
              else FullTrajectories(files, recipe.epochs, len(train_idx), len(val_idx)))
     if s.resume_path:  # before the split file is written: a refused resume writes nothing
-        run.resume(s.resume_path, recipe.epochs, s.overwrite, log=say)
+        extra = run.resume(s.resume_path, recipe.epochs, s.overwrite, log=say)
+        if rule is not None and "stability" in extra:  # the same test goes on
+            rule.restore(extra["stability"], s.resume_path)
         say(f"resumed {s.resume_path} after epoch {run.epoch}")
     with distributed.fail_together():
         if is_main:
@@ -92,6 +99,7 @@ def _run(s: Settings, session: Session, files: paths.RunFiles, recipe: Recipe, r
     if schedule_note(recipe):
         say(schedule_note(recipe))
     eta = progress.Eta(recipe.epochs, run.epoch)
+    stopped = None
     for epoch in range(run.epoch, recipe.epochs):
         lr = run.learning_rate
         t0 = time.perf_counter()
@@ -114,16 +122,29 @@ def _run(s: Settings, session: Session, files: paths.RunFiles, recipe: Recipe, r
             "epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
             "test_acc": test_acc, "val_loss_mean": float(val_loss.mean(dtype=np.float64)),
             "seconds_train": t1 - t0, "seconds_test": t2 - t1, "seconds_collect": t3 - t2})
+        stop = rule is not None and rule.due(run.epoch) and _settled(rule, store, labels, train_idx, val_idx, run.epoch,
+                                                                    is_main, say)
         # The checkpoint counts the epoch's rows and snapshot, so they are on disk before it.
         with distributed.fail_together():  # a failed write (disk full) stops every process
             if is_main:
                 store.flush(run.epoch)
                 if run.epoch in snapshots:
                     save_checkpoint(files.snapshot(run.epoch), run.weights("snapshot"))
-                run.save(improved)
+                run.save(improved, {"stability": rule.state()} if rule is not None else None)
                 store.forget_before(run.epoch)
         eta.step()
         say(epoch_line(run.rows[-1], recipe.epochs, eta))
+        if stop:
+            stopped = {"epoch": run.epoch, "threshold": s.stop_when_stable, "every": s.stability_every,
+                       "reason": f"CLD's coreset (top {budget_words(s.stability_k)}) overlapped the one "
+                                 f"{s.stability_every} epochs earlier with a mean Jaccard of at least "
+                                 f"{s.stop_when_stable:g} at two checks in a row (last {rule.last:.4f})"}
+            say(f"stopped after epoch {run.epoch} of {recipe.epochs}: {stopped['reason']} (--stop_when_stable)")
+            break
+    else:
+        if rule is not None:
+            say(f"note: --stop_when_stable {s.stop_when_stable:g} was never met (last mean Jaccard "
+                f"{'none' if rule.last is None else f'{rule.last:.4f}'}); the run trained all {recipe.epochs} epochs")
 
     with distributed.fail_together():  # every process returns once the output exists
         if is_main:
@@ -132,17 +153,40 @@ def _run(s: Settings, session: Session, files: paths.RunFiles, recipe: Recipe, r
                       "collect_precision": session.collect_precision, "data_path": os.path.abspath(s.data_path),
                       "checkpoints": {"last": os.path.abspath(files.last),
                                       "snapshots": {e: os.path.abspath(p) for e, p in files.snapshots().items()}},
-                      "epoch": np.arange(recipe.epochs, dtype=np.int64), "tr_lbl": labels[train_idx],
+                      "epoch": np.arange(run.epoch, dtype=np.int64), "tr_lbl": labels[train_idx],
                       "val_lbl": labels[val_idx], "train_indices": train_idx, "val_indices": val_idx}
+            if stopped is not None:
+                record["stopped"] = stopped
             if sums:
                 save_sums(files.output, record, store.sums.state())
             else:
-                save_losses(files.output, {**record, **store.arrays(recipe.epochs)})
-    say(f"best test accuracy {run.best_acc:.2f}%; {'CLD sums' if sums else 'losses'} of {recipe.epochs} epochs "
+                save_losses(files.output, {**record, **store.arrays(run.epoch)})
+    say(f"best test accuracy {run.best_acc:.2f}%; {'CLD sums' if sums else 'losses'} of {run.epoch} epochs "
         f"saved to {files.output}")
     say(f"next: python compute_cld_scores.py --loss_path {files.output}")
     distributed.teardown()
     return files.output
+
+
+def _settled(rule: StopRule, store, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, done: int,
+             is_main: bool, say) -> bool:
+    """Whether ``--stop_when_stable`` stops the run after epoch ``done``: the main process computes
+    CLD from what it recorded so far; every process gets its verdict."""
+    stop = False
+    if is_main:
+        if isinstance(store, SumsTrajectories):
+            scores = store.sums.scores()
+        else:
+            rows = store.arrays(done)
+            scores = cld({"epoch": np.arange(done), "tr_loss": rows["tr_loss"], "val_loss": rows["val_loss"],
+                          "tr_lbl": labels[train_idx], "val_lbl": labels[val_idx], "train_indices": train_idx,
+                          "val_indices": val_idx})
+        stop = rule.check(scores, labels[train_idx], train_idx)
+        if rule.last is not None:
+            say(f"stability after epoch {done}: CLD's coreset (top {budget_words(rule.budget)}) overlaps that of epoch "
+                f"{done - rule.every} with a mean Jaccard of {rule.last:.4f} ({rule.streak} of 2 checks in a row at or "
+                f"above {rule.threshold:g})")
+    return distributed.agree(stop)
 
 
 # What a rerun must repeat of a finished run to be the same run (and then merely reported).

@@ -95,6 +95,9 @@ def check_run_records(d: dict, path: str, what: str) -> None:
     for key in ("data_path", "collect_precision"):
         if d.get(key) is not None and not isinstance(d[key], str):
             raise UserError(f"{what} {path}: {key!r} is not text; the file is corrupt")
+    stopped = d.get("stopped")
+    if stopped is not None and not (isinstance(stopped, dict) and isinstance(stopped.get("epoch"), (int, np.integer))):
+        raise UserError(f"{what} {path}: 'stopped' is not a record of the epoch the run stopped at; the file is corrupt")
     checkpoints = d.get("checkpoints")
     if checkpoints is None:
         return

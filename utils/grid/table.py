@@ -174,6 +174,34 @@ def write_outputs(g: Settings, steps: Sequence, say: Callable[[str], None] = pro
     md = table_markdown(rows, g)
     atomic_write(files["md"], lambda f: f.write(md.encode()))
     plot(files["png"], rows, g)
+    written = [files["csv"], files["md"], files["png"], *_pictures(g, steps, rows, files)]
     say("\n" + md)
-    say(f"wrote {files['csv']}, {files['md']}, {files['png']}")
+    say(f"wrote {', '.join(written)}")
     return rows
+
+
+def _pictures(g: Settings, steps: Sequence, rows: list[dict], files: dict[str, str]) -> list[str]:
+    """The pictures the grid has what for (utils.grid.figures); returns the files written."""
+    from utils.files.losses import load_losses
+    from utils.files.scores import load_scores
+    from utils.grid import figures
+    from utils.scoring.figure import overview
+
+    written = []
+    if "cld" in g.methods and figures.cld_orders(files["orders"], rows, g):
+        written.append(files["orders"])
+    scored = {s.flags["method"]: s for s in steps if s.stage == 2 and os.path.exists(s.output)}
+    budgets = list(g.samples_per_class or g.fractions)
+    if len(scored) >= 2:
+        rankings = {m: load_scores(step.output)["indices"] for m, step in scored.items()}
+        figures.write_overlap(files["overlap_csv"], files["overlap_png"], figures.method_overlap(rankings, budgets),
+                              budgets, g.samples_per_class is None,
+                              f"{g.dataset}: how far the methods pick the same examples (mean over classes of the "
+                              "per-class top-k Jaccard)")
+        written += [files["overlap_csv"], files["overlap_png"]]
+    if "cld" in scored and g.trajectories == "full":
+        record = load_scores(scored["cld"].output)
+        losses = load_losses(scored["cld"].flags["loss_path"])
+        overview(files["overview"], losses, record, None, losses.get("data_path") or g.data_path)
+        written.append(files["overview"])
+    return written

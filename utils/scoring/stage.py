@@ -19,7 +19,7 @@ from utils.data.datasets import dataset_info
 from utils.cli.config import STAGE1, STAGE3, budgets_of
 from utils.cli.flags import Settings
 from utils.errors import UserError, require
-from utils.files.atomic import check_output_free
+from utils.files.atomic import atomic_write, check_output_free
 from utils.files.losses import load_losses, load_sums
 from utils.files.scores import save_scores
 from utils.paths import check_safe_name
@@ -69,8 +69,40 @@ def score(s: Settings) -> str:
     }
     save_scores(out, record)
     print(_summary(record, method, out, time.perf_counter() - started, losses.get("config") or {}))
+    if s.stability:
+        _stability(s, method, losses, options, out)
+    elif s.figure:
+        from utils.scoring.figure import overview  # matplotlib, only when a figure is asked for
+
+        overview(s.figure, losses, record, s.figure_class, s.data_path or losses.get("data_path") or "")
+        print(f"figure        {s.figure}")
     return out
 
+
+def _stability(s: Settings, method: methods.Method, losses: dict, options: dict, out: str) -> None:
+    """The ranking from the first E recorded epochs against all of them: a table, a CSV beside the
+    score file, and with --figure its curve."""
+    from utils.scoring.stability import STABILITY_COLUMNS, default_grid, stability
+
+    n = int(len(losses["epoch"]))
+    grid = sorted(s.stability_epochs) or default_grid(n)
+    scorer = S.SCORERS[method.name]
+    rows = stability(losses, lambda used: scorer(used, **options), grid, s.stability_k)
+    path = os.path.splitext(out)[0] + "_stability.csv"
+    text = ",".join(STABILITY_COLUMNS) + "\n" + "".join(
+        f"{r['epochs']},{r['k']},{r['mean_jaccard']!r},{r['min_jaccard']!r},{r['spearman']!r}\n" for r in rows)
+    atomic_write(path, lambda f: f.write(text.encode()))
+    print(f"\nstability of {method.name}: its ranking from the first E of {n} recorded epochs against all {n}")
+    print(f"  {'E':>5}  {'k':>6}  {'mean Jaccard':>12}  {'min Jaccard':>11}  {'Spearman':>8}")
+    for r in rows:
+        print(f"  {r['epochs']:>5}  {r['k']:>6}  {r['mean_jaccard']:>12.4f}  {r['min_jaccard']:>11.4f}  "
+              f"{r['spearman']:>8.4f}")
+    print(f"wrote         {path}")
+    if s.figure:
+        from utils.scoring.figure import stability_curve
+
+        stability_curve(s.figure, rows, method.name, n)
+        print(f"figure        {s.figure}")
 
 def suggested_k(class_sizes) -> int:
     """The budget of the stage-3 command stage 2 prints: 10% of the smallest class (at least 1)."""
@@ -107,6 +139,9 @@ def _read(path: str, s: Settings, method: methods.Method) -> dict:
         raise UserError(f"loss file {path} not found; {_made_by(path)}")
     if path.endswith(".npz"):
         sums = load_sums(path)
+        require(not s.stability, f"{path} holds CLD's running sums of all {len(sums['epoch'])} epochs only, so "
+                f"--stability has one E available ({len(sums['epoch'])}); rerun stage 1 with --trajectories full to "
+                "compare earlier epochs")
         require(method.name == "cld", f"{path} holds CLD's running sums only (stage 1 ran with --trajectories "
                 f"sums); method {method.name!r} needs the full trajectories or a model: rerun stage 1 with "
                 "--trajectories full")

@@ -109,6 +109,17 @@ def merge_by_slot(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return all_reduce_sum(torch.where(owned, values, torch.zeros_like(values)))
 
 
+def agree(flag: bool) -> bool:
+    """The main process's ``flag``, on every process (a decision only the main process can make)."""
+    if not _group_active():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    if dist.get_backend() == "nccl":
+        value = value.cuda()
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
