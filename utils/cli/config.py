@@ -254,18 +254,20 @@ def _check_training(s: Settings) -> Settings:
 
 def _check_stage1(s: Settings) -> Settings:
     s = _check_training(s)
+    budgets_of([s.stability_k], "--stability_k")
     check_model(s.model_arch, s.dataset)
     return s
 
 
-def budgets_of(values: list) -> tuple[tuple[str, float], ...]:
-    """``--budgets`` as ``('samples_per_class', k)`` (an integer) or ``('fraction', f)`` (below 1)."""
+def budgets_of(values: list, flag: str = "--budgets") -> tuple[tuple[str, float], ...]:
+    """Budgets (``--budgets``, ``--stability_k``) as ``('samples_per_class', k)`` (an integer) or
+    ``('fraction', f)`` (below 1); a non-integer count is refused."""
     out = []
     for v in values:
         if v < 1:
             out.append(("fraction", float(v)))
         else:
-            require(float(v).is_integer(), f"--budgets takes per-class counts (integers) or fractions below 1, got {v:g}")
+            require(float(v).is_integer(), f"{flag} takes per-class counts (integers) or fractions below 1, got {v:g}")
             out.append(("samples_per_class", int(v)))
     return tuple(out)
 
@@ -273,6 +275,9 @@ def budgets_of(values: list) -> tuple[tuple[str, float], ...]:
 def _check_stage2(s: Settings) -> Settings:
     method = methods.get(s.method)
     budgets_of(s.budgets)
+    budgets_of(s.stability_k, "--stability_k")
+    require(not s.stability or (s.first_epochs == 0 and s.epoch_stride == 1), "--stability compares the first E "
+            "recorded epochs with all of them; give it without --first_epochs and --epoch_stride")
     check_safe_name(s.model_arch, "--model_arch")
     if s.stability:
         require(method.family == "trajectory", f"--stability compares rankings from fewer recorded epochs; "
@@ -406,6 +411,8 @@ def _check_grid(s: Settings) -> Settings:
                 f"got {pair!r}")
         name = methods.get(method).name
         require(name in names, f"--method_orders names {method!r}, which is not in --methods")
+        require(order != "random" or name == names[0], f"--method_orders {pair}: order random runs once, over the "
+                f"first method's file ({names[0]}); give it with --orders")
         extra.append(f"{name}:{order}")
     if s.trajectories == "sums":
         require(names == ["cld"], "--trajectories sums keeps CLD's sums only; "

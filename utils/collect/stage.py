@@ -90,8 +90,10 @@ def _run(s: Settings, session: Session, files: paths.RunFiles, recipe: Recipe, r
     snapshots = sorted(e for e in s.snapshot_epochs if e <= recipe.epochs)
     skipped = sorted(set(s.snapshot_epochs) - set(snapshots))
     if skipped:
+        then = ("its final weights" if not snapshots else f"the snapshot after epoch {snapshots[0]}"
+                if len(snapshots) == 1 else "the 40-epoch snapshot, or the one --snapshot_epoch names")
         say(f"note: no weight snapshot after epoch {', '.join(map(str, skipped))}: the run has {recipe.epochs} epochs "
-            "(stage 2's model-based methods then use its final weights)")
+            f"(stage 2's model-based methods then use {then})")
     say(f"{info.name}: {len(train_idx)} training / {len(val_idx)} validation / {len(session.test_source)} test "
         f"examples; {s.model_arch} ({session.parameters / 1e6:.2f}M parameters) on {where(session)}, training in "
         f"{session.precision}, losses recorded in {session.collect_precision}")
@@ -192,7 +194,7 @@ def _settled(rule: StopRule, store, labels: np.ndarray, train_idx: np.ndarray, v
 # What a rerun must repeat of a finished run to be the same run (and then merely reported).
 SAME_RUN = ("dataset", "model_arch", "manual_seed", "epochs", "batch_size", "learning_rate", "momentum", "weight_decay",
             "disable_nesterov", "schedule", "gamma", "augment", "val_split_ratio", "precision", "collect_precision",
-            "trajectories", "snapshot_epochs")
+            "trajectories", "snapshot_epochs", "stop_when_stable", "stability_every", "stability_k")
 
 
 def _already_complete(s: Settings, output: str, ratio: float) -> str:

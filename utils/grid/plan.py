@@ -166,9 +166,9 @@ def guarded(step: Step, launcher: str = "python") -> str:
     """One script line: skip when done, continue from ``*_last.pth`` when one exists."""
     out = shlex.quote(step.output)
     cmd = command(step, launcher=launcher)
-    if step.last:
+    if step.last:  # the flag as one word, whatever the path holds (a space would split an $(echo ...))
         last = shlex.quote(step.last)
-        cmd += f' $([ -e {last} ] && echo --resume_path {last})'
+        return f"[ -e {out} ] || {{ r=(); [ -e {last} ] && r=(--resume_path {last}); {cmd} \"${{r[@]}}\"; }}  # stage{step.stage}"
     return f"[ -e {out} ] || {cmd}  # stage{step.stage}"
 
 
