@@ -75,18 +75,19 @@ def refresh_csv(results_dir: str, changed: str | None = None) -> str:
     csv_path = paths.results_csv(results_dir)
     with exclusive(paths.lock_of(csv_path)):
         rows = _read_rows(csv_path)
-        foreign = set(foreign_results(results_dir))
-        names = [n for n in run_names(results_dir) if n not in foreign]
         fresh = {}
-        for name in names:
+        for name in run_names(results_dir):
             known = rows.get(name)
-            if known is None or name == changed:
-                known = row_of(read_result(paths.run_json(results_dir, name)))
+            if known is None or name == changed:  # rows already in the CSV were checked when they were added
+                result, problem = _checked(results_dir, name)
+                if problem:
+                    continue  # not a result of stage 3: left out (stage 3 warns of it before training)
+                known = row_of(result)
             fresh[name] = known
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\r\n")
         writer.writeheader()
-        writer.writerows(fresh[name] for name in names)
+        writer.writerows(fresh.values())
         atomic_write(csv_path, lambda f: f.write(buf.getvalue().encode()))
     return csv_path
 
@@ -99,18 +100,29 @@ def run_names(results_dir: str) -> list[str]:
     return sorted(f[:-5] for f in os.listdir(runs_dir) if f.endswith(".json") and not f.startswith("."))
 
 
+def _checked(results_dir: str, name: str) -> tuple[dict | None, str]:
+    """(the result of run ``name``, '') or (None, what is wrong with its JSON)."""
+    path = paths.run_json(results_dir, name)
+    try:
+        result = read_result(path)
+    except UserError as exc:
+        return None, str(exc)
+    if not isinstance(result.get("name"), str):
+        return None, f"{path} is not a result of train_on_coresets.py"
+    return result, ""
+
+
 def foreign_results(results_dir: str) -> dict[str, str]:
     """{run name: what is wrong} for the JSONs of ``runs/`` that are not results of stage 3 (put there
-    by hand, damaged, or of another program): ``results.csv`` leaves them out."""
+    by hand, damaged, or of another program): ``results.csv`` leaves them out. Only JSONs without a
+    row are read: a run's check costs the new files, not the whole folder."""
+    rows = rows_present(results_dir)
     bad = {}
     for name in run_names(results_dir):
-        try:
-            result = read_result(paths.run_json(results_dir, name))
-        except UserError as exc:
-            bad[name] = str(exc)
-            continue
-        if not isinstance(result.get("name"), str):
-            bad[name] = f"{paths.run_json(results_dir, name)} is not a result of train_on_coresets.py"
+        if name not in rows:
+            problem = _checked(results_dir, name)[1]
+            if problem:
+                bad[name] = problem
     return bad
 
 
