@@ -9,34 +9,18 @@
 """
 from __future__ import annotations
 
-import io
 from typing import Sequence
 
 import numpy as np
 
 from utils.cli.flags import Settings
 from utils.files.atomic import atomic_write
+from utils.plots import pyplot, save_png
 from utils.scoring.stability import jaccard, top_k
 
 OVERLAP_COLUMNS = ("budget", "method_a", "method_b", "mean_jaccard")
 CLD_ORDERS = (("top", "positive CLD (top)", "#c0392b"), ("zero", "near-zero CLD", "#e67e22"),
               ("bottom", "negative CLD (bottom)", "#7b241c"), ("random", "random (uniform per class)", "#7f8c8d"))
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
 def budget_label(budget: float, by_fraction: bool) -> str:
@@ -63,7 +47,7 @@ def write_overlap(csv_path: str, png_path: str, rows: list[dict], budgets: Seque
         f"{r['budget']:g},{r['method_a']},{r['method_b']},{r['mean_jaccard']!r}\n" for r in rows)
     atomic_write(csv_path, lambda f: f.write(text.encode()))
     names = list(dict.fromkeys(r["method_a"] for r in rows))
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(2, len(budgets))
     rows_n = -(-len(budgets) // cols)
     side = 0.42 * len(names) + 2.5
@@ -85,7 +69,7 @@ def write_overlap(csv_path: str, png_path: str, rows: list[dict], budgets: Seque
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle(title, fontsize="large")
     fig.tight_layout()
-    _save(fig, png_path)
+    save_png(fig, png_path)
 
 
 def cld_orders(path: str, rows: Sequence[dict], g: Settings) -> bool:
@@ -94,13 +78,12 @@ def cld_orders(path: str, rows: Sequence[dict], g: Settings) -> bool:
     budgets = sorted({r["fraction"] if by_fraction else r["samples_per_class"] for r in rows})
     cells = {}
     for r in rows:
-        order = "random" if r["order"] == "random" else r["order"]
-        if r["method"] == "cld" or order == "random":
-            cells.setdefault(order, {})[r["fraction"] if by_fraction else r["samples_per_class"]] = r
+        if r["method"] == "cld" or r["order"] == "random":
+            cells.setdefault(r["order"], {})[r["fraction"] if by_fraction else r["samples_per_class"]] = r
     if "top" not in cells or len(cells) < 2:
         return False
     shown = [o for o in CLD_ORDERS if o[0] in cells]
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(budgets), 5.2))
     width = 0.8 / len(shown)
     for i, (order, label, colour) in enumerate(shown):
@@ -117,5 +100,5 @@ def cld_orders(path: str, rows: Sequence[dict], g: Settings) -> bool:
     ax.set_title(f"{g.dataset}: coresets of positive, near-zero and negative CLD (mean ± std, {len(g.seeds)} seeds)",
                  fontsize="medium", loc="left")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
     return True

@@ -4,15 +4,14 @@ CLD's orders are drawn heavier and first, the random baseline dashed and black; 
 method has its own colour and marker. With more than :data:`ONE_PANEL` lines the plot has one
 panel per group of methods (training dynamics, uncertainty and boundary, geometry, gradients),
 each with CLD and random for reference. Legends sit beside the axes; the recipe is in the title.
-Matplotlib is imported only here, only when a grid draws its plot.
+Matplotlib is imported (utils.plots) only when a grid draws its plot.
 """
 from __future__ import annotations
 
-import io
 from typing import Sequence
 
 from utils.cli.flags import Settings
-from utils.files.atomic import atomic_write
+from utils.plots import pyplot, save_png
 from utils.grid.labels import recipe_text, row_label
 from utils.scoring.methods import GROUPS
 
@@ -73,11 +72,7 @@ def _panels(keys: list[tuple]) -> list[tuple[str, list[tuple]]]:
 
 def plot(path: str, rows: Sequence[dict], g: Settings) -> None:
     """Accuracy against coreset budget, mean ± std over seeds (error bars), one line per method/order."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
 
     by_fraction = g.samples_per_class is None
     lines: dict[tuple, list[dict]] = {}
@@ -114,7 +109,4 @@ def plot(path: str, rows: Sequence[dict], g: Settings) -> None:
     fig.suptitle(f"{g.dataset}: test accuracy vs coreset size ({seeds} seed{'s' if seeds > 1 else ''}, mean ± std)\n"
                  f"{', '.join(g.model_archs)}: {recipe_text(g)}", fontsize="medium")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")  # the canvas grows to hold the legends
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    save_png(fig, path)

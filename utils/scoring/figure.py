@@ -6,12 +6,11 @@
   the class's CLD scores and of every class's, zero marked.
 * :func:`stability_curve`: ``--stability``'s agreement of early rankings with the full one.
 
-Matplotlib is imported here only; images come from the dataset the loss file names (an ImageFolder
-dataset reads only the files shown).
+Matplotlib is imported (:mod:`utils.plots`) only when a figure is drawn; images come from the
+dataset the loss file names (an ImageFolder dataset reads only the files shown).
 """
 from __future__ import annotations
 
-import io
 import os
 from typing import Sequence
 
@@ -20,25 +19,9 @@ import numpy as np
 from utils import paths
 from utils.data.datasets import dataset_info, load_dataset
 from utils.errors import UserError
-from utils.files.atomic import atomic_write
+from utils.plots import pyplot, save_png
 
 SHOWN = 3  # examples per end of the ranking
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    _pyplot().close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
 def widest_class(scores: dict[int, np.ndarray]) -> int:
@@ -89,7 +72,7 @@ def overview(path: str, losses: dict, record: dict, cls: int | None, data_path: 
     val_lbl = losses["val_lbl"]
     val_mean = losses["val_loss"][:, val_lbl == cls].astype(np.float64).mean(axis=1)
 
-    plt = _pyplot()
+    plt = pyplot()
     fig = plt.figure(figsize=(16, 11))
     # Columns 0-2: the highest CLD; 4-6: the lowest; column 3 keeps the right-hand axis of one panel
     # clear of the left-hand axis of the next.
@@ -130,12 +113,12 @@ def overview(path: str, losses: dict, record: dict, cls: int | None, data_path: 
         ax.set_title(f"{name}; {100 * np.mean(values > 0):.1f}% positive", fontsize="medium", loc="left")
     fig.suptitle(f"CLD of {record['dataset']} / {record['model_arch']} (seed {record['manual_seed']}), class {cls}: "
                  f"{len(epochs)} recorded epochs", fontsize="large")
-    _save(fig, path)
+    save_png(fig, path, dpi=100, tight=False)
 
 
 def stability_curve(path: str, rows: list[dict], method: str, epochs: int) -> None:
     """Mean and minimum top-k Jaccard, and Spearman's correlation, against the epochs used."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10.5, 5.5))
     for k in dict.fromkeys(r["k"] for r in rows):
         sub = [r for r in rows if r["k"] == k]
@@ -154,7 +137,4 @@ def stability_curve(path: str, rows: list[dict], method: str, epochs: int) -> No
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"{method}: how early the ranking settles", loc="left")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    save_png(fig, path)
