@@ -85,3 +85,13 @@ def test_a_file_that_fails_when_decoded_later_is_named_in_one_line(tmp_path):
         list(source.eval_batches(np.arange(len(folder.samples)), 4))
     message = str(err.value)
     assert message.startswith(f"cannot decode image {path}") and "\n" not in message and "Traceback" not in message
+
+
+def test_a_subset_check_reads_only_the_files_asked_for(tmp_path):
+    """Stage 3 checks its coreset's files only: a damaged file outside them is not its business."""
+    root = _folder(str(tmp_path), ("text.jpg",))
+    folder = datasets.ImageFolder(os.path.join(root, "imagenet", "train"))
+    bad = next(i for i, (path, _) in enumerate(folder.samples) if path.endswith("text.jpg"))
+    good = [i for i in range(len(folder.samples)) if i != bad]
+    assert bad_images(folder, 0, "coreset", good) == []
+    assert [i for i, _, _ in bad_images(folder, 0, "coreset", [good[0], bad])] == [bad]

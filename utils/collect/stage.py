@@ -28,7 +28,8 @@ from utils.scoring.trajectory import cld
 from utils.train import distributed
 from utils.train.options import Recipe, SessionOptions, recipe_identity
 from utils.train.session import Session, evaluate_checkpoint, open_session, where
-from utils.train.state import RunState, claim_run, epoch_line, recipe_differences, run_claims, schedule_note
+from utils.train.state import (RunState, claim_run, epoch_line, only_more_epochs, recipe_differences, run_claims,
+                               schedule_note)
 
 
 def collect_losses(s: Settings) -> str:
@@ -206,7 +207,7 @@ def _already_complete(s: Settings, output: str, ratio: float) -> str:
     if isinstance(recorded, dict) and isinstance(recorded.get("dataset"), str):
         recorded = {**recorded, "dataset": dataset_info(recorded["dataset"]).name}
     differ = recipe_differences(recorded, flags, SAME_RUN)
-    if s.resume_path and differ and all(d.startswith("--epochs ") for d in differ):
+    if s.resume_path and only_more_epochs(differ):
         return ""  # a resume that trains on, to more epochs: its output is replaced at the end
     if differ:
         raise UserError(f"{output} already exists, from a run with another recipe ({'; '.join(differ)}); pass "

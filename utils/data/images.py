@@ -51,11 +51,13 @@ class _Checks(torch.utils.data.Dataset):
         return index, check_image(self.samples[index][0])
 
 
-def bad_images(folder, workers: int, what: str) -> list[tuple[int, str, str]]:
-    """``[(index, path, what is wrong)]`` for every file of ``folder`` (an ImageFolder) that cannot
-    be an image, checked by ``workers`` DataLoader workers."""
-    loader = torch.utils.data.DataLoader(_Checks(folder.samples), batch_size=64, num_workers=workers,
-                                         collate_fn=list)
+def bad_images(folder, workers: int, what: str, indices=None) -> list[tuple[int, str, str]]:
+    """``[(index, path, what is wrong)]`` for every file of ``folder`` (an ImageFolder; only those of
+    ``indices`` when given) that cannot be an image, checked by ``workers`` DataLoader workers."""
+    checks = _Checks(folder.samples)
+    if indices is not None:
+        checks = torch.utils.data.Subset(checks, [int(i) for i in indices])
+    loader = torch.utils.data.DataLoader(checks, batch_size=64, num_workers=workers, collate_fn=list)
     bad = []
     for batch in progress.bar(loader, f"check {what} images", total=len(loader)):
         bad.extend((i, folder.samples[i][0], why) for i, why in batch if why)

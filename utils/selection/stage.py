@@ -18,6 +18,7 @@ from utils.progress import warn
 from utils.cli.config import PAPER_TOPK, check_model
 from utils.cli.flags import Settings
 from utils.data.datasets import dataset_info
+from utils.data.images import bad_images
 from utils.errors import UserError, require
 from utils.files.scores import load_scores
 from utils.scoring import methods
@@ -27,7 +28,8 @@ from utils.selection.results import (foreign_results, has_row, project_commit, r
 from utils.train import distributed
 from utils.train.options import MIN_STEPS, Recipe, SessionOptions, optimizer_steps, recipe_for_steps, recipe_identity
 from utils.train.session import evaluate_checkpoint, open_session, where
-from utils.train.state import RunState, claim_run, epoch_line, recipe_differences, run_claims, schedule_note
+from utils.train.state import (RunState, claim_run, epoch_line, only_more_epochs, recipe_differences, run_claims,
+                               schedule_note)
 
 PAPER_DATASET = "CIFAR100"  # the paper code's default, for its score files that do not say
 
@@ -73,11 +75,14 @@ def train_on_coreset(s: Settings) -> dict:
 
         session = open_session(options, recipe, dataset=info.name, model_arch=model_arch,
                                num_classes=scores.get("num_classes"), num_classes_of=f"score file {score_path}",
-                               prepare=prepare)
+                               prepare=prepare, check_train=False)
         coreset = _coreset(s, scores, score_path, session.train_source.labels, k)
-        unreadable = coreset[np.isin(coreset, session.excluded_train)]
-        require(not unreadable.size, f"the coreset holds example {unreadable[:1].tolist()} whose file cannot be read "
-                "as an image (see the warning); rerun stages 1 and 2 with --skip_bad_images, or replace the file")
+        if not info.in_memory:  # only the coreset's files: the rest of the training set is not read
+            with distributed.fail_together():
+                bad = bad_images(session.data.train, s.workers, "coreset", coreset) if session.dist.is_main else []
+                require(not bad, f"{len(bad)} file{'s' if len(bad) > 1 else ''} of the coreset cannot be read as "
+                        f"images: {'; '.join(f'{p} ({why})' for _, p, why in bad[:5])}; rerun stages 1 and 2 with "
+                        "--skip_bad_images, or replace them")
         coreset, weights = _weights(s, scores, score_path, coreset, budget)
         return _train(s, session, files, recipe, coreset, weights, scores, score_path, model_arch, score_arch, budget)
 
@@ -99,7 +104,7 @@ def _already_complete(s: Settings, files: paths.RunFiles, score_path: str, model
                 "score_path": os.path.realpath(score_path)}
     recorded_resolved = {**result, "score_path": os.path.realpath(str(result.get("score_path", "")))}
     differ += recipe_differences(recorded_resolved, resolved, tuple(resolved))
-    if s.resume_path and differ and all(d.startswith("--epochs ") for d in differ):
+    if s.resume_path and only_more_epochs(differ):
         return {}  # a resume that trains on, to more epochs: its result is replaced at the end
     if differ:
         raise UserError(f"{files.output} already exists, from a run with another recipe ({'; '.join(differ)}); pass "

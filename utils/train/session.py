@@ -41,7 +41,7 @@ class Session:
     recipe: Recipe
     threads: int = 0  # torch's CPU threads
     excluded_train: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # --skip_bad_images
-    excluded_test: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    test_indices: np.ndarray | None = None  # the test examples evaluated (all but unreadable files)
 
     @property
     def parameters(self) -> int:
@@ -53,7 +53,7 @@ class Session:
 
     def test_eval(self) -> tuple[float, float]:
         """(mean loss, accuracy %) on the whole test set (less the files that cannot be images)."""
-        indices = np.setdiff1d(np.arange(len(self.test_source)), self.excluded_test)
+        indices = np.arange(len(self.test_source)) if self.test_indices is None else self.test_indices
         out = self.evaluate(self.test_source, indices, desc="test")
         return float(out["loss"].double().mean()), 100.0 * float(out["correct"].double().mean())
 
@@ -116,7 +116,8 @@ def build_model(model_arch: str, num_classes: int, dataset: str, device: torch.d
 
 
 def open_session(o: SessionOptions, recipe: Recipe, *, dataset: str, model_arch: str, num_classes: int | None = None,
-                 num_classes_of: str = "the input", prepare: Callable[[], None] | None = None) -> Session:
+                 num_classes_of: str = "the input", prepare: Callable[[], None] | None = None,
+                 check_train: bool = True) -> Session:
     """Resolve device and precision, join the process group, load the data, build the model.
 
     ``o`` holds a training stage's device, precision, data and seed options; ``dataset`` and
@@ -144,7 +145,7 @@ def open_session(o: SessionOptions, recipe: Recipe, *, dataset: str, model_arch:
     excluded = {"train": np.zeros(0, np.int64), "test": np.zeros(0, np.int64)}
     if not data.info.in_memory:  # before any training: a damaged file is named now, not mid-epoch
         with distributed.fail_together():
-            for part in ("train", "test"):
+            for part in ("train", "test") if check_train else ("test",):
                 bad = bad_images(getattr(data, part), o.workers, part)
                 if dist_info.is_main:  # the main process names them; the others stop alike
                     refuse_or_skip(bad, part, o.skip_bad_images)
@@ -166,7 +167,7 @@ def open_session(o: SessionOptions, recipe: Recipe, *, dataset: str, model_arch:
                    make_batches(data.train, data.info, torch_device, o.workers, o.decode),
                    make_batches(data.test, data.info, torch_device, o.workers, o.decode),
                    model, trainer, build_scheduler(optimizer, recipe), recipe, threads, excluded["train"],
-                   excluded["test"])
+                   None if data.info.in_memory else np.setdiff1d(np.arange(len(data.test)), excluded["test"]))
 
 
 def evaluate_checkpoint(o: SessionOptions, recipe: Recipe, checkpoint: str, *, dataset: str, model_arch: str) -> dict:

@@ -268,6 +268,12 @@ def recipe_differences(recorded: Any, flags: Mapping[str, Any], names: Sequence[
             if text(recorded.get(n)) != text(flags[n])]
 
 
+def only_more_epochs(differences: list[str]) -> bool:
+    """Whether :func:`recipe_differences` found ``--epochs`` alone: a resume that trains on, whose
+    output is replaced at the end."""
+    return bool(differences) and all(d.startswith("--epochs ") for d in differences)
+
+
 def schedule_note(recipe) -> str:
     """A note when learning-rate milestones lie past the run's last epoch (they then never apply);
     '' otherwise."""
