@@ -141,6 +141,15 @@ class Bool(Kind):
         return "true" if value else "false"
 
 
+def _text(value: Any, flag: str, wanted: str) -> str:
+    """``value`` if it is text a file system and a shell can carry (no NUL)."""
+    if not isinstance(value, str):
+        raise _bad(flag, wanted, value)
+    if "\0" in value:
+        raise UserError(f"--{flag} holds a NUL character")
+    return value
+
+
 @dataclass(frozen=True)
 class Str(Kind):
     """Free text, or one of ``choices`` (matched case-insensitively, returned as spelled there)."""
@@ -148,10 +157,7 @@ class Str(Kind):
     label = "str"
 
     def check(self, value: Any, flag: str) -> str:
-        if not isinstance(value, str):
-            raise _bad(flag, "a string", value)
-        if "\0" in value:
-            raise UserError(f"--{flag} holds a NUL character")
+        value = _text(value, flag, "a string")
         if self.choices:
             for choice in self.choices:
                 if choice.lower() == value.lower():
@@ -168,11 +174,7 @@ class Path(Kind):
     def check(self, value: Any, flag: str) -> str:
         if isinstance(value, os.PathLike):
             value = os.fspath(value)
-        if not isinstance(value, str):
-            raise _bad(flag, "a path", value)
-        if "\0" in value:
-            raise UserError(f"--{flag} holds a NUL character")
-        return value
+        return _text(value, flag, "a path")
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,8 @@ from utils.data.datasets import dataset_info
 from utils.data.splits import stratified_split
 from utils.errors import UserError
 from utils.files.checkpoint import save_checkpoint
-from utils.files.losses import load_losses, load_split, load_sums, save_losses, save_split, save_sums
+from utils.files.losses import load_losses, load_split, load_sums, save_split
 from utils.scoring.stability import StopRule, budget_words
-from utils.scoring.trajectory import cld
 from utils.train import distributed
 from utils.train.options import Recipe, SessionOptions, recipe_identity
 from utils.train.session import Session, evaluate_checkpoint, open_session, where
@@ -76,7 +75,9 @@ def _run(s: Settings, session: Session, files: paths.RunFiles, recipe: Recipe, r
     config = {**s, "val_split_ratio": ratio}
     rule = StopRule(s.stop_when_stable, s.stability_every, s.stability_k) if s.stop_when_stable is not None else None
     run = RunState(session.model, session.trainer, session.scheduler, files, identity, config, is_main)
-    store = (SumsTrajectories(files, labels[train_idx], labels[val_idx], session.data.num_classes) if sums
+    split = {"tr_lbl": labels[train_idx], "val_lbl": labels[val_idx], "train_indices": train_idx,
+             "val_indices": val_idx}
+    store = (SumsTrajectories(files, split["tr_lbl"], split["val_lbl"], session.data.num_classes) if sums
              else FullTrajectories(files, recipe.epochs, len(train_idx), len(val_idx)))
     if s.resume_path:  # before the split file is written: a refused resume writes nothing
         extra = run.resume(s.resume_path, recipe.epochs, s.overwrite, log=say)
@@ -125,8 +126,7 @@ def _run(s: Settings, session: Session, files: paths.RunFiles, recipe: Recipe, r
             "epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
             "test_acc": test_acc, "val_loss_mean": float(val_loss.mean(dtype=np.float64)),
             "seconds_train": t1 - t0, "seconds_test": t2 - t1, "seconds_collect": t3 - t2})
-        stop = rule is not None and rule.due(run.epoch) and _settled(rule, store, labels, train_idx, val_idx, run.epoch,
-                                                                    is_main, say)
+        stop = rule is not None and rule.due(run.epoch) and _settled(rule, store, split, run.epoch, is_main, say)
         # The checkpoint counts the epoch's rows and snapshot, so they are on disk before it.
         with distributed.fail_together():  # a failed write (disk full) stops every process
             if is_main:
@@ -156,14 +156,10 @@ def _run(s: Settings, session: Session, files: paths.RunFiles, recipe: Recipe, r
                       "collect_precision": session.collect_precision, "data_path": os.path.abspath(s.data_path),
                       "checkpoints": {"last": os.path.abspath(files.last),
                                       "snapshots": {e: os.path.abspath(p) for e, p in files.snapshots().items()}},
-                      "epoch": np.arange(run.epoch, dtype=np.int64), "tr_lbl": labels[train_idx],
-                      "val_lbl": labels[val_idx], "train_indices": train_idx, "val_indices": val_idx}
+                      "epoch": np.arange(run.epoch, dtype=np.int64), **split}
             if stopped is not None:
                 record["stopped"] = stopped
-            if sums:
-                save_sums(files.output, record, store.sums.state())
-            else:
-                save_losses(files.output, {**record, **store.arrays(run.epoch)})
+            store.save(files.output, record, run.epoch)
     say(f"best test accuracy {run.best_acc:.2f}%; {'CLD sums' if sums else 'losses'} of {run.epoch} epochs "
         f"saved to {files.output}")
     say(f"next: python compute_cld_scores.py --loss_path {files.output}")
@@ -171,20 +167,13 @@ def _run(s: Settings, session: Session, files: paths.RunFiles, recipe: Recipe, r
     return files.output
 
 
-def _settled(rule: StopRule, store, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, done: int,
+def _settled(rule: StopRule, store: FullTrajectories | SumsTrajectories, split: dict[str, np.ndarray], done: int,
              is_main: bool, say) -> bool:
     """Whether ``--stop_when_stable`` stops the run after epoch ``done``: the main process computes
     CLD from what it recorded so far; every process gets its verdict."""
     stop = False
     if is_main:
-        if isinstance(store, SumsTrajectories):
-            scores = store.sums.scores()
-        else:
-            rows = store.arrays(done)
-            scores = cld({"epoch": np.arange(done), "tr_loss": rows["tr_loss"], "val_loss": rows["val_loss"],
-                          "tr_lbl": labels[train_idx], "val_lbl": labels[val_idx], "train_indices": train_idx,
-                          "val_indices": val_idx})
-        stop = rule.check(scores, labels[train_idx], train_idx)
+        stop = rule.check(store.cld_scores(done, split), split["tr_lbl"], split["train_indices"])
         if rule.last is not None:
             say(f"stability after epoch {done}: CLD's coreset (top {budget_words(rule.budget)}) overlaps that of epoch "
                 f"{done - rule.every} with a mean Jaccard of {rule.last:.4f} ({rule.streak} of 2 checks in a row at or "

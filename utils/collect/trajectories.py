@@ -21,9 +21,10 @@ import numpy as np
 
 from utils.errors import UserError
 from utils.files.atomic import ensure_dir, write_error
+from utils.files.losses import save_losses, save_sums
 from utils.files.npz import load_npz, save_npz
 from utils.paths import RunFiles
-from utils.scoring.trajectory import CLDSums
+from utils.scoring.trajectory import CLDSums, cld
 
 # Per-example signals kept beside the losses for the baselines; float16 halves their size and
 # is ample for averages over epochs.
@@ -93,6 +94,15 @@ class FullTrajectories:
         """Nothing to do: every row stays in the maps until the loss file is written; unlike
         :class:`SumsTrajectories`, no older state is kept beside the current one."""
 
+    def cld_scores(self, done: int, split: dict[str, np.ndarray]) -> np.ndarray:
+        """CLD from the first ``done`` rows (``split``: the labels and indices of both splits)."""
+        rows = self.arrays(done)
+        return cld({"epoch": np.arange(done), "tr_loss": rows["tr_loss"], "val_loss": rows["val_loss"], **split})
+
+    def save(self, path: str, record: dict[str, Any], done: int) -> None:
+        """The loss file: ``record`` and the first ``done`` rows of every array."""
+        save_losses(path, {**record, **self.arrays(done)})
+
 
 def _reserved(mm: np.memmap) -> np.memmap:
     """``mm`` with its whole file allocated on disk now. A memory map is a sparse file until rows are
@@ -142,6 +152,14 @@ class SumsTrajectories:
             if not os.path.exists(path):
                 break
             os.remove(path)
+
+    def cld_scores(self, done: int, split: dict[str, np.ndarray]) -> np.ndarray:
+        """CLD from the sums so far (they already count ``done`` epochs of ``split``)."""
+        return self.sums.scores()
+
+    def save(self, path: str, record: dict[str, Any], done: int) -> None:
+        """The sums file: ``record`` and the sums, which count ``done`` epochs."""
+        save_sums(path, record, self.sums.state())
 
 
 def device_rows(tr: dict[str, Any], val: dict[str, Any], signals: bool) -> dict[str, np.ndarray]:
