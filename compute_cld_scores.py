@@ -13,15 +13,13 @@ import sys
 
 from utils.cli.config import STAGE2
 from utils.cli.entry import run_cli
+from utils.cli.stages import run_stage2
 
 
 @STAGE2.command(__doc__.split("\n\n")[0])
 def main(**flags) -> str:
     """Returns the path of the written score file."""
-    s = STAGE2.settings(flags)
-    from utils.scoring.stage import score
-
-    return score(s)
+    return run_stage2(STAGE2.settings(flags))  # torch is imported when the stage runs, after the flags are checked
 
 
 if __name__ == "__main__":

@@ -8,15 +8,13 @@ import sys
 
 from utils.cli.config import STAGE1
 from utils.cli.entry import run_cli
+from utils.cli.stages import run_stage1
 
 
 @STAGE1.command(__doc__.split("\n\n")[0])
 def main(**flags) -> str:
     """Returns the path of the loss file (or sums file; '' with --evaluate_only)."""
-    s = STAGE1.settings(flags)
-    from utils.collect.stage import collect_losses  # torch is imported here, after the flags are checked
-
-    return collect_losses(s)
+    return run_stage1(STAGE1.settings(flags))  # torch is imported when the stage runs, after the flags are checked
 
 
 if __name__ == "__main__":

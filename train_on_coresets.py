@@ -9,15 +9,13 @@ import sys
 
 from utils.cli.config import STAGE3
 from utils.cli.entry import run_cli
+from utils.cli.stages import run_stage3
 
 
 @STAGE3.command(__doc__.split("\n\n")[0])
 def main(**flags) -> dict:
     """Returns the run's result (also written to ``{results_dir}/runs/<name>.json``)."""
-    s = STAGE3.settings(flags)
-    from utils.selection.stage import train_on_coreset  # torch is imported here, after the flags are checked
-
-    return train_on_coreset(s)
+    return run_stage3(STAGE3.settings(flags))  # torch is imported when the stage runs, after the flags are checked
 
 
 if __name__ == "__main__":

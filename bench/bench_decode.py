@@ -42,7 +42,8 @@ import numpy as np  # noqa: E402  (after the path fix above)
 from bench.bench_training import print_table  # noqa: E402
 from utils.cli.config import DeviceKind  # noqa: E402
 from utils.cli.entry import run_cli  # noqa: E402
-from utils.cli.flags import Bool, Flag, FlagSet, Int, ListOf, Path  # noqa: E402
+from utils.cli.flags import Flag, FlagSet  # noqa: E402
+from utils.cli.kinds import Bool, Int, ListOf, Path  # noqa: E402
 from utils.errors import require  # noqa: E402
 
 # torch is imported where it is used, so that a mistyped flag is refused at once.

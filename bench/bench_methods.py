@@ -1,10 +1,10 @@
-"""Benchmark the per-class model methods of stage 2 (utils/scoring/model.py) at CIFAR-100 scale.
+"""Benchmark the per-class model methods of stage 2 (utils/methods/) at CIFAR-100 scale.
 
 Builds synthetic CIFAR-100-shaped features with a fixed seed (45,000 training rows, 100 classes
 of 450 rows, 512-dim embeddings, 100-class logits, 50 validation rows per class), as the
 evaluation pass of stage 2 gives them, then times every method ranking ALL rows of EVERY class
-through stage 2's own per-class path (:func:`utils.scoring.model.rank_classes`: the method's
-scorer called once per class on its :class:`~utils.scoring.model.ClassFeatures`), and prints one
+through stage 2's own per-class path (:func:`utils.scoring.snapshot.rank_classes`: the method's
+scorer called once per class on its :class:`~utils.methods.features.ClassFeatures`), and prints one
 row per method: seconds for the whole class loop, the target (60 s for the embedding/probability
 methods, 120 s for the gradient methods), ok/MISSED. Exit status 1 if a target is missed (full
 size only). DeepFool, which evaluates the network itself, is not timed here.
@@ -27,11 +27,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from utils.scoring import methods  # noqa: E402  (after the path fix above)
+from utils.methods import registry as methods  # noqa: E402  (after the path fix above)
 from utils.cli.config import STAGE2  # noqa: E402
 from utils.cli.entry import run_cli  # noqa: E402
-from utils.cli.flags import Bool, Choice, Flag, FlagSet, Int, ListOf  # noqa: E402
-from utils.scoring import model as model_scores
+from utils.cli.flags import Flag, FlagSet  # noqa: E402
+from utils.cli.kinds import Bool, Choice, Int, ListOf  # noqa: E402
+from utils.methods.features import Features  # noqa: E402
+from utils.scoring import snapshot  # noqa: E402
 
 SEED = 0
 GLISTER_ETA = 0.1              # DeepCore's default: the training learning rate
@@ -54,7 +56,7 @@ def make_data(classes: int, per_class: int, dim: int, val_per_class: int, device
         emb = torch.relu(centre[y] + torch.randn(len(y), dim, generator=g)) * (10.0 / dim ** 0.5)
         logits = 2.0 * torch.randn(len(y), classes, generator=g)
         logits[torch.arange(len(y)), y] += 6.0 * torch.rand(len(y), generator=g)
-        return model_scores.Features(logits.to(device), emb.to(device), y.to(device)), y.numpy()
+        return Features(logits.to(device), emb.to(device), y.to(device)), y.numpy()
 
     train, y = split(per_class)
     val, y_val = split(val_per_class)
@@ -67,11 +69,11 @@ def method_calls(data: dict) -> dict[str, tuple[Callable, float]]:
     """name -> (call() ranking every class with the method as stage 2 does, target seconds), the
     embedding and probability methods first."""
     options = {"seed": SEED, "cal_neighbors": STAGE2["cal_neighbors"].default, "glister_eta": GLISTER_ETA}
-    full = model_scores.full_gradients(data["train"])
+    full = snapshot.full_gradients(data["train"])
 
     def call(method):
         val = data["val"] if method.validation else None
-        return lambda: model_scores.rank_classes(method, data["train"], val, data["losses"], options, full)
+        return lambda: snapshot.rank_classes(method, data["train"], val, data["losses"], options, full)
 
     def target(method):
         return GRADIENT_TARGET_S if "grads" in method.inputs else EMBEDDING_TARGET_S
@@ -86,7 +88,7 @@ def _timed_names() -> tuple[str, ...]:
 
 FLAGS = FlagSet([
     Flag("small", Bool(), False, "tiny synthetic classes (seconds on any CPU)"),
-    Flag("device", Choice(("cpu", "cuda")), "cpu", "where the selectors run"),
+    Flag("device", Choice(("cpu", "cuda")), "cpu", "where the methods run"),
     Flag("threads", Int(1, 1024), 2, "torch CPU threads"),
     Flag("only", ListOf(Choice(_timed_names), unique=True), [], "methods to time (default: all)"),
 ])

@@ -34,7 +34,8 @@ import numpy as np  # noqa: E402  (after the path fix above)
 
 from bench.bench_training import print_table  # noqa: E402
 from utils.cli.entry import run_cli  # noqa: E402
-from utils.cli.flags import Bool, Flag, FlagSet, Int, ListOf, Path  # noqa: E402
+from utils.cli.flags import Flag, FlagSet  # noqa: E402
+from utils.cli.kinds import Bool, Int, ListOf, Path  # noqa: E402
 
 IMAGENET = dict(n_train=1_268_000, n_val=12_800, classes=1000)
 
@@ -51,7 +52,7 @@ def checkpoint_bytes(work: str, n_train: int, n_val: int, epochs: int, model: st
     import torch
 
     import models
-    from utils.collect.trajectories import FullTrajectories
+    from utils.collect.row_store import FullTrajectories
     from utils.files.checkpoint import save_checkpoint
     from utils.paths import RunFiles
 
@@ -89,7 +90,7 @@ _SUMS_CHILD = """
 import sys, time
 sys.path.insert(0, {root!r})
 import numpy as np
-from utils.scoring.trajectory import CLDSums
+from utils.core.cld import CLDSums
 def hwm():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
 n, epochs, classes = {n}, {epochs}, {classes}

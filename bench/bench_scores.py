@@ -30,7 +30,8 @@ sys.path.insert(0, ROOT)
 
 from utils.files.losses import save_losses  # noqa: E402  (after the path fix above)
 from utils.cli.entry import run_cli  # noqa: E402
-from utils.cli.flags import Bool, Choice, Flag, FlagSet, Int, ListOf, Path  # noqa: E402
+from utils.cli.flags import Flag, FlagSet  # noqa: E402
+from utils.cli.kinds import Bool, Choice, Int, ListOf, Path  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
 # name: (n_train, n_epochs, n_classes, n_val, wall target s, peak RSS target MB)

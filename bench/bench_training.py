@@ -56,7 +56,8 @@ import numpy as np  # noqa: E402  (after the path fix above)
 from bench.fake_cifar import write_fake_cifar  # noqa: E402
 from utils.cli.config import CompileKind, DeviceKind  # noqa: E402
 from utils.cli.entry import run_cli  # noqa: E402
-from utils.cli.flags import Bool, Choice, Flag, FlagSet, Float, Int, ListOf, Optional, Path, Str  # noqa: E402
+from utils.cli.flags import Flag, FlagSet  # noqa: E402
+from utils.cli.kinds import Bool, Choice, Float, Int, ListOf, Optional, Path, Str  # noqa: E402
 from utils.errors import require  # noqa: E402
 from utils.train.options import PRECISIONS  # noqa: E402
 
@@ -239,7 +240,7 @@ def _last_loss_scores(loss_path: str, score_path: str) -> None:
     """A score file ranking each class by its last recorded loss (for runs too short for stage 2)."""
     from utils.files.losses import load_losses
     from utils.files.scores import save_scores
-    from utils.scoring.ranking import rank_per_class
+    from utils.core.ranking import rank_per_class
 
     d = load_losses(loss_path)
     indices, scores = rank_per_class(d["tr_loss"][-1], d["tr_lbl"], d["train_indices"])

@@ -51,7 +51,8 @@ if ROOT not in sys.path:
 from bench.gpu.config import CPU, GPU, STEPS  # noqa: E402  (after the path fix above; no torch here)
 from bench.gpu.supervisor import run_worker, supervise  # noqa: E402
 from utils.cli.entry import run_cli  # noqa: E402
-from utils.cli.flags import Bool, Choice, Flag, FlagSet, Float, ListOf, Optional, Path  # noqa: E402
+from utils.cli.flags import Flag, FlagSet  # noqa: E402
+from utils.cli.kinds import Bool, Choice, Float, ListOf, Optional, Path  # noqa: E402
 from utils.errors import require  # noqa: E402
 
 FLAGS = FlagSet([

@@ -202,15 +202,32 @@ def test_the_flag_reference_is_generated_from_the_flag_records():
 def test_a_command_line_is_parsed_by_fire_with_the_flags_own_types(monkeypatch):
     import fire
 
-    import utils.scoring.stage
+    import utils.cli.stages
+    import utils.scoring.compute_scores
 
     commands, seen = [], []
     real = fire.Fire
     monkeypatch.setattr(fire, "Fire", lambda *a, **k: commands.append(k["command"]) or real(*a, **k))
-    monkeypatch.setattr(utils.scoring.stage, "score", seen.append)
+    scored = utils.scoring.compute_scores.Scored("out.pickle", {}, {})
+    monkeypatch.setattr(utils.scoring.compute_scores, "score", lambda options: seen.append(options) or scored)
+    monkeypatch.setattr(utils.cli.stages, "next_command", lambda *a: ("python train_on_coresets.py", ""))
     argv = ["--method", "aum", "--first_epochs", "5", "--output_path", "007", "--nooverwrite"]
     assert run_cli(compute_cld_scores.main, argv) == 0
     assert commands == [argv]
     assert (seen[0].method, seen[0].first_epochs, seen[0].output_path, seen[0].overwrite) == ("aum", 5, "007", False)
     assert run_cli(compute_cld_scores.main, ["--first_epochs", "5.5"]) == 2 and len(commands) == 2  # Fire's parse fn refused it
     assert run_cli(compute_cld_scores.main, ["--frist_epochs", "5"]) == 2 and len(commands) == 2  # refused before Fire
+
+
+def test_each_stage_takes_one_typed_field_per_flag_of_its_script_with_the_flags_default():
+    import dataclasses
+
+    from utils.collect.options import CollectOptions
+    from utils.coreset_training.options import CoresetOptions
+    from utils.scoring.options import ScoreOptions
+
+    for flags, record in ((config.STAGE1, CollectOptions), (config.STAGE2, ScoreOptions),
+                          (config.STAGE3, CoresetOptions)):
+        assert [f.name for f in dataclasses.fields(record)] == [flag.name for flag in flags], record.__name__
+        defaults = dataclasses.asdict(record())
+        assert {flag.name: flag.default for flag in flags} == defaults, record.__name__

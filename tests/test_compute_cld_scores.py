@@ -13,7 +13,8 @@ import compute_cld_scores
 from utils.errors import UserError
 from utils.files.losses import save_losses
 from utils.files.scores import SCORE_FORMAT, load_scores
-from utils.scoring import methods, trajectory as S
+from utils.core import cld as S
+from utils.methods import registry as methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_CLS, N_EP = 4, 8
@@ -265,7 +266,7 @@ def test_script_success_and_no_heavy_imports(loss_file):
     proc = run_script("--loss_path", path, "--method", "aum")
     assert proc.returncode == 0, proc.stderr
     assert "AUM_CIFAR10_resnet18_seed7_scores.pickle" in proc.stdout
-    code = ("import sys, compute_cld_scores, utils.selection.coreset, utils.scoring.stage; "
+    code = ("import sys, compute_cld_scores, utils.core.selection, utils.scoring.compute_scores; "
             "print([m for m in ('torch', 'pandas', 'tqdm') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr

@@ -1,11 +1,11 @@
-"""utils/scoring/deepfool.py: exact on linear models, flips predictions, deterministic, leaves the model as
+"""utils/methods/deepfool.py: exact on linear models, flips predictions, deterministic, leaves the model as
 it found it."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from utils.scoring.deepfool import deepfool_distances, deepfool_perturbations
+from utils.methods.deepfool import deepfool_distances, deepfool_perturbations
 
 
 def linear_model(seed: int, shape=(2, 3, 3), classes=4) -> nn.Module:

@@ -17,7 +17,7 @@ from fakedata import write_fake_cifar
 from utils.data.batches import TensorBatches
 from utils.data.datasets import DATASETS, load_dataset
 from utils.files.scores import save_scores
-from utils.selection.coreset import select_class, select_coreset
+from utils.core.selection import select_class, select_coreset
 from utils.train.engine import example_signals
 
 TINY = dict(device="cpu", precision="fp32", batch_size=64, test_batch_size=128, workers=0, download=False)

@@ -29,7 +29,7 @@ from utils.files.checkpoint import load_checkpoint
 from utils.files.locks import RunBusy, RunLock
 from utils.files.losses import load_losses
 from utils.files.scores import load_scores
-from utils.selection.results import write_result
+from utils.coreset_training.results import write_result
 
 RUN1 = "CIFAR10_resnet20_seed1234"
 
@@ -386,7 +386,7 @@ def _peak_rss_mb_of(code: str) -> tuple[subprocess.CompletedProcess, float, floa
     """Run ``code`` in a fresh interpreter; (process, its peak RSS in MB, its RSS in MB before ``code``)."""
     wrapper = ("import resource, sys, time; sys.path.insert(0, %r)\n"
                "from utils.cli.entry import run_cli\nimport compute_cld_scores, train_on_coresets, get_loss_values\n"
-               "import torch, models, sklearn.datasets, utils.collect.stage, utils.files.checkpoint  # a stage's baseline\n"
+               "import torch, models, sklearn.datasets, utils.collect.collect_losses, utils.files.checkpoint  # a stage's baseline\n"
                "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\nt0 = time.time()\n%s\n"
                "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, base, time.time() - t0)"
                % (REPO, code))
@@ -437,7 +437,7 @@ def test_a_deflate_bomb_checkpoint_and_npz_are_refused_before_inflating(tmp_path
 @pytest.mark.parametrize("field,value,message", [
     ("checkpoints", {"last": "x", "snapshots": {"one": "x.pth"}}, "checkpoints.snapshots has the entry 'one'"),
     ("config", "a string", "'config' is not a dict of flags by name"),
-    ("config", {"learning_rate": "abc"}, "--learning_rate takes a number, got 'abc'"),
+    ("config", {"learning_rate": "abc"}, "its recorded config is corrupt (learning_rate = 'abc')"),
 ])
 def test_crafted_loss_file_metadata_is_one_line(field, value, message, reference, tmp_path):
     d = load_losses(reference["loss"])

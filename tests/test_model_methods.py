@@ -19,7 +19,7 @@ from conftest import assert_user_error
 from utils.files.checkpoint import load_checkpoint
 from utils.files.losses import load_losses
 from utils.files.scores import load_scores
-from utils.scoring import methods
+from utils.methods import registry as methods
 
 MODEL_METHODS = sorted(m.name for m in methods.METHODS.values() if m.uses_model)
 RUN = "CIFAR10_resnet20_seed1234"
@@ -43,15 +43,21 @@ def _score(run, method, tmp_path, **flags) -> dict:
     return load_scores(out)
 
 
-def test_every_registered_method_has_exactly_one_scorer_in_its_family_table():
-    from utils.scoring import model, trajectory
-
-    tables = {"trajectory": trajectory.SCORERS, "model": model.SCORERS}
+def test_every_registered_method_scores_and_only_craig_and_gradmatch_weigh():
     for m in methods.METHODS.values():
-        assert callable(tables[m.family][m.name]), m.name
-        other = "model" if m.family == "trajectory" else "trajectory"
-        assert m.name not in tables[other], m.name
-    assert set(trajectory.SCORERS) | set(model.SCORERS) == set(methods.METHODS)
+        assert callable(m.score), m.name
+        assert m.weights is None or callable(m.weights), m.name
+    assert sorted(m.name for m in methods.METHODS.values() if m.weighted) == ["craig", "gradmatch"]
+
+
+def test_the_registry_imports_without_torch():
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = "import sys; import utils.methods.registry; assert 'torch' not in sys.modules, 'torch was imported'"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_stage1_keeps_the_snapshots_and_records_them(run):
@@ -206,7 +212,7 @@ def test_snapshots_survive_a_resume(run, tmp_path):
 
 
 def test_several_snapshots_take_the_40_epoch_one_or_are_refused_naming_them(run, tmp_path):
-    from utils.scoring.methods import default_snapshot
+    from utils.methods.record import default_snapshot
 
     assert default_snapshot([], 30, "r") == 30 and default_snapshot([10], 30, "r") == 10
     assert default_snapshot([10, 40, 60], 90, "r") == 40
@@ -267,6 +273,16 @@ def test_gradmatch_weights_are_the_nonnegative_least_squares_fit_of_the_target(r
                 b = g.mean(0)
             chosen = [int(np.flatnonzero(idx == i)[0]) for i in rec["indices"][c][:3]]
             np.testing.assert_allclose(rec["weights"]["k3"][c], nnls(g[chosen].T, b)[0], rtol=1e-6, atol=1e-9)
+
+
+def test_a_budget_larger_than_a_class_is_refused_before_the_evaluation_pass(run, tmp_path):
+    sizes = np.bincount(run["losses"]["tr_lbl"])
+    c = int(np.argmin(sizes))
+    # A data folder that does not exist: the evaluation pass would fail on it, so the budget is checked first.
+    proc = cli(compute_cld_scores, f"--loss_path={run['loss']}", "--method=craig", f"--budgets=[2,{sizes[c] + 1}]",
+               f"--output_path={tmp_path / 'craig.pickle'}", "--device=cpu", f"--data_path={tmp_path / 'nowhere'}")
+    assert_user_error(proc, f"--budgets {sizes[c] + 1}: class {c} has only {sizes[c]} training examples")
+    assert not os.listdir(tmp_path)
 
 
 def test_the_gradient_target_changes_gradmatch_and_is_recorded(run, tmp_path):

@@ -4,6 +4,7 @@ of every stage."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shlex
@@ -18,16 +19,17 @@ import compute_cld_scores
 import get_loss_values
 import reproduce_table
 import train_on_coresets
-import utils.collect.stage
-import utils.selection.stage
-import utils.scoring.stage
+import utils.cli.stages
+import utils.collect.collect_losses
+import utils.coreset_training.train_on_coreset
+import utils.scoring.compute_scores
 from fakedata import write_fake_cifar
 from utils.cli import config
 from utils.cli.config import GRID
 from utils.cli.entry import run_cli
 from utils.errors import UserError
 from utils.grid import plan as grid, runner, table
-from utils.scoring import methods
+from utils.methods import registry as methods
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -160,15 +162,18 @@ def test_printed_commands_parse_back_to_the_same_flags(tmp_path, monkeypatch):
     g = GRID.settings({**grid_flags(str(tmp_path)), "score_schedule": [1], "learning_rate": 0.05,
                        "tag": "t1", "data_path": "2024", "compile": "max-autotune-no-cudagraphs"})
     seen = []
-    for module, name in ((utils.collect.stage, "collect_losses"), (utils.scoring.stage, "score"), (utils.selection.stage, "train_on_coreset")):
-        monkeypatch.setattr(module, name, seen.append)
+    scored = utils.scoring.compute_scores.Scored("out.pickle", {}, {})
+    for module, name in ((utils.collect.collect_losses, "collect_losses"), (utils.scoring.compute_scores, "score"),
+                         (utils.coreset_training.train_on_coreset, "train_on_coreset")):
+        monkeypatch.setattr(module, name, lambda options: seen.append(options) or scored)
+    monkeypatch.setattr(utils.cli.stages, "next_command", lambda *a: ("python train_on_coresets.py", ""))
     scripts = {1: get_loss_values, 2: compute_cld_scores, 3: train_on_coresets}
     steps = grid.plan(g)
     for step in steps:
         words = shlex.split(grid.command(step))
         assert words[1] == step.script
         assert run_cli(scripts[step.stage].main, words[2:]) == 0
-        assert seen.pop() == grid.FLAGSETS[step.stage].settings(step.flags)
+        assert dataclasses.asdict(seen.pop()) == dict(grid.FLAGSETS[step.stage].settings(step.flags))
     loss_step = steps[0]
     assert loss_step.flags["schedule"] == [1] and loss_step.flags["data_path"] == "2024"
     assert "--data_path 2024" in grid.command(loss_step)  # a folder named like a number stays a string

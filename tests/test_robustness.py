@@ -41,7 +41,7 @@ from utils.files.atomic import atomic_write, remove_stale_temps
 from utils.files.checkpoint import load_checkpoint
 from utils.files.losses import load_losses, load_split
 from utils.files.scores import load_scores
-from utils.selection.results import RESULT_COLUMNS, write_result
+from utils.coreset_training.results import RESULT_COLUMNS, write_result
 
 RUN1 = "CIFAR10_resnet20_seed1234"
 

@@ -16,7 +16,7 @@ from test_robustness import run_killed
 from utils.files.checkpoint import load_checkpoint
 from utils.files.losses import load_losses, load_sums
 from utils.files.scores import load_scores
-from utils.scoring import trajectory as S
+from utils.core import cld as S
 
 RUN = "CIFAR10_resnet20_seed1234"
 EPOCHS = 4

@@ -1,4 +1,4 @@
-"""utils/scoring/trajectory.py: golden numbers for CLD and every baseline, ranking, epoch selection, errors."""
+"""utils/core/cld.py and the trajectory methods (utils/methods/): golden numbers for CLD and every baseline, ranking, epoch selection, errors."""
 from __future__ import annotations
 
 import tracemalloc
@@ -9,8 +9,10 @@ import pytest
 from utils.cli.config import STAGE2
 from utils.errors import UserError
 from utils.files.losses import SIGNAL_KEYS
-from utils.scoring import methods, trajectory as S
-from utils.scoring.ranking import rank_per_class
+from utils.core import cld as S
+from utils.methods import aum, dyn_unc, el2n, forgetting, loss, random, registry as methods
+from utils.scoring.compute_scores import check_signals
+from utils.core.ranking import rank_per_class
 
 
 def make_losses(tr_loss, val_loss, tr_lbl, val_lbl, train_indices=None, epoch=None, **signals):
@@ -170,7 +172,7 @@ def test_missing_signal_is_named(method, signal):
     d = make_losses(np.ones((4, 3)), np.ones((4, 1)), [0] * 3, [0])
     d["legacy"] = True
     with pytest.raises(UserError, match=rf"needs the signal '{signal}'.*legacy"):
-        S.check_signals(d, methods.get(method))
+        check_signals(d, methods.get(method))
 
 
 def test_unknown_method():
@@ -234,14 +236,14 @@ def test_fewer_than_three_recorded_epochs():
 
 def test_loss_golden():
     d = make_losses([[1.0, 0.0], [2.0, 0.0], [3.0, 0.5]], np.ones((3, 1)), [0, 0], [0])
-    np.testing.assert_allclose(S.loss(d), [2.0, 0.5 / 3])
+    np.testing.assert_allclose(loss.score(d), [2.0, 0.5 / 3])
 
 
 def test_el2n_golden_window():
     el = np.array([[0.2, 1.0], [0.4, 1.0], [0.9, 0.1], [0.9, 0.1]])
     d = make_losses(np.ones((4, 2)), np.ones((4, 1)), [0, 0], [0], tr_el2n=el.astype(np.float32))
-    np.testing.assert_allclose(S.el2n(d, el2n_epochs=2), [0.3, 1.0], rtol=1e-6)
-    np.testing.assert_allclose(S.el2n(d), [0.6, 0.55], rtol=1e-6)  # default 20 > 4 epochs: all
+    np.testing.assert_allclose(el2n.score(d, el2n_epochs=2), [0.3, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(el2n.score(d), [0.6, 0.55], rtol=1e-6)  # default 20 > 4 epochs: all
 
 
 def test_forgetting_golden():
@@ -253,16 +255,16 @@ def test_forgetting_golden():
         [1, 0, 0, 0, 0],   # 1
     ], dtype=bool).T
     d = make_losses(np.ones((5, 5)), np.ones((5, 1)), [0] * 5, [0], tr_correct=correct)
-    np.testing.assert_array_equal(S.forgetting(d), [2, 5, 0, 0, 1])
-    ranked, _ = rank_per_class(S.forgetting(d), d["tr_lbl"], d["train_indices"])
+    np.testing.assert_array_equal(forgetting.score(d), [2, 5, 0, 0, 1])
+    ranked, _ = rank_per_class(forgetting.score(d), d["tr_lbl"], d["train_indices"])
     assert ranked[0].tolist() == [1, 0, 4, 2, 3]  # never learned first; ties 0/0 by index
 
 
 def test_aum_golden():
     margin = np.array([[-1.0, 2.0], [-2.0, 3.0], [0.0, 4.0]], dtype=np.float32)
     d = make_losses(np.ones((3, 2)), np.ones((3, 1)), [0, 0], [0], tr_margin=margin)
-    np.testing.assert_allclose(S.aum(d), [-1.0, 3.0])
-    ranked, _ = rank_per_class(S.aum(d), d["tr_lbl"], d["train_indices"])
+    np.testing.assert_allclose(aum.score(d), [-1.0, 3.0])
+    ranked, _ = rank_per_class(aum.score(d), d["tr_lbl"], d["train_indices"])
     assert ranked[0].tolist() == [1, 0]  # low AUM (likely mislabeled) at the bottom
 
 
@@ -272,20 +274,20 @@ def test_dyn_unc_golden():
     #   = sqrt(1/12) = 0.288675; mean over the 2 windows = 0.144338
     p = np.array([[0.2, 0.5], [0.4, 0.5], [0.6, 0.5], [0.8, 1.0]])
     d = make_losses(-np.log(p), np.ones((4, 1)), [0, 0], [0])
-    np.testing.assert_allclose(S.dyn_unc(d, dyn_unc_window=3), [0.2, np.sqrt(1 / 12) / 2], rtol=1e-6)
+    np.testing.assert_allclose(dyn_unc.score(d, dyn_unc_window=3), [0.2, np.sqrt(1 / 12) / 2], rtol=1e-6)
     # window longer than the run: one window of all 4 epochs
-    np.testing.assert_allclose(S.dyn_unc(d), [np.std(p[:, 0], ddof=1), np.std(p[:, 1], ddof=1)], rtol=1e-6)
+    np.testing.assert_allclose(dyn_unc.score(d), [np.std(p[:, 0], ddof=1), np.std(p[:, 1], ddof=1)], rtol=1e-6)
 
 
 def test_random_seeded_and_independent_of_column_order():
     n = 50
     d = make_losses(np.ones((3, n)), np.ones((3, 1)), [0] * n, [0], train_indices=np.arange(n) * 2)
-    a = S.random(d, seed=5)
-    np.testing.assert_array_equal(a, S.random(d, seed=5))
-    assert not np.array_equal(a, S.random(d, seed=6))
+    a = random.score(d, seed=5)
+    np.testing.assert_array_equal(a, random.score(d, seed=5))
+    assert not np.array_equal(a, random.score(d, seed=6))
     perm = np.random.default_rng(0).permutation(n)
     d2 = dict(d, train_indices=d["train_indices"][perm])
-    np.testing.assert_array_equal(S.random(d2, seed=5), a[perm])  # same example, same draw
+    np.testing.assert_array_equal(random.score(d2, seed=5), a[perm])  # same example, same draw
 
 
 def test_registry_is_complete():
@@ -293,7 +295,7 @@ def test_registry_is_complete():
     for m in methods.METHODS.values():
         assert m.family in ("trajectory", "model") and m.hard_end in ("top", "bottom") and m.top_means
         if m.family == "trajectory":
-            assert callable(getattr(S, m.name)) and set(m.inputs) <= {"tr_loss", "val_loss", *SIGNAL_KEYS}
+            assert callable(m.score) and set(m.inputs) <= {"tr_loss", "val_loss", *SIGNAL_KEYS}
             assert not m.greedy
         assert set(m.options) <= set(STAGE2.flags), m.name
     assert methods.get("uniform") is methods.get("random") and methods.get("CLD").name == "cld"

@@ -1,11 +1,11 @@
-"""utils/selection/coreset.py: orders, CCS allocation and sampling, budgets, index checks."""
+"""utils/coreset_training/coreset.py: orders, CCS allocation and sampling, budgets, index checks."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from utils.errors import UserError
-from utils.selection.coreset import ORDERS, ccs_allocate, check_indices, class_budgets, select_class, select_coreset
+from utils.core.selection import ORDERS, ccs_allocate, check_indices, class_budgets, select_class, select_coreset
 
 # class 0: dataset indices 10..19 best first; class 1: 100..104 best first
 RANKED = {0: np.arange(10, 20), 1: np.arange(100, 105)}

@@ -1,5 +1,6 @@
-"""utils/scoring/selectors.py against independent brute-force references (numpy loops, explicit set
-functions, autograd), plus ties, degenerate inputs and tiny classes."""
+"""The model methods' math (utils/methods/<method>.py and their helpers, utils/methods/tensors.py)
+against independent brute-force references (numpy loops, explicit set functions, autograd), plus
+ties, degenerate inputs and tiny classes."""
 from __future__ import annotations
 
 import itertools
@@ -10,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.scoring import selectors as S
+from utils.methods import (cal, contextual_diversity, craig, entropy, facility_location, glister, gradmatch, grand,
+                           graph_cut, herding, kcenter, least_confidence, log_determinant, margin, moderate, tensors)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -80,11 +82,11 @@ def test_uncertainty_scores_equal_numpy_formulas():
     p[3, :] = 0.0
     p[3, 2] = 1.0                                   # exact zeros: 0 log 0 = 0
     top = np.sort(p, axis=1)[:, ::-1]
-    np.testing.assert_allclose(S.least_confidence(T(p)), 1 - p.max(1), rtol=1e-12)
+    np.testing.assert_allclose(least_confidence.least_confidence(T(p)), 1 - p.max(1), rtol=1e-12)
     ent = np.array([-sum(v * math.log(v) for v in row if v > 0) for row in p])
-    np.testing.assert_allclose(S.entropy(T(p)), ent, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(S.margin(T(p)), -(top[:, 0] - top[:, 1]), rtol=1e-12)
-    for f in (S.least_confidence, S.entropy, S.margin):
+    np.testing.assert_allclose(entropy.entropy(T(p)), ent, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(margin.margin(T(p)), -(top[:, 0] - top[:, 1]), rtol=1e-12)
+    for f in (least_confidence.least_confidence, entropy.entropy, margin.margin):
         out = f(T(p, torch.float32))
         assert out.dtype == np.float64 and out.shape == (30,)
 
@@ -93,10 +95,10 @@ def test_uncertainty_planted_examples_rank_first():
     p = probs(np.random.default_rng(1), 20, 5, scale=3.0)
     p[7] = 0.2                                      # uniform: least confident, highest entropy
     p[12] = [0.45, 0.45, 0.05, 0.03, 0.02]          # a tie between the top two classes
-    assert np.argmax(S.least_confidence(T(p))) == 7
-    assert np.argmax(S.entropy(T(p))) == 7
-    assert np.argmax(S.margin(T(p))) in (7, 12)
-    assert S.margin(T(p))[7] == 0.0 and S.margin(T(p))[12] == 0.0
+    assert np.argmax(least_confidence.least_confidence(T(p))) == 7
+    assert np.argmax(entropy.entropy(T(p))) == 7
+    assert np.argmax(margin.margin(T(p))) in (7, 12)
+    assert margin.margin(T(p))[7] == 0.0 and margin.margin(T(p))[12] == 0.0
 
 
 def test_moderate_equals_numpy_and_planted_median():
@@ -104,12 +106,12 @@ def test_moderate_equals_numpy_and_planted_median():
     for n in (9, 10):
         e = rng.normal(size=(n, 6))
         d = np.linalg.norm(e - e.mean(0), axis=1)
-        np.testing.assert_allclose(S.moderate(T(e)), -np.abs(d - np.median(d)), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(moderate.moderate(T(e)), -np.abs(d - np.median(d)), rtol=1e-12, atol=1e-14)
     # Pairs +-v around the origin (mean 0) at distances 1, 2, 3, 4, 5, 10, 10.5: median 4.
     radii = [1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 10.5]
     e = np.array([s * rad * np.array([1.0, 0.0] if k % 2 else [0.0, 1.0]) for k, rad in enumerate(radii)
                   for s in (1, -1)])
-    top = np.argsort(-S.moderate(T(e)), kind="stable")[:2]
+    top = np.argsort(-moderate.moderate(T(e)), kind="stable")[:2]
     assert sorted(top) == [6, 7]
 
 
@@ -150,7 +152,7 @@ def kcenter_brute(n, first, dist):
 def test_herding_matches_brute_force(seed):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(int(rng.integers(3, 8)), 5))
-    order, gains = S.herding(T(x, torch.float32))
+    order, gains = herding.herding(T(x, torch.float32))
     ref_order, ref_gains = herding_brute(x.astype(np.float32).astype(np.float64))
     np.testing.assert_array_equal(order, ref_order)
     np.testing.assert_allclose(gains, ref_gains, rtol=1e-9, atol=1e-9)
@@ -163,7 +165,7 @@ def test_kcenter_matches_brute_force(seed):
     n = int(rng.integers(3, 8))
     x = rng.normal(size=(n, 4))
     first = int(rng.integers(n))
-    order, gains = S.kcenter(T(x), first)
+    order, gains = kcenter.kcenter(T(x), first)
     ref_order, ref_gains = kcenter_brute(n, first, lambda i, j: np.linalg.norm(x[i] - x[j]))
     np.testing.assert_array_equal(order, ref_order)
     np.testing.assert_allclose(gains, ref_gains, rtol=1e-12)
@@ -178,7 +180,7 @@ def test_contextual_diversity_matches_brute_force(seed):
     p = probs(rng, n, 5)
     p[0, 1] = 0.0                                   # an exact zero: clamped, finite distances
     first = int(rng.integers(n))
-    order, gains = S.contextual_diversity(T(p), first)
+    order, gains = contextual_diversity.contextual_diversity(T(p), first)
     ref_order, ref_gains = kcenter_brute(n, first, lambda i, j: sym_kl(p[i], p[j]))
     np.testing.assert_array_equal(order, ref_order)
     np.testing.assert_allclose(gains, ref_gains, rtol=1e-10)
@@ -196,14 +198,14 @@ def test_cal_matches_brute_force(n, k):
         dist = np.array([np.linalg.norm(e[i] - e[j]) for j in others])
         nbrs = [others[j] for j in np.argsort(dist, kind="stable")[:k]]
         ref[i] = np.mean([sym_kl(p[j], p[i]) for j in nbrs])
-    np.testing.assert_allclose(S.cal(T(e), T(p), neighbors=k), ref, rtol=1e-10)
+    np.testing.assert_allclose(cal.cal(T(e), T(p), neighbors=k), ref, rtol=1e-10)
 
 
 def test_cal_neighbour_ties_go_to_lower_position():
     # Row 0 at the origin; rows 1..4 all at distance 1; one neighbour: row 1 (lowest position).
     e = np.array([[0.0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]])
     p = np.array([[0.5, 0.5], [0.9, 0.1], [0.1, 0.9], [0.2, 0.8], [0.3, 0.7]])
-    assert S.cal(T(e), T(p), neighbors=1)[0] == pytest.approx(sym_kl(p[1], p[0]), rel=1e-12)
+    assert cal.cal(T(e), T(p), neighbors=1)[0] == pytest.approx(sym_kl(p[1], p[0]), rel=1e-12)
 
 
 # ----------------------------------------------------------------------------- gradient embeddings
@@ -231,21 +233,21 @@ def test_gradient_embeddings_gram_and_grand_equal_autograd():
     y = rng.integers(0, c, size=n)
     r = torch.softmax(T(z), 1).numpy() - np.eye(c)[y]
     g_ref = autograd_gradients(z, e, y)
-    g = S.gradient_embeddings(T(r), T(e))
+    g = tensors.gradient_embeddings(T(r), T(e))
     assert g.dtype == torch.float64 and g.shape == (n, c * (d + 1))
     np.testing.assert_allclose(g.numpy(), g_ref, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(S.gradient_gram(T(r), T(e)).numpy(), g_ref @ g_ref.T, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(tensors.gradient_gram(T(r), T(e)).numpy(), g_ref @ g_ref.T, rtol=1e-12, atol=1e-14)
     r2, e2, _ = grad_inputs(rng, 3, c, d)
-    np.testing.assert_allclose(S.gradient_gram(T(r), T(e), T(r2), T(e2)).numpy(), g_ref @ explicit_g(r2, e2).T,
+    np.testing.assert_allclose(tensors.gradient_gram(T(r), T(e), T(r2), T(e2)).numpy(), g_ref @ explicit_g(r2, e2).T,
                                rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(S.grand(T(r), T(e)), np.linalg.norm(g_ref, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(grand.grand(T(r), T(e)), np.linalg.norm(g_ref, axis=1), rtol=1e-12)
 
 
 def test_gradient_gram_is_exactly_symmetric_with_equal_duplicate_rows():
     rng = np.random.default_rng(4)
     r, e, _ = grad_inputs(rng, 200, 10, 64)
     r[199], e[199] = r[3], e[3]
-    G = S.gradient_gram(T(r), T(e))
+    G = tensors.gradient_gram(T(r), T(e))
     assert torch.equal(G, G.T) and torch.equal(G[199], G[3])
 
 
@@ -270,7 +272,7 @@ def _same_as_brute_force(result, f, n, atol=1e-12):
 def test_facility_location_matches_explicit_greedy_and_bound(seed):
     n = 6
     r, e, s = _cosine_inputs(30 + seed, n)
-    order, _ = _same_as_brute_force(S.facility_location(T(r), T(e)), facility_value(s), n)
+    order, _ = _same_as_brute_force(facility_location.facility_location(T(r), T(e)), facility_value(s), n)
     f = facility_value(s)
     best = max(f(list(A)) for A in itertools.combinations(range(n), 3))
     assert f(list(order[:3])) >= (1 - 1 / math.e) * best
@@ -284,7 +286,7 @@ def test_craig_matches_explicit_greedy(seed):
     g = explicit_g(r, e)
     d = np.array([[np.linalg.norm(g[i] - g[j]) for j in range(n)] for i in range(n)])
     s = d.max() - d + 1e-3
-    _same_as_brute_force(S.craig(T(r), T(e)), facility_value(s), n)
+    _same_as_brute_force(craig.craig(T(r), T(e)), facility_value(s), n)
 
 
 @pytest.mark.parametrize("seed,lam", [(0, 1.0), (1, 1.0), (2, 0.3)])
@@ -295,7 +297,7 @@ def test_graph_cut_matches_explicit_greedy(seed, lam):
     def f(A):
         return lam * s[:, A].sum() - s[np.ix_(A, A)].sum() if A else 0.0
 
-    _same_as_brute_force(S.graph_cut(T(r), T(e), lam=lam), f, n, atol=1e-9)
+    _same_as_brute_force(graph_cut.graph_cut(T(r), T(e), lam=lam), f, n, atol=1e-9)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -306,7 +308,7 @@ def test_log_determinant_matches_explicit_greedy(seed):
     def f(A):
         return np.linalg.slogdet(s[np.ix_(A, A)])[1] if A else 0.0
 
-    order, gains = S.log_determinant(T(r), T(e))
+    order, gains = log_determinant.log_determinant(T(r), T(e))
     ref_order, ref_gains = brute_greedy(f, n)
     np.testing.assert_array_equal(order, ref_order)
     np.testing.assert_allclose(gains, ref_gains, rtol=1e-7, atol=1e-9)
@@ -316,7 +318,7 @@ def test_log_determinant_puts_singular_rows_last_in_position_order():
     rng = np.random.default_rng(7)
     r, e, _ = grad_inputs(rng, 5, c=3, d=1)          # gradients span 4 dimensions (r sums to 0) ...
     r, e = np.concatenate([r, r[[1, 0]]]), np.concatenate([e, e[[1, 0]]])   # ... rows 5, 6 copy 1, 0
-    order, gains = S.log_determinant(T(r), T(e))
+    order, gains = log_determinant.log_determinant(T(r), T(e))
     # The kernel 0.5 (1 1^T) + 0.5 cos has rank <= 5: after 5 picks everything is singular.
     assert np.all(np.isfinite(gains[:5])) and np.all(gains[5:] == -np.inf)
     rest = order[5:]
@@ -339,10 +341,10 @@ def test_gradmatch_residuals_equal_least_squares(seed, with_val):
     if with_val:
         rv, ev, _ = grad_inputs(rng, 4)
         b = explicit_g(rv, ev).mean(0)
-        order, gains = S.gradmatch(T(r), T(e), T(rv), T(ev))
+        order, gains = gradmatch.gradmatch(T(r), T(e), T(rv), T(ev))
     else:
         b = g.mean(0)
-        order, gains = S.gradmatch(T(r), T(e))
+        order, gains = gradmatch.gradmatch(T(r), T(e))
     assert sorted(order) == list(range(n))
     assert order[0] == np.argmax(g @ b)
     assert np.all(np.diff(gains) <= 1e-12 * np.linalg.norm(b))
@@ -364,7 +366,7 @@ def test_gradmatch_after_exact_match_ranks_rest_by_correlation():
     r, e, _ = grad_inputs(rng, 6)
     r[2], e[2] = [-0.9, 0.5, 0.4], e[2] * 10.0      # g_2 dominates every correlation with itself
     g = explicit_g(r, e)
-    order, gains = S.gradmatch(T(r), T(e), T(r[[2]]), T(e[[2]]))   # target b = g_2
+    order, gains = gradmatch.gradmatch(T(r), T(e), T(r[[2]]), T(e[[2]]))   # target b = g_2
     assert order[0] == 2
     assert gains[0] <= 1e-6 * np.linalg.norm(g[2]) and np.all(gains[1:] == gains[0])
     rest = [j for j in range(6) if j != 2]
@@ -377,7 +379,7 @@ def test_gradmatch_dependent_row_leaves_residual_unchanged():
     r, e, _ = grad_inputs(rng, 5)
     r, e = np.concatenate([r, r[:1]]), np.concatenate([e, e[:1]])   # row 5 = row 0
     rv, ev, _ = grad_inputs(rng, 3)
-    order, gains = S.gradmatch(T(r), T(e), T(rv), T(ev))
+    order, gains = gradmatch.gradmatch(T(r), T(e), T(rv), T(ev))
     t0, t5 = list(order).index(0), list(order).index(5)
     assert t0 < t5 and gains[t5] == gains[t5 - 1]
 
@@ -412,7 +414,7 @@ def test_glister_matches_explicit_recomputation(seed, eta):
     r, e, _ = grad_inputs(rng, n, c, d)
     zv, ev = rng.normal(size=(m, c)), rng.normal(size=(m, d))
     yv = rng.integers(0, c, size=m)
-    order, gains = S.glister(T(r), T(e), T(zv), torch.tensor(yv), T(ev), eta)
+    order, gains = glister.glister(T(r), T(e), T(zv), torch.tensor(yv), T(ev), eta)
     rv = torch.softmax(T(zv), 1).numpy() - np.eye(c)[yv]
     assert order[0] == np.argmax(explicit_g(r, e) @ explicit_g(rv, ev).mean(0))
     ref_order, ref_gains = glister_brute(r, e, zv, yv, ev, eta)
@@ -437,27 +439,27 @@ def dup_inputs(n=64, c=10, d=16):
 
 def greedy_calls(R, E, P, Zv, Yv, Ev):
     return {
-        "herding": lambda: S.herding(E),
-        "kcenter": lambda: S.kcenter(E, 0),
-        "contextual_diversity": lambda: S.contextual_diversity(P, 0),
-        "craig": lambda: S.craig(R, E),
-        "facility_location": lambda: S.facility_location(R, E),
-        "graph_cut": lambda: S.graph_cut(R, E),
-        "log_determinant": lambda: S.log_determinant(R, E),
-        "gradmatch": lambda: S.gradmatch(R, E, R[:7], E[:7]),
-        "gradmatch_train": lambda: S.gradmatch(R, E),
-        "glister": lambda: S.glister(R, E, Zv, Yv, Ev, 0.5),
+        "herding": lambda: herding.herding(E),
+        "kcenter": lambda: kcenter.kcenter(E, 0),
+        "contextual_diversity": lambda: contextual_diversity.contextual_diversity(P, 0),
+        "craig": lambda: craig.craig(R, E),
+        "facility_location": lambda: facility_location.facility_location(R, E),
+        "graph_cut": lambda: graph_cut.graph_cut(R, E),
+        "log_determinant": lambda: log_determinant.log_determinant(R, E),
+        "gradmatch": lambda: gradmatch.gradmatch(R, E, R[:7], E[:7]),
+        "gradmatch_train": lambda: gradmatch.gradmatch(R, E),
+        "glister": lambda: glister.glister(R, E, Zv, Yv, Ev, 0.5),
     }
 
 
 def score_calls(R, E, P):
     return {
-        "least_confidence": lambda: S.least_confidence(P),
-        "entropy": lambda: S.entropy(P),
-        "margin": lambda: S.margin(P),
-        "moderate": lambda: S.moderate(E),
-        "cal": lambda: S.cal(E, P, neighbors=3),
-        "grand": lambda: S.grand(R, E),
+        "least_confidence": lambda: least_confidence.least_confidence(P),
+        "entropy": lambda: entropy.entropy(P),
+        "margin": lambda: margin.margin(P),
+        "moderate": lambda: moderate.moderate(E),
+        "cal": lambda: cal.cal(E, P, neighbors=3),
+        "grand": lambda: grand.grand(R, E),
     }
 
 
@@ -493,7 +495,7 @@ def test_zero_vectors_and_zero_probabilities_give_no_nan():
         assert not np.any(np.isnan(vals)), name
     # A zero gradient has cosine 0 with everything, itself included: rows 1 and 6 both have
     # kernel rows of 0.5, so after row 1 row 6 is singular (and only it).
-    order, gains = S.log_determinant(R, E)
+    order, gains = log_determinant.log_determinant(R, E)
     assert list(order).index(1) < list(order).index(6)
     assert gains[-1] == -np.inf and order[-1] == 6 and np.all(np.isfinite(gains[:-1]))
 
@@ -510,14 +512,14 @@ def test_tiny_classes(n):
         s = call()
         assert s.dtype == np.float64 and s.shape == (n,) and np.all(np.isfinite(s)), name
     if n == 1:
-        assert S.cal(E, P)[0] == 0.0 and S.moderate(E)[0] == 0.0
+        assert cal.cal(E, P)[0] == 0.0 and moderate.moderate(E)[0] == 0.0
 
 
 def test_bad_arguments_raise():
     x = torch.zeros(3, 2)
     with pytest.raises(ValueError):
-        S.kcenter(x, 3)
+        kcenter.kcenter(x, 3)
     with pytest.raises(ValueError):
-        S.cal(x, x, neighbors=0)
+        cal.cal(x, x, neighbors=0)
     with pytest.raises(ValueError):
-        S.gradient_gram(x, torch.zeros(4, 2))
+        tensors.gradient_gram(x, torch.zeros(4, 2))

@@ -16,7 +16,7 @@ import get_loss_values
 from conftest import assert_user_error, cli, s1_flags
 from utils.files.losses import load_losses
 from utils.files.scores import load_scores
-from utils.scoring.stability import StopRule, default_grid
+from utils.core.stability import StopRule, default_grid
 
 
 def _pearson_cld(tr, val, tr_lbl, val_lbl):
@@ -63,7 +63,7 @@ def test_stability_agrees_with_an_independent_recomputation(digits_run, tmp_path
     d = load_losses(loss)
     grid = default_grid(10)
     assert sorted({int(r["epochs"]) for r in rows}) == grid and grid[-1] == 10 and min(grid) >= 3
-    from utils.scoring.trajectory import cld, select_epochs
+    from utils.core.cld import cld, select_epochs
 
     def scores(e):
         """CLD of the first e epochs: the project's, checked against np.corrcoef to 1e-9; the selection
@@ -135,7 +135,7 @@ def test_the_overview_figure_is_wide_and_a_missing_dataset_is_one_line(digits_ru
 
 
 def test_the_method_overlap_of_a_grid_is_the_mean_per_class_jaccard(tmp_path):
-    from utils.grid.figures import method_overlap
+    from utils.grid.method_figures import method_overlap
 
     rng = np.random.default_rng(0)
     rankings = {m: {c: rng.permutation(np.arange(10 * c, 10 * c + 10)) for c in range(3)} for m in "abc"}

@@ -1,4 +1,6 @@
-"""The library of the CLD coreset scripts, in subpackages by concern and by stage (docs/layout.md).
+"""The library of the CLD coreset scripts, one subpackage per floor of the house (README, Layout):
+the command line and the grid on top, the three stages beneath them, the scoring methods, the
+training engine and the data, the torch-free core, and the files at the ground.
 
 Modules are imported by name (``from utils.files import atomic``); nothing is re-exported here, so
 that importing one piece never drags in torch where it is not needed (stage 2's trajectory

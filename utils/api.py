@@ -18,10 +18,10 @@ from typing import Any, Callable, Mapping, TypeVar
 import numpy as np
 
 from utils.errors import UserError
-from utils.scoring import methods
-from utils.scoring import trajectory
-from utils.scoring.ranking import rank_per_class
-from utils.selection.coreset import class_budgets, select_coreset
+from utils.methods import registry as methods
+from utils.core import cld as trajectory
+from utils.core.ranking import rank_per_class
+from utils.core.selection import class_budgets, select_coreset
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -144,7 +144,8 @@ def baseline(method: str, labels: Any, *, embeddings: Any = None, logits: Any = 
     """
     import torch
 
-    from utils.scoring import model
+    from utils.methods.features import Features
+    from utils.scoring import snapshot
 
     record = methods.get(method)
     if not record.uses_model or not set(record.inputs) <= set(BASELINE_INPUTS):
@@ -160,7 +161,7 @@ def baseline(method: str, labels: Any, *, embeddings: Any = None, logits: Any = 
             raise ValueError("probs holds negative values")
         logits = np.log(np.maximum(p, np.finfo(np.float32).tiny))
 
-    def features(lbl: np.ndarray, emb: Any, lgt: Any, part: str) -> model.Features:
+    def features(lbl: np.ndarray, emb: Any, lgt: Any, part: str) -> Features:
         needs_emb = bool({"embeddings", "grads"} & set(record.inputs))
         needs_lgt = bool({"probs", "grads", "logits"} & set(record.inputs))
         if needs_emb and emb is None:
@@ -171,8 +172,8 @@ def baseline(method: str, labels: Any, *, embeddings: Any = None, logits: Any = 
         z = _matrix(lgt, f"{part}logits", len(lbl)) if lgt is not None else np.zeros((len(lbl), 1))
         if lgt is not None and lbl.size and lbl.max() >= z.shape[1]:
             raise ValueError(f"{part}labels go up to class {int(lbl.max())} but {part}logits have {z.shape[1]} columns")
-        return model.Features(torch.as_tensor(z, dtype=torch.float32), torch.as_tensor(e, dtype=torch.float32),
-                              torch.as_tensor(lbl))
+        return Features(torch.as_tensor(z, dtype=torch.float32), torch.as_tensor(e, dtype=torch.float32),
+                        torch.as_tensor(lbl))
 
     feats = features(labels, embeddings, logits, "")
     vfeats = None
@@ -187,7 +188,7 @@ def baseline(method: str, labels: Any, *, embeddings: Any = None, logits: Any = 
     losses = {"train_indices": _indices(indices, n), "tr_lbl": labels,
               "val_lbl": vlabels if vfeats is not None else np.zeros(0, np.int64)}
     options = {"seed": int(seed), "cal_neighbors": int(cal_neighbors), "glister_eta": float(glister_eta)}
-    return model.rank_classes(record, feats, vfeats, losses, options, model.full_gradients(feats))[:2]
+    return snapshot.rank_classes(record, feats, vfeats, losses, options, snapshot.full_gradients(feats))[:2]
 
 
 @_value_errors

@@ -29,7 +29,7 @@ def top_fraction_jaccard(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.
                          fraction: float = TOP_FRACTION) -> dict[int, float]:
     """Per class, the Jaccard index of the top-``fraction`` sets that two score vectors select.
 
-    Each class is ranked as stage 3 ranks it (:func:`utils.scoring.ranking.rank_per_class`: highest score
+    Each class is ranked as stage 3 ranks it (:func:`utils.core.ranking.rank_per_class`: highest score
     first, ties by dataset index) and its first :func:`top_count` examples are kept.
 
     Args:
@@ -41,7 +41,7 @@ def top_fraction_jaccard(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.
     Returns:
         {class: |A & B| / |A | B|}.
     """
-    from utils.scoring.ranking import rank_per_class
+    from utils.core.ranking import rank_per_class
 
     ranked_a, _ = rank_per_class(scores_a, labels, indices)
     ranked_b, _ = rank_per_class(scores_b, labels, indices)
@@ -177,7 +177,7 @@ def fidelity_summary(run: dict, matrices: dict[str, tuple[np.ndarray, np.ndarray
         of stage 1's own losses vs fp32 (``default_jaccard_*``), the CLD scores' correlation, how
         the two loss matrices differ, and how the fp32 matrix differs from the losses stage 1 recorded.
     """
-    from utils.scoring.trajectory import cld
+    from utils.core.cld import cld
 
     base = {k: run[k] for k in ("tr_lbl", "val_lbl", "train_indices", "val_indices")}
     scores = {}

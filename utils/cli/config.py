@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from utils import paths
-from utils.cli.flags import (Bool, Choice, FALSE_WORDS, Flag, FlagSet, Float, Int, Kind, ListOf, Name, Optional,
-                             Path, Settings, Str, TRUE_WORDS)
+from utils.cli.flags import Flag, FlagSet, Settings
+from utils.cli.kinds import Bool, Choice, FALSE_WORDS, Float, Int, Kind, ListOf, Name, Optional, Path, Str, TRUE_WORDS
 from utils.errors import UserError, require
 from utils.paths import check_safe_name
-from utils.scoring import methods
-from utils.selection.coreset import ORDERS
-from utils.train.options import COLLECT_PRECISIONS, COMPILE_BACKENDS, COMPILE_MODES, PRECISIONS
+from utils.methods import registry as methods
+from utils.core.selection import ORDERS, budgets_of
+from utils.train.options import COLLECT_PRECISIONS, COMPILE_BACKENDS, COMPILE_MODES, PRECISIONS, check_model
 
 MAX_EPOCHS = 100_000
 MAX_BATCH = 1 << 20
@@ -217,20 +217,9 @@ STAGE3_OUTPUTS = [
          "{dataset}_{model_arch}_coreset_{method}_{order}_k{k}_seed{seed}"),
 ]
 
-PAPER_TOPK = 100  # the paper code's default topk_per_class
 
 
 # ----------------------------------------------------------------------------- checks
-
-def check_model(model_arch: str, dataset: str) -> str:
-    """A registry name for ``dataset`` (imports the model registry, hence torch)."""
-    import models
-
-    valid = models.model_names(dataset)
-    if model_arch not in valid:
-        raise UserError(f"unknown model {model_arch!r} for {dataset}; choose one of {', '.join(valid)}")
-    return model_arch
-
 
 def check_schedule(schedule: list, flag: str = "--schedule") -> None:
     """Milestones strictly increasing, each at least 1 (MultiStepLR would apply a repeated one twice
@@ -257,19 +246,6 @@ def _check_stage1(s: Settings) -> Settings:
     budgets_of([s.stability_k], "--stability_k")
     check_model(s.model_arch, s.dataset)
     return s
-
-
-def budgets_of(values: list, flag: str = "--budgets") -> tuple[tuple[str, float], ...]:
-    """Budgets (``--budgets``, ``--stability_k``) as ``('samples_per_class', k)`` (an integer) or
-    ``('fraction', f)`` (below 1); a non-integer count is refused."""
-    out = []
-    for v in values:
-        if v < 1:
-            out.append(("fraction", float(v)))
-        else:
-            require(float(v).is_integer(), f"{flag} takes per-class counts (integers) or fractions below 1, got {v:g}")
-            out.append(("samples_per_class", int(v)))
-    return tuple(out)
 
 
 def _check_stage2(s: Settings) -> Settings:

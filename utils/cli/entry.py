@@ -26,7 +26,7 @@ def run_cli(main: Callable[..., Any], argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True)
-    script = sys.argv[0] or "script"  # as typed (bench/x.py), unless it points elsewhere
+    script = sys.argv[0] or "script"  # as typed (e.g. bench/bench_scores.py), unless it points elsewhere
     script = os.path.relpath(script) if not os.path.relpath(script).startswith("..") else os.path.basename(script)
     try:
         if "--" in argv:  # Fire's own flags (--interactive, --trace, ...) are not offered

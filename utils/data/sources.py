@@ -13,7 +13,12 @@ from utils.data.jpeg import DeviceJpegBatches
 from utils.errors import UserError
 
 
-def make_batches(part, info: DatasetInfo, device: torch.device, workers: int = 4, decode: str = "cpu"):
+# Where a stage's batches come from: an in-memory dataset on the device, or an image folder read by
+# DataLoader workers (DeviceJpegBatches, a FolderBatches, decodes on the GPU).
+BatchSource = TensorBatches | FolderBatches
+
+
+def make_batches(part, info: DatasetInfo, device: torch.device, workers: int = 4, decode: str = "cpu") -> BatchSource:
     """The batch source for one part (train or test) of a loaded dataset; ``decode`` says where an
     ImageFolder's JPEGs are decoded (in-memory datasets are decoded already)."""
     if isinstance(part, ArrayDataset):

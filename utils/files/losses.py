@@ -237,7 +237,7 @@ def load_split(path: str) -> dict:
 
 _SUMS_META = ("dataset", "model_arch", "manual_seed", "num_classes", "collect_precision", "data_path")
 _SUMS_SPLIT = ("epoch", "tr_lbl", "val_lbl", "train_indices", "val_indices")
-# CLD's running sums (utils.scoring.trajectory.CLDSums keeps these): a sums file holds each as sums_<name>.
+# CLD's running sums (utils.core.cld.CLDSums keeps these): a sums file holds each as sums_<name>.
 SUMS_STATE = ("epochs", "prev", "mean_x", "m2_x", "c_xy", "prev_v", "mean_y", "m2_y")
 SUMS_MEMBERS = ("format", "config", *_SUMS_META, *_SUMS_SPLIT, *(f"sums_{k}" for k in SUMS_STATE))
 

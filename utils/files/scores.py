@@ -36,7 +36,7 @@ def load_scores(path: str) -> dict:
     are ``{"0": indices, ...}`` or rows of ``(index, score)`` per class; their metadata (dataset,
     classes) is unknown and left as None. Class keys must be integers (decimal strings in legacy
     files), scores finite, and every name that may become part of a file name a known one (the method is
-    checked against the registry by the caller: :func:`utils.scoring.methods.get`).
+    checked against the registry by the caller: :func:`utils.methods.registry.get`).
     """
     d = load_pickle(path, "score file")
     if not isinstance(d, dict):

@@ -18,7 +18,8 @@ from utils import paths
 from utils.cli import config
 from utils.cli.flags import FlagSet, Settings
 from utils.files.atomic import atomic_write
-from utils.scoring import methods
+from utils.methods import registry as methods
+from utils.methods.record import default_snapshot
 
 SCRIPTS = {1: "get_loss_values.py", 2: "compute_cld_scores.py", 3: "train_on_coresets.py"}
 FLAGSETS: dict[int, FlagSet] = {1: config.STAGE1, 2: config.STAGE2, 3: config.STAGE3}
@@ -65,7 +66,7 @@ def snapshot_epoch(g: Settings, epochs: int) -> int:
     if g.snapshot_epoch is not None:
         return g.snapshot_epoch
     kept = sorted(e for e in g.snapshot_epochs if e <= epochs)
-    return methods.default_snapshot(kept, epochs, f"stage 1 ({epochs} epochs, --snapshot_epochs {g.snapshot_epochs})")
+    return default_snapshot(kept, epochs, f"stage 1 ({epochs} epochs, --snapshot_epochs {g.snapshot_epochs})")
 
 
 # DeepCore's selection model (main.py's selection_* defaults and EarlyTrain): SGD with Nesterov,

@@ -24,6 +24,7 @@ from utils import progress
 from utils.errors import UserError
 from utils.files.atomic import ensure_dir
 from utils.files.locks import RunBusy, RunLock, busy, wait_for
+from utils.cli.stages import STAGES
 from utils.grid.plan import FLAGSETS, Step, command, decide, launcher_of
 
 
@@ -31,15 +32,7 @@ from utils.grid.plan import FLAGSETS, Step, command, decide, launcher_of
 
 def run_stage(stage: int, flags: dict) -> Any:
     """``main(**flags)`` of a stage's script, in this process (the stages import torch on use)."""
-    settings = FLAGSETS[stage].settings(flags)
-    if stage == 1:
-        from utils.collect.stage import collect_losses
-        return collect_losses(settings)
-    if stage == 2:
-        from utils.scoring.stage import score
-        return score(settings)
-    from utils.selection.stage import train_on_coreset
-    return train_on_coreset(settings)
+    return STAGES[stage](FLAGSETS[stage].settings(flags))
 
 
 def run_subprocess(step: Step, cmd: str) -> None:

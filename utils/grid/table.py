@@ -19,10 +19,10 @@ from utils import paths, progress
 from utils.cli.flags import Settings
 from utils.errors import UserError
 from utils.files.atomic import atomic_write, ensure_dir
-from utils.selection import results
+from utils.coreset_training import results
 from utils.grid.labels import recipe_text, row_label, weights_note
-from utils.grid.plot import plot
-from utils.selection.coreset import ORDERS
+from utils.grid.accuracy_plot import plot
+from utils.core.selection import ORDERS
 
 TABLE_COLUMNS = ("method", "order", "score_model_arch", "model_arch", "samples_per_class", "fraction",
                  "selection_model", "snapshot_epoch", "weighted", "coreset_size", "n_seeds", "mean_test_acc",
@@ -181,11 +181,11 @@ def write_outputs(g: Settings, steps: Sequence, say: Callable[[str], None] = pro
 
 
 def _pictures(g: Settings, steps: Sequence, rows: list[dict], files: dict[str, str]) -> list[str]:
-    """The pictures the grid has what for (utils.grid.figures); returns the files written."""
+    """The pictures the grid has what for (utils.grid.method_figures); returns the files written."""
     from utils.files.losses import load_losses
     from utils.files.scores import load_scores
-    from utils.grid import figures
-    from utils.scoring.figure import overview
+    from utils.grid import method_figures as figures
+    from utils.scoring.overview_figure import overview
 
     written = []
     if "cld" in g.methods and figures.cld_orders(files["orders"], rows, g):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from utils.errors import UserError
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 COLLECT_PRECISIONS = ("fp32", "same", "bf16", "fp16")
 # torch.compile's inductor modes, and two debugging backends (no code generation: they check
@@ -29,9 +31,9 @@ class Recipe:
     augment: bool = True
 
     @classmethod
-    def from_settings(cls, s) -> "Recipe":
-        """The recipe from a stage's checked flags (the paper's names; ``utils.cli.config`` checked
-        their ranges and combinations)."""
+    def from_options(cls, s) -> "Recipe":
+        """The recipe from a training stage's options (the paper's names: ``disable_nesterov``, a
+        ``schedule`` list)."""
         return cls(epochs=s.epochs, batch_size=s.batch_size, test_batch_size=s.test_batch_size,
                    learning_rate=s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay,
                    nesterov=not s.disable_nesterov, schedule=tuple(sorted(s.schedule)), gamma=s.gamma,
@@ -55,7 +57,7 @@ def recipe_identity(recipe: Recipe, precision: str) -> dict:
 class SessionOptions:
     """Where and how a training stage runs: device, precisions, compilation, data, seed.
 
-    Values are the checked flags of the same names (``utils.cli.config``); ``collect_precision``
+    Values are the stage options of the same names; ``collect_precision``
     'same' means the training precision (stage 3 records no per-example losses); ``threads`` 0
     lets :func:`utils.train.device.cpu_threads` choose.
     """
@@ -72,10 +74,21 @@ class SessionOptions:
     skip_bad_images: bool = False
 
     @classmethod
-    def from_settings(cls, s) -> "SessionOptions":
+    def from_options(cls, s) -> "SessionOptions":
+        """From a training stage's options (stage 3 has no ``collect_precision``)."""
         return cls(data_path=s.data_path, download=s.download, workers=s.workers, decode=s.decode, device=s.device,
-                   precision=s.precision, collect_precision=s.get("collect_precision", "same"), compile=s.compile,
-                   manual_seed=s.manual_seed, threads=s.threads, skip_bad_images=s.get("skip_bad_images", False))
+                   precision=s.precision, collect_precision=getattr(s, "collect_precision", "same"), compile=s.compile,
+                   manual_seed=s.manual_seed, threads=s.threads, skip_bad_images=s.skip_bad_images)
+
+
+def check_model(model_arch: str, dataset: str) -> str:
+    """A registry name for ``dataset`` (imports the model registry, hence torch)."""
+    import models
+
+    valid = models.model_names(dataset)
+    if model_arch not in valid:
+        raise UserError(f"unknown model {model_arch!r} for {dataset}; choose one of {', '.join(valid)}")
+    return model_arch
 
 
 # Fewer optimizer steps than this rarely fit a model to anything: stage 3 warns, and the stage-3

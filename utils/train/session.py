@@ -5,15 +5,16 @@ Everything is resolved once here and passed down (no ``.cuda()`` anywhere else).
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
 from utils import progress
 from utils.data.batches import shard_positions
-from utils.data.sources import make_batches
+from utils.data.sources import BatchSource, make_batches
 from utils.data.images import bad_images, refuse_or_skip
 from utils.data.datasets import LoadedDataset, dataset_info, load_dataset
 from utils.errors import UserError, first_line
@@ -33,11 +34,11 @@ class Session:
     precision: str  # training (and test-set evaluation)
     collect_precision: str  # per-example losses of the training and validation splits
     data: LoadedDataset
-    train_source: Any  # TensorBatches | FolderBatches over the training set
-    test_source: Any
+    train_source: BatchSource  # over the training set
+    test_source: BatchSource
     model: torch.nn.Module  # unwrapped
     trainer: Trainer
-    scheduler: Any
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     recipe: Recipe
     threads: int = 0  # torch's CPU threads
     excluded_train: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # --skip_bad_images
@@ -57,7 +58,7 @@ class Session:
         out = self.evaluate(self.test_source, indices, desc="test")
         return float(out["loss"].double().mean()), 100.0 * float(out["correct"].double().mean())
 
-    def evaluate(self, source, indices: np.ndarray, signals: bool = False, precision: str | None = None,
+    def evaluate(self, source: BatchSource, indices: np.ndarray, signals: bool = False, precision: str | None = None,
                  desc: str = "eval") -> dict[str, torch.Tensor]:
         """Per-example results for ``indices`` of ``source``, complete on every process."""
         distributed.broadcast_buffers(self.model)
@@ -81,6 +82,22 @@ class Session:
                                                 r.augment, weights)
         count = self._count(len(indices), r.batch_size)
         return self.trainer.train_epoch(progress.bar(progress.Sized(batches, count), f"epoch {epoch + 1} train"))
+
+    def train_and_test(self, indices: np.ndarray, seed: int, epoch: int,
+                       weights: np.ndarray | None = None) -> dict[str, float]:
+        """What every epoch of both training stages begins with: one epoch of SGD on ``indices``
+        (:meth:`train_epoch`), the test-set evaluation, then the learning-rate schedule's step.
+        Returns the start of the epoch's log row: its number from 1, the learning rate it trained
+        at, the two losses and accuracies, and the seconds of the two passes."""
+        lr = self.trainer.optimizer.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        train_loss, train_acc = self.train_epoch(indices, seed, epoch, weights)
+        t1 = time.perf_counter()
+        test_loss, test_acc = self.test_eval()
+        t2 = time.perf_counter()
+        self.scheduler.step()
+        return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+                "test_acc": test_acc, "seconds_train": t1 - t0, "seconds_test": t2 - t1}
 
     def _count(self, n: int, batch_size: int) -> int:
         """Batches this process gets of ``n`` examples (shards are padded to equal size)."""

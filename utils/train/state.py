@@ -1,7 +1,7 @@
 """What a training run (stage 1 or 3) keeps between epochs, and how it claims its name.
 
-Each stage writes its own epoch loop (:func:`utils.collect.stage.collect_losses`,
-:func:`utils.selection.stage.train_on_coreset`); this module holds what both loops share:
+Each stage writes its own epoch loop (:func:`utils.collect.collect_losses.collect_losses`,
+:func:`utils.coreset_training.train_on_coreset.train_on_coreset`); this module holds what both loops share:
 
 * :func:`claim_run`: before a run starts, its exclusive lock (:class:`utils.files.locks.RunLock`,
   held for the run's whole life) and the refusal to replace an earlier run's files silently;

@@ -14,8 +14,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from utils.errors import UserError
-from utils.scoring.ranking import rank_per_class
-from utils.scoring.trajectory import MIN_EPOCHS, select_epochs
+from utils.core.ranking import rank_per_class
+from utils.core.cld import MIN_EPOCHS, select_epochs
+from utils.core.selection import fraction_k
 
 STABILITY_COLUMNS = ("epochs", "k", "mean_jaccard", "min_jaccard", "spearman")
 
@@ -30,7 +31,7 @@ def top_k(ranked: Mapping[int, np.ndarray], budget: float) -> dict[int, np.ndarr
     (below 1; at least one)."""
     out = {}
     for c, idx in ranked.items():
-        k = int(budget) if budget >= 1 else max(1, int(np.floor(budget * len(idx) + 0.5)))
+        k = int(budget) if budget >= 1 else fraction_k(budget, len(idx))
         out[c] = np.asarray(idx[:min(k, len(idx))])
     return out
 
@@ -51,35 +52,47 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     ranks = np.empty(len(x))
     starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
     ends = np.r_[starts[1:], len(x)]
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + e + 1) / 2.0
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)  # each run of ties: its average rank
     return ranks
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation (Pearson on average ranks); 0 when either side is constant."""
-    ra, rb = _ranks(np.asarray(a, np.float64)), _ranks(np.asarray(b, np.float64))
-    ra, rb = ra - ra.mean(), rb - rb.mean()
+def _centred_ranks(x: np.ndarray) -> np.ndarray:
+    ranks = _ranks(np.asarray(x, np.float64))
+    return ranks - ranks.mean()
+
+
+def _correlation(ra: np.ndarray, rb: np.ndarray) -> float:
+    """Pearson's r of two centred vectors; 0 when either is constant."""
     denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
     return float((ra * rb).sum() / denom) if denom > 0 else 0.0
 
 
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (Pearson on average ranks); 0 when either side is constant."""
+    return _correlation(_centred_ranks(a), _centred_ranks(b))
+
+
 def stability(losses: dict, scorer: Callable[[dict], np.ndarray], grid: Sequence[int],
-              budgets: Sequence[float]) -> list[dict]:
+              budgets: Sequence[float], full: np.ndarray | None = None) -> list[dict]:
     """Rows of :data:`STABILITY_COLUMNS`: for each E of ``grid`` and each budget, the agreement of the
-    ranking from the first E recorded epochs with the ranking from all of them."""
+    ranking from the first E recorded epochs with the ranking from all of them (``full``: those
+    scores, when the caller has them already)."""
     n = int(losses["tr_loss"].shape[0])
     bad = [e for e in grid if not MIN_EPOCHS <= e <= n]
     if bad:
         raise UserError(f"--stability_epochs {bad[0]} is not a number of recorded epochs between {MIN_EPOCHS} and {n}")
     labels, indices = losses["tr_lbl"], losses["train_indices"]
-    full = scorer(losses)
+    full = scorer(losses) if full is None else full
     ranked_full, _ = rank_per_class(full, labels, indices)
+    full_ranks = _centred_ranks(full)  # ranked once, not once per E
     rows = []
     for e in grid:
-        early = full if e == n else scorer(select_epochs(losses, e))
-        ranked, _ = rank_per_class(early, labels, indices)
-        rho = spearman(early, full)
+        if e == n:
+            ranked, rho = ranked_full, _correlation(full_ranks, full_ranks)
+        else:
+            early = scorer(select_epochs(losses, e))
+            ranked, _ = rank_per_class(early, labels, indices)
+            rho = _correlation(_centred_ranks(early), full_ranks)
         for budget in budgets:
             j = np.array(list(jaccard(top_k(ranked, budget), top_k(ranked_full, budget)).values()))
             rows.append({"epochs": int(e), "k": budget_text(budget), "mean_jaccard": float(j.mean()),

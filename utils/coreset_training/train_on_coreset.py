@@ -10,23 +10,24 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from dataclasses import asdict
 
 import numpy as np
 
 from utils import paths, progress
 from utils.progress import warn
-from utils.cli.config import PAPER_TOPK, check_model
-from utils.cli.flags import Settings
 from utils.data.datasets import dataset_info
 from utils.data.images import bad_images
 from utils.errors import UserError, require
 from utils.files.scores import load_scores
-from utils.scoring import methods
-from utils.selection.coreset import SCORED_ORDERS, check_indices, class_budgets, select_coreset
-from utils.selection.results import (foreign_results, has_row, project_commit, read_result, refresh_csv,
+from utils.methods import registry as methods
+from utils.coreset_training.options import PAPER_TOPK, CoresetOptions
+from utils.core.selection import SCORED_ORDERS, check_indices, class_budgets, select_coreset
+from utils.coreset_training.results import (foreign_results, has_row, project_commit, read_result, refresh_csv,
                                      write_result)
 from utils.train import distributed
-from utils.train.options import MIN_STEPS, Recipe, SessionOptions, optimizer_steps, recipe_for_steps, recipe_identity
+from utils.train.options import (MIN_STEPS, Recipe, SessionOptions, check_model, optimizer_steps, recipe_for_steps,
+                                 recipe_identity)
 from utils.train.session import evaluate_checkpoint, open_session, where
 from utils.train.state import (RunState, claim_run, epoch_line, only_more_epochs, recipe_differences, run_claims,
                                schedule_note)
@@ -34,10 +35,10 @@ from utils.train.state import (RunState, claim_run, epoch_line, only_more_epochs
 PAPER_DATASET = "CIFAR100"  # the paper code's default, for its score files that do not say
 
 
-def train_on_coreset(s: Settings) -> dict:
-    """Run stage 3 with checked flags (``utils.cli.config.STAGE3``); returns the run's result."""
-    recipe = Recipe.from_settings(s)
-    options = SessionOptions.from_settings(s)
+def train_on_coreset(s: CoresetOptions) -> dict:
+    """Run stage 3; returns the run's result."""
+    recipe = Recipe.from_options(s)
+    options = SessionOptions.from_options(s)
     if s.evaluate_only and s.dataset and s.model_arch:  # no score file needed to evaluate a model
         dataset = dataset_info(s.dataset).name
         return {"evaluated": evaluate_checkpoint(options, recipe, s.resume_path, dataset=dataset,
@@ -92,13 +93,13 @@ SAME_RUN = ("epochs", "batch_size", "learning_rate", "momentum", "weight_decay",
             "gamma", "augment", "precision", "order", "ccs_beta", "manual_seed", "weighted")
 
 
-def _already_complete(s: Settings, files: paths.RunFiles, score_path: str, model_arch: str,
+def _already_complete(s: CoresetOptions, files: paths.RunFiles, score_path: str, model_arch: str,
                       budget: tuple[str, float]) -> dict:
     """The result of this very run exists: report it (restoring its ``results.csv`` row if a kill
     lost it) instead of training again; returns it ({} for a resume to more epochs, which goes on)."""
     result = read_result(files.output)
     recorded = result.get("config")
-    differ = recipe_differences(recorded, s, SAME_RUN)
+    differ = recipe_differences(recorded, asdict(s), SAME_RUN)
     resolved = {"model_arch": model_arch, "samples_per_class": budget[1] if budget[0] == "samples_per_class" else None,
                 "fraction": budget[1] if budget[0] == "fraction" else None,
                 "score_path": os.path.realpath(score_path)}
@@ -148,7 +149,7 @@ def _dataset(flag: str | None, scores: dict, path: str) -> str:
     return flag or from_file or PAPER_DATASET
 
 
-def _coreset(s: Settings, scores: dict, path: str, labels: np.ndarray, k: int | None) -> np.ndarray:
+def _coreset(s: CoresetOptions, scores: dict, path: str, labels: np.ndarray, k: int | None) -> np.ndarray:
     """Check the rankings against the data and choose the coreset."""
     ranked = scores["indices"]
     check_indices(ranked, len(labels))
@@ -167,7 +168,7 @@ def _coreset(s: Settings, scores: dict, path: str, labels: np.ndarray, k: int | 
                           hard_end=scores.get("hard_end", "top"))
 
 
-def _weights(s: Settings, scores: dict, path: str, coreset: np.ndarray,
+def _weights(s: CoresetOptions, scores: dict, path: str, coreset: np.ndarray,
              budget: tuple[str, float]) -> tuple[np.ndarray, np.ndarray | None]:
     """The per-example weights CRAIG and GradMatch train with (DeepCore's weighted subsets), aligned
     with the coreset; GradMatch keeps only its examples of nonzero weight. None: unweighted."""
@@ -201,7 +202,7 @@ def _weights(s: Settings, scores: dict, path: str, coreset: np.ndarray,
     return coreset, weights
 
 
-def _train(s: Settings, session, files: paths.RunFiles, recipe: Recipe, coreset: np.ndarray,
+def _train(s: CoresetOptions, session, files: paths.RunFiles, recipe: Recipe, coreset: np.ndarray,
            weights: np.ndarray | None, scores: dict, score_path: str, model_arch: str, score_arch: str,
            budget: tuple[str, float]) -> dict:
     info, is_main = session.data.info, session.dist.is_main
@@ -210,7 +211,7 @@ def _train(s: Settings, session, files: paths.RunFiles, recipe: Recipe, coreset:
                 "coreset_size": int(len(coreset)), "coreset_hash": _digest(coreset, weights),
                 "world_size": session.dist.world,
                 **recipe_identity(recipe, session.precision)}
-    run = RunState(session.model, session.trainer, session.scheduler, files, identity, dict(s), is_main)
+    run = RunState(session.model, session.trainer, session.scheduler, files, identity, asdict(s), is_main)
     seconds_before = 0.0
     if s.resume_path:
         seconds_before = float(run.resume(s.resume_path, recipe.epochs, s.overwrite, log=say).get("seconds", 0.0))
@@ -223,16 +224,7 @@ def _train(s: Settings, session, files: paths.RunFiles, recipe: Recipe, coreset:
     start = time.perf_counter()
     eta = progress.Eta(recipe.epochs, run.epoch)
     for epoch in range(run.epoch, recipe.epochs):
-        lr = run.learning_rate
-        t0 = time.perf_counter()
-        train_loss, train_acc = session.train_epoch(coreset, s.manual_seed, epoch, weights)
-        t1 = time.perf_counter()
-        test_loss, test_acc = session.test_eval()
-        t2 = time.perf_counter()
-        run.scheduler.step()
-        improved = run.end_epoch({
-            "epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-            "test_acc": test_acc, "seconds_train": t1 - t0, "seconds_test": t2 - t1})
+        improved = run.end_epoch(session.train_and_test(coreset, s.manual_seed, epoch, weights))
         with distributed.fail_together():  # a failed write (disk full) stops every process
             if is_main:
                 run.save(improved, {"seconds": seconds_before + time.perf_counter() - start})
@@ -257,7 +249,7 @@ def _train(s: Settings, session, files: paths.RunFiles, recipe: Recipe, coreset:
         "final_test_acc": round(float(run.rows[-1]["test_acc"]), 4),
         "final_train_acc": round(fit, 4), "converged": converged, "fit_threshold": s.fit_threshold,
         "optimizer_steps": session.optimizer_steps(len(coreset)),
-        "seconds": round(seconds_before + time.perf_counter() - start, 2), "config": dict(s),
+        "seconds": round(seconds_before + time.perf_counter() - start, 2), "config": asdict(s),
         "coreset_indices": coreset.tolist(), "weighted": weights is not None,
         "coreset_weights": None if weights is None else weights.tolist(),
         "snapshot_epoch": scores.get("snapshot_epoch"), "selection_model": _selection_model(scores),

@@ -4,16 +4,16 @@ CLD's orders are drawn heavier and first, the random baseline dashed and black; 
 method has its own colour and marker. With more than :data:`ONE_PANEL` lines the plot has one
 panel per group of methods (training dynamics, uncertainty and boundary, geometry, gradients),
 each with CLD and random for reference. Legends sit beside the axes; the recipe is in the title.
-Matplotlib is imported (utils.plots) only when a grid draws its plot.
+Matplotlib is imported (utils.files.png) only when a grid draws its plot.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 from utils.cli.flags import Settings
-from utils.plots import pyplot, save_png
+from utils.files.png import pyplot, save_png
 from utils.grid.labels import recipe_text, row_label
-from utils.scoring.methods import GROUPS
+from utils.methods.registry import GROUPS
 
 ONE_PANEL = 8  # lines one panel shows readably
 # Reference lines: CLD's orders (the paper's Figure 1) and the uniform random baseline.

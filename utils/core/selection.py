@@ -1,6 +1,6 @@
 """Coreset selection from a score file's per-class rankings (stage 3).
 
-A score file ranks every class best first (utils/scoring/trajectory.py: the top is the end the method's
+A score file ranks every class best first (utils/core/cld.py: the top is the end the method's
 authors keep). A coreset takes ``budget[c]`` examples of every class c, from the end that
 ``order`` names:
 
@@ -16,7 +16,7 @@ authors keep). A coreset takes ``budget[c]`` examples of every class c, from the
   spread the budget over the non-empty strata from the smallest up (each gets
   ``min(its size, remaining budget // remaining strata)``, as in the authors' ``bin_allocate``)
   and draw uniformly inside each stratum. Which end is "hardest" depends on the method
-  (``Method.hard_end`` in ``utils.scoring.methods``; score files record it as ``hard_end``).
+  (``Method.hard_end`` in ``utils.methods.registry``; score files record it as ``hard_end``).
 
 Random draws use one generator per class seeded with ``(seed, class)``, so a class's draw does not
 depend on which other classes are present. numpy only.
@@ -57,13 +57,32 @@ def class_budgets(pool_sizes: Mapping[int, int], samples_per_class: int | None =
     else:
         require(isinstance(fraction, (int, float, np.floating)) and not isinstance(fraction, bool)
                 and 0 < fraction <= 1, f"--fraction must be a number in (0, 1], got {fraction!r}")
-        budgets = {int(c): max(1, int(np.floor(fraction * n + 0.5))) for c, n in pool_sizes.items()}
+        budgets = {int(c): fraction_k(fraction, n) for c, n in pool_sizes.items()}
     for c, k in budgets.items():
         n = int(pool_sizes[c])
         if k > n:
             raise UserError(f"class {c} has only {n} ranked examples, fewer than the {k} asked for; "
                             "lower --samples_per_class or use --fraction")
     return budgets
+
+
+def budgets_of(values: list, flag: str = "--budgets") -> tuple[tuple[str, float], ...]:
+    """Budgets (``--budgets``, ``--stability_k``) as ``('samples_per_class', k)`` (an integer) or
+    ``('fraction', f)`` (below 1); a non-integer count is refused."""
+    out = []
+    for v in values:
+        if v < 1:
+            out.append(("fraction", float(v)))
+        else:
+            require(float(v).is_integer(), f"{flag} takes per-class counts (integers) or fractions below 1, got {v:g}")
+            out.append(("samples_per_class", int(v)))
+    return tuple(out)
+
+
+def fraction_k(fraction: float, size: int) -> int:
+    """The budget of a class of ``size`` examples at ``fraction``: rounded, halves up, at least 1.
+    Stage 3's coresets, the stability test and stage 2's suggested budget all count this way."""
+    return max(1, int(np.floor(fraction * size + 0.5)))
 
 
 def check_indices(ranked: Mapping[int, np.ndarray], n_train: int | None = None) -> None:

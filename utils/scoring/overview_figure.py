@@ -6,7 +6,7 @@
   the class's CLD scores and of every class's, zero marked.
 * :func:`stability_curve`: ``--stability``'s agreement of early rankings with the full one.
 
-Matplotlib is imported (:mod:`utils.plots`) only when a figure is drawn; images come from the
+Matplotlib is imported (:mod:`utils.files.png`) only when a figure is drawn; images come from the
 dataset the loss file names (an ImageFolder dataset reads only the files shown).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 from utils import paths
 from utils.data.datasets import dataset_info, load_dataset
 from utils.errors import UserError
-from utils.plots import pyplot, save_png
+from utils.files.png import pyplot, save_png
 
 SHOWN = 3  # examples per end of the ranking
 

@@ -1,32 +1,17 @@
-"""Per-example scores from one loss-collection run (stage 2), ranked per class.
+"""CLD and the loss-trajectory arithmetic that stages 1 and 2 share: which recorded epochs to use,
+the checks of a loss dict, class means, CLD from full trajectories and from running sums.
 
 Implements CLD from *Coresets from Trajectories: Selecting Data via Correlation of Loss
-Differences* (Nagaraj, Ravikumar, Roy, TMLR 2025) and the training-dynamics baselines
-(docs/methods.md), all computed from the loss file of stage 1 (one post-epoch evaluation pass
-per epoch, eval mode, no augmentation). numpy only: stage 2 must not pay for importing torch.
+Differences* (Nagaraj, Ravikumar, Roy, TMLR 2025):
 
-Every scorer (:data:`SCORERS`) takes a validated loss dict (``utils.files.losses.load_losses``) and returns one float64
-score per training column, aligned with ``losses["train_indices"]``. :func:`rank_per_class` then
-orders each class from the highest score down (ties: ascending dataset index), so the *top* of a
-ranking is always the end that the method's authors keep:
+    CLD(z) = Pearson(Δ l_t(z), Δ V_t(class of z))   over the recorded epochs t
 
-=========== ================================================ ====================================
-method      score (higher = earlier in the ranking)          the top of the ranking is ...
-=========== ================================================ ====================================
-cld         Pearson corr(Δ train loss, Δ class-mean val loss) kept by CLD (the paper's coreset)
-loss        mean training loss                               the hardest examples (highest loss)
-el2n        mean EL2N over the first ``el2n_epochs`` epochs  kept by Data Diet (hardest)
-forgetting  forgetting events; never-correct examples get E  kept by Toneva et al. (most forgotten)
-aum         mean logit margin (AUM)                          kept by Pleiss et al. (they drop the
-                                                             lowest AUM as likely mislabeled)
-dyn_unc     mean over sliding windows of std of p_t[y]       kept by He et al. (most uncertain)
-random      uniform draw (seeded)                            a random subset
-=========== ================================================ ====================================
-
-Each method's record (:mod:`utils.scoring.methods`) says which end holds the *hardest* examples (the end
-CCS trims first): the top for difficulty scores (loss, EL2N, forgetting, uncertainty), the bottom for CLD and AUM,
-whose low end is where loss rises while the class's validation loss falls / where the margin
-stays negative, i.e. likely mislabeled examples.
+where l_t(z) is example z's loss after epoch t (eval mode, no augmentation) and V_t(c) the mean
+loss of class c's validation examples; population std, and a constant side gives 0 (as the
+paper's code). A score is one float64 per training column, aligned with
+``losses["train_indices"]``; :func:`utils.core.ranking.rank_per_class` then orders each class from
+the highest score down, so the top of CLD's ranking is the paper's coreset. numpy only: stage 2
+must not pay for importing torch.
 
 Memory: the loss matrix (E, N) float32 is the one big array. Scorers never materialise an
 (E-1, N) float64 copy; they walk over column chunks of ~0.5 MB (ImageNet scale: 1.27M x 90 in
@@ -35,7 +20,7 @@ kept during training (:class:`CLDSums`, O(N) memory whatever the number of epoch
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -43,8 +28,6 @@ from utils.errors import UserError, require
 from utils.files.losses import SIGNAL_KEYS, SUMS_STATE
 
 MIN_EPOCHS = 3                 # CLD needs >= 2 loss differences to correlate
-DEFAULT_EL2N_EPOCHS = 20       # Data Diet scores early in training (epoch 20 of 200)
-DEFAULT_DYN_UNC_WINDOW = 10    # He et al. 2023, J = 10
 # A vector whose std is below this fraction of its root-mean-square is constant up to rounding
 # of its mean; like an exactly constant one (the paper's zero std) it correlates with nothing.
 # Differences of float32 losses vary by >= 1e-8 of their size, far above this.
@@ -56,7 +39,7 @@ _CHUNK_ELEMS = 1 << 16
 # ----------------------------------------------------------------------------- helpers
 
 
-def _chunk_size(n_rows: int) -> int:
+def chunk_size(n_rows: int) -> int:
     return max(256, _CHUNK_ELEMS // max(n_rows, 1))
 
 
@@ -84,20 +67,6 @@ def check_finite(losses: Mapping[str, Any], key: str, rows: int | None = None) -
                 f"{key} holds NaN/inf at {_epoch_name(losses, t)} (first at {which} example "
                 f"{int(losses[idx_key][col])}); the run diverged there. Score only the epochs "
                 f"before it with --first_epochs {t}, or rerun stage 1 with a lower learning rate")
-
-
-def check_signals(losses: Mapping[str, Any], method) -> None:
-    """Raise a user error if the loss dict lacks an array that ``method`` (a record of
-    :mod:`utils.scoring.methods`) reads."""
-    from utils.scoring import methods
-
-    for key in method.inputs:
-        if losses.get(key) is None:
-            legacy = " (legacy loss files of the paper's code record losses only)" if losses.get("legacy") else ""
-            usable = [m.name for m in methods.METHODS.values() if m.family == "trajectory"
-                      and all(losses.get(k) is not None for k in m.inputs)]
-            raise UserError(f"method {method.name!r} needs the signal {key!r}, which the loss file lacks{legacy}; "
-                            f"use one of {', '.join(usable)}, or record it by rerunning stage 1 of this project")
 
 
 def check_labels(losses: Mapping[str, Any], num_classes: int | None = None) -> None:
@@ -197,7 +166,7 @@ def cld(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
     dvc_t = np.ascontiguousarray(dvc.T)                              # (C, E-1): gather rows per example
 
     out = np.empty(n)
-    step = _chunk_size(n_ep)
+    step = chunk_size(n_ep)
     for s in range(0, n, step):
         cols = slice(s, min(s + step, n))
         # float32 losses -> float64 differences, exactly as the paper's float64 np.diff
@@ -211,69 +180,6 @@ def cld(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
         out[cols] = _population_corr(sxy, sxx, syy[lbl[cols]], x_zero, y_zero[lbl[cols]])
     return out
 
-
-def random(losses: Mapping[str, Any], seed: int = 0, **_: Any) -> np.ndarray:
-    """Uniform scores, drawn in ascending dataset-index order so that the draw of an example does
-    not depend on the column order of the file."""
-    idx = losses["train_indices"]
-    out = np.empty(idx.shape[0])
-    out[np.argsort(idx, kind="stable")] = np.random.default_rng(seed).random(idx.shape[0])
-    return out
-
-
-def loss(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
-    """Mean training loss over the used epochs."""
-    check_finite(losses, "tr_loss")
-    return losses["tr_loss"].mean(axis=0, dtype=np.float64)
-
-
-def el2n(losses: Mapping[str, Any], el2n_epochs: int = DEFAULT_EL2N_EPOCHS, **_: Any) -> np.ndarray:
-    """Mean ||softmax - onehot||_2 over the first ``el2n_epochs`` used epochs (all if fewer)."""
-    check_finite(losses, "tr_el2n", rows=el2n_epochs)
-    return losses["tr_el2n"][:el2n_epochs].mean(axis=0, dtype=np.float64)
-
-
-def forgetting(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
-    """Number of correct -> incorrect transitions; never-correct examples get E (> any count)."""
-    correct = losses["tr_correct"]
-    n_ep, n = correct.shape
-    events = np.zeros(n, dtype=np.int64)
-    ever = correct[0].copy()
-    for t in range(n_ep - 1):  # row pairs: no (E-1, N) temporary
-        events += correct[t] & ~correct[t + 1]
-        ever |= correct[t + 1]
-    return np.where(ever, events, n_ep).astype(np.float64)
-
-
-def aum(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
-    """Area under the margin: mean of z_y - max_{c != y} z_c over the used epochs."""
-    check_finite(losses, "tr_margin")
-    return losses["tr_margin"].mean(axis=0, dtype=np.float64)
-
-
-def dyn_unc(losses: Mapping[str, Any], dyn_unc_window: int = DEFAULT_DYN_UNC_WINDOW, **_: Any) -> np.ndarray:
-    """Dynamic uncertainty: mean over all windows of J consecutive epochs of the sample std
-    (ddof=1, as the authors' torch.std) of p_t[y] = exp(-l_t). J = min(window, E)."""
-    check_finite(losses, "tr_loss")
-    tr = losses["tr_loss"]
-    n_ep, n = tr.shape
-    win = min(dyn_unc_window, n_ep)
-    out = np.empty(n)
-    step = _chunk_size(n_ep * win)
-    for s in range(0, n, step):
-        cols = slice(s, min(s + step, n))
-        p = np.exp(-tr[:, cols].astype(np.float64))                       # (E, c)
-        windows = np.lib.stride_tricks.sliding_window_view(p, win, axis=0)  # (E-J+1, c, J)
-        out[cols] = windows.std(axis=-1, ddof=1).mean(axis=0)
-    return out
-
-
-# The scorer of every trajectory method, by ``--method`` name (each takes a loss dict and the
-# method's options, and returns one float64 score per training column).
-SCORERS: dict[str, Callable[..., np.ndarray]] = {
-    "cld": cld, "random": random, "loss": loss, "el2n": el2n, "forgetting": forgetting, "aum": aum,
-    "dyn_unc": dyn_unc,
-}
 
 
 # ----------------------------------------------------------------------------- CLD from running sums

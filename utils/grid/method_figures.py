@@ -4,7 +4,7 @@
   coresets and of random, at each size: the paper's bar chart of positive, zero and negative CLD.
 * ``method_overlap.csv`` / ``.png``: how far the methods pick the same examples: for every budget and
   pair of methods, the mean over classes of the Jaccard index of their per-class top-k sets.
-* ``cld_overview.png``: stage 2's overview figure (:func:`utils.scoring.figure.overview`) of the
+* ``cld_overview.png``: stage 2's overview figure (:func:`utils.scoring.overview_figure.overview`) of the
   grid's CLD score file.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 
 from utils.cli.flags import Settings
 from utils.files.atomic import atomic_write
-from utils.plots import pyplot, save_png
-from utils.scoring.stability import jaccard, top_k
+from utils.files.png import pyplot, save_png
+from utils.core.stability import jaccard, top_k
 
 OVERLAP_COLUMNS = ("budget", "method_a", "method_b", "mean_jaccard")
 CLD_ORDERS = (("top", "positive CLD (top)", "#c0392b"), ("zero", "near-zero CLD", "#e67e22"),

@@ -5,25 +5,26 @@ Correlation of Loss Differences* (Nagaraj, Ravikumar, Roy, TMLR 2025): each epoc
 augmentation, evaluates the test set, then records in eval mode, without augmentation and in fp32
 (``--collect_precision``), the loss of every training-split and validation-split example, plus
 correctness, logit margin and EL2N from the same logits for the baselines. Rows go to disk as they
-are made (:mod:`utils.collect.trajectories`); the loss file is written once the run is complete. Weight
+are made (:mod:`utils.collect.row_store`); the loss file is written once the run is complete. Weight
 snapshots after chosen epochs serve the model-based methods of stage 2.
 """
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from utils import paths, progress
-from utils.cli.flags import Settings
-from utils.collect.trajectories import FullTrajectories, SumsTrajectories, device_rows
+from utils.collect.options import CollectOptions
+from utils.collect.row_store import FullTrajectories, SumsTrajectories, device_rows
 from utils.data.datasets import dataset_info
 from utils.data.splits import stratified_split
 from utils.errors import UserError
 from utils.files.checkpoint import save_checkpoint
 from utils.files.losses import load_losses, load_split, load_sums, save_split
-from utils.scoring.stability import StopRule, budget_words
+from utils.core.stability import StopRule, budget_words
 from utils.train import distributed
 from utils.train.options import Recipe, SessionOptions, recipe_identity
 from utils.train.session import Session, evaluate_checkpoint, open_session, where
@@ -31,11 +32,11 @@ from utils.train.state import (RunState, claim_run, epoch_line, only_more_epochs
                                schedule_note)
 
 
-def collect_losses(s: Settings) -> str:
-    """Run stage 1 with checked flags (``utils.cli.config.STAGE1``); returns the loss (or sums) file."""
+def collect_losses(s: CollectOptions) -> str:
+    """Run stage 1; returns the loss (or sums) file."""
     info = dataset_info(s.dataset)
-    recipe = Recipe.from_settings(s)
-    options = SessionOptions.from_settings(s)
+    recipe = Recipe.from_options(s)
+    options = SessionOptions.from_options(s)
     if s.evaluate_only:
         evaluate_checkpoint(options, recipe, s.resume_path, dataset=info.name, model_arch=s.model_arch)
         return ""
@@ -57,10 +58,95 @@ def collect_losses(s: Settings) -> str:
         return _run(s, session, files, recipe, ratio, sums)
 
 
-def _run(s: Settings, session: Session, files: paths.RunFiles, recipe: Recipe, ratio: float, sums: bool) -> str:
-    """The run itself: split, resume, then the epoch loop, then the loss file."""
+@dataclass
+class _Run:
+    """What the epoch loop of stage 1 works with, set up by :func:`_prepare`."""
+    state: RunState
+    store: FullTrajectories | SumsTrajectories
+    split: dict[str, np.ndarray]  # tr_lbl, val_lbl, train_indices, val_indices
+    config: dict
+    rule: StopRule | None
+    snapshots: list[int]
+
+
+def _run(s: CollectOptions, session: Session, files: paths.RunFiles, recipe: Recipe, ratio: float, sums: bool) -> str:
+    """The run itself: split and resume, then the epoch loop, then the loss file."""
+    say = progress.say if session.dist.is_main else (lambda *a, **k: None)
+    r = _prepare(s, session, files, recipe, ratio, sums, say)
+    stopped = _epochs(s, session, r, recipe.epochs, sums, say)
+    with distributed.fail_together():  # every process returns once the output exists
+        if session.dist.is_main:
+            record = {"dataset": session.data.info.name, "model_arch": s.model_arch, "manual_seed": s.manual_seed,
+                      "num_classes": session.data.num_classes, "config": r.config,
+                      "collect_precision": session.collect_precision, "data_path": os.path.abspath(s.data_path),
+                      "checkpoints": {"last": os.path.abspath(files.last),
+                                      "snapshots": {e: os.path.abspath(p) for e, p in files.snapshots().items()}},
+                      "epoch": np.arange(r.state.epoch, dtype=np.int64), **r.split}
+            if stopped is not None:
+                record["stopped"] = stopped
+            r.store.save(files.output, record, r.state.epoch)
+    say(f"best test accuracy {r.state.best_acc:.2f}%; {'CLD sums' if sums else 'losses'} of {r.state.epoch} epochs "
+        f"saved to {files.output}")
+    say(f"next: python compute_cld_scores.py --loss_path {files.output}")
+    distributed.teardown()
+    return files.output
+
+
+def _epochs(s: CollectOptions, session: Session, r: _Run, epochs: int, sums: bool, say) -> dict | None:
+    """Stage 1's epoch loop: train, test, then every example's loss (eval mode, no augmentation, the
+    collection precision), the epoch's rows, its checkpoint; returns the ``stopped`` record of
+    ``--stop_when_stable`` (None when the run trained every epoch)."""
+    run, store, split, rule, is_main = r.state, r.store, r.split, r.rule, session.dist.is_main
+    eta = progress.Eta(epochs, run.epoch)
+    for epoch in range(run.epoch, epochs):
+        row = session.train_and_test(split["train_indices"], s.manual_seed, epoch)
+        t2 = time.perf_counter()
+        tr = session.collect(split["train_indices"], signals=not sums, desc=f"epoch {epoch + 1} collect train")
+        val = session.collect(split["val_indices"], desc=f"epoch {epoch + 1} collect val")
+        if is_main:  # only the main process writes rows; the others need the mean (the divergence check)
+            rows = device_rows(tr, val, signals=not sums)
+            store.record(epoch, rows)
+            val_loss = rows["val_loss"]
+        else:
+            val_loss = val["loss"].cpu().numpy()
+        timing = {key: row.pop(key) for key in ("seconds_train", "seconds_test")}
+        row.update(val_loss_mean=float(val_loss.mean(dtype=np.float64)), **timing,
+                   seconds_collect=time.perf_counter() - t2)
+        improved = run.end_epoch(row)
+        stop = rule is not None and rule.due(run.epoch) and _settled(rule, store, split, run.epoch, is_main, say)
+        # The checkpoint counts the epoch's rows and snapshot, so they are on disk before it.
+        with distributed.fail_together():  # a failed write (disk full) stops every process
+            if is_main:
+                store.flush(run.epoch)
+                if run.epoch in r.snapshots:
+                    save_checkpoint(run.files.snapshot(run.epoch), run.weights("snapshot"))
+                run.save(improved, {"stability": rule.state()} if rule is not None else None)
+                store.forget_before(run.epoch)
+        eta.step()
+        say(epoch_line(run.rows[-1], epochs, eta))
+        if stop:
+            return _stopped(s, rule, run.epoch, epochs, say)
+    if rule is not None:
+        say(f"note: --stop_when_stable {s.stop_when_stable:g} was never met (last mean Jaccard "
+            f"{'none' if rule.last is None else f'{rule.last:.4f}'}); the run trained all {epochs} epochs")
+    return None
+
+
+def _stopped(s: CollectOptions, rule: StopRule, epoch: int, epochs: int, say) -> dict:
+    """The loss file's record of an early stop, said as it happens."""
+    stopped = {"epoch": epoch, "threshold": s.stop_when_stable, "every": s.stability_every,
+               "reason": f"CLD's coreset (top {budget_words(s.stability_k)}) overlapped the one "
+                         f"{s.stability_every} epochs earlier with a mean Jaccard of at least "
+                         f"{s.stop_when_stable:g} at two checks in a row (last {rule.last:.4f})"}
+    say(f"stopped after epoch {epoch} of {epochs}: {stopped['reason']} (--stop_when_stable)")
+    return stopped
+
+
+def _prepare(s: CollectOptions, session: Session, files: paths.RunFiles, recipe: Recipe, ratio: float, sums: bool,
+             say) -> _Run:
+    """The split, the run's state (resumed if asked), its row store and stop rule, and what the run
+    says before its first epoch."""
     info, is_main = session.data.info, session.dist.is_main
-    say = progress.say if is_main else (lambda *a, **k: None)
     labels = session.data.train_labels
     train_idx, val_idx = stratified_split(labels, ratio, s.manual_seed, session.data.num_classes)
     if session.excluded_train.size:  # --skip_bad_images: the split as drawn, less the unreadable files
@@ -72,7 +158,7 @@ def _run(s: Settings, session: Session, files: paths.RunFiles, recipe: Recipe, r
                 "collect_precision": session.collect_precision, **recipe_identity(recipe, session.precision),
                 "stop_when_stable": s.stop_when_stable, "stability_every": s.stability_every,
                 "stability_k": s.stability_k}
-    config = {**s, "val_split_ratio": ratio}
+    config = {**asdict(s), "val_split_ratio": ratio}
     rule = StopRule(s.stop_when_stable, s.stability_every, s.stability_k) if s.stop_when_stable is not None else None
     run = RunState(session.model, session.trainer, session.scheduler, files, identity, config, is_main)
     split = {"tr_lbl": labels[train_idx], "val_lbl": labels[val_idx], "train_indices": train_idx,
@@ -90,81 +176,24 @@ def _run(s: Settings, session: Session, files: paths.RunFiles, recipe: Recipe, r
             _write_split(paths.split_path(s.splits_dir, info.name, s.model_arch, s.manual_seed), train_idx, val_idx,
                          info.name, s.model_arch, s.manual_seed, ratio, s.overwrite)
     snapshots = sorted(e for e in s.snapshot_epochs if e <= recipe.epochs)
+    _say_plan(s, session, recipe, snapshots, len(train_idx), len(val_idx), say)
+    return _Run(run, store, split, config, rule, snapshots)
+
+
+def _say_plan(s: CollectOptions, session: Session, recipe: Recipe, snapshots: list[int], n_train: int, n_val: int,
+              say) -> None:
+    """The run's sizes, model, device and precisions, and the notes on its snapshots and schedule."""
     skipped = sorted(set(s.snapshot_epochs) - set(snapshots))
     if skipped:
         then = ("its final weights" if not snapshots else f"the snapshot after epoch {snapshots[0]}"
                 if len(snapshots) == 1 else "the 40-epoch snapshot, or the one --snapshot_epoch names")
         say(f"note: no weight snapshot after epoch {', '.join(map(str, skipped))}: the run has {recipe.epochs} epochs "
             f"(stage 2's model-based methods then use {then})")
-    say(f"{info.name}: {len(train_idx)} training / {len(val_idx)} validation / {len(session.test_source)} test "
+    say(f"{session.data.info.name}: {n_train} training / {n_val} validation / {len(session.test_source)} test "
         f"examples; {s.model_arch} ({session.parameters / 1e6:.2f}M parameters) on {where(session)}, training in "
         f"{session.precision}, losses recorded in {session.collect_precision}")
-
     if schedule_note(recipe):
         say(schedule_note(recipe))
-    eta = progress.Eta(recipe.epochs, run.epoch)
-    stopped = None
-    for epoch in range(run.epoch, recipe.epochs):
-        lr = run.learning_rate
-        t0 = time.perf_counter()
-        train_loss, train_acc = session.train_epoch(train_idx, s.manual_seed, epoch)
-        t1 = time.perf_counter()
-        test_loss, test_acc = session.test_eval()
-        t2 = time.perf_counter()
-        run.scheduler.step()
-        # Every example's loss after the epoch: eval mode, no augmentation, the collection precision.
-        tr = session.collect(train_idx, signals=not sums, desc=f"epoch {epoch + 1} collect train")
-        val = session.collect(val_idx, desc=f"epoch {epoch + 1} collect val")
-        if is_main:  # only the main process writes rows; the others need the mean (the divergence check)
-            rows = device_rows(tr, val, signals=not sums)
-            store.record(epoch, rows)
-            val_loss = rows["val_loss"]
-        else:
-            val_loss = val["loss"].cpu().numpy()
-        t3 = time.perf_counter()
-        improved = run.end_epoch({
-            "epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-            "test_acc": test_acc, "val_loss_mean": float(val_loss.mean(dtype=np.float64)),
-            "seconds_train": t1 - t0, "seconds_test": t2 - t1, "seconds_collect": t3 - t2})
-        stop = rule is not None and rule.due(run.epoch) and _settled(rule, store, split, run.epoch, is_main, say)
-        # The checkpoint counts the epoch's rows and snapshot, so they are on disk before it.
-        with distributed.fail_together():  # a failed write (disk full) stops every process
-            if is_main:
-                store.flush(run.epoch)
-                if run.epoch in snapshots:
-                    save_checkpoint(files.snapshot(run.epoch), run.weights("snapshot"))
-                run.save(improved, {"stability": rule.state()} if rule is not None else None)
-                store.forget_before(run.epoch)
-        eta.step()
-        say(epoch_line(run.rows[-1], recipe.epochs, eta))
-        if stop:
-            stopped = {"epoch": run.epoch, "threshold": s.stop_when_stable, "every": s.stability_every,
-                       "reason": f"CLD's coreset (top {budget_words(s.stability_k)}) overlapped the one "
-                                 f"{s.stability_every} epochs earlier with a mean Jaccard of at least "
-                                 f"{s.stop_when_stable:g} at two checks in a row (last {rule.last:.4f})"}
-            say(f"stopped after epoch {run.epoch} of {recipe.epochs}: {stopped['reason']} (--stop_when_stable)")
-            break
-    else:
-        if rule is not None:
-            say(f"note: --stop_when_stable {s.stop_when_stable:g} was never met (last mean Jaccard "
-                f"{'none' if rule.last is None else f'{rule.last:.4f}'}); the run trained all {recipe.epochs} epochs")
-
-    with distributed.fail_together():  # every process returns once the output exists
-        if is_main:
-            record = {"dataset": info.name, "model_arch": s.model_arch, "manual_seed": s.manual_seed,
-                      "num_classes": session.data.num_classes, "config": config,
-                      "collect_precision": session.collect_precision, "data_path": os.path.abspath(s.data_path),
-                      "checkpoints": {"last": os.path.abspath(files.last),
-                                      "snapshots": {e: os.path.abspath(p) for e, p in files.snapshots().items()}},
-                      "epoch": np.arange(run.epoch, dtype=np.int64), **split}
-            if stopped is not None:
-                record["stopped"] = stopped
-            store.save(files.output, record, run.epoch)
-    say(f"best test accuracy {run.best_acc:.2f}%; {'CLD sums' if sums else 'losses'} of {run.epoch} epochs "
-        f"saved to {files.output}")
-    say(f"next: python compute_cld_scores.py --loss_path {files.output}")
-    distributed.teardown()
-    return files.output
 
 
 def _settled(rule: StopRule, store: FullTrajectories | SumsTrajectories, split: dict[str, np.ndarray], done: int,
@@ -187,12 +216,12 @@ SAME_RUN = ("dataset", "model_arch", "manual_seed", "epochs", "batch_size", "lea
             "trajectories", "snapshot_epochs", "stop_when_stable", "stability_every", "stability_k")
 
 
-def _already_complete(s: Settings, output: str, ratio: float) -> str:
+def _already_complete(s: CollectOptions, output: str, ratio: float) -> str:
     """The output of this very run exists: say so and print the next command; returns the output
     ('' for a resume to more epochs, which goes on). Under torchrun, where other nodes may not see
     the file, this is not asked: the run is refused as before."""
     recorded = (load_sums if output.endswith(".npz") else load_losses)(output).get("config")
-    flags = {**s, "dataset": dataset_info(s.dataset).name, "val_split_ratio": ratio}
+    flags = {**asdict(s), "dataset": dataset_info(s.dataset).name, "val_split_ratio": ratio}
     if isinstance(recorded, dict) and isinstance(recorded.get("dataset"), str):
         recorded = {**recorded, "dataset": dataset_info(recorded["dataset"]).name}
     differ = recipe_differences(recorded, flags, SAME_RUN)

@@ -1,7 +1,7 @@
 """Stage 2: what stage 1 recorded -> a score file ranking every class, best first.
 
 Trajectory methods (CLD and the training-dynamics baselines) read the loss file, or CLD's running
-sums, with numpy alone; model methods (:mod:`utils.scoring.model`) evaluate a weight snapshot of the
+sums, with numpy alone; model methods (:mod:`utils.scoring.snapshot`) evaluate a weight snapshot of the
 same run once. Every method writes the same score file (docs/formats.md), and the summary ends
 with the stage-3 command that trains with the recipe of stage 1.
 """
@@ -10,32 +10,40 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 
 from utils import paths
 from utils.data.datasets import dataset_info
-from utils.cli.config import STAGE1, STAGE3, budgets_of
-from utils.cli.flags import Settings
 from utils.errors import UserError, require
 from utils.files.atomic import atomic_write, check_output_free
 from utils.files.losses import load_losses, load_sums
 from utils.files.scores import save_scores
 from utils.paths import check_safe_name
-from utils.train.options import optimizer_steps, recipe_for_steps
-from utils.scoring import methods
-from utils.scoring import trajectory as S
-from utils.scoring.ranking import rank_per_class
+from utils.core import cld as S
+from utils.core.ranking import rank_per_class
+from utils.core.selection import budgets_of, fraction_k
+from utils.methods import registry as methods
+from utils.methods.record import Method
+from utils.scoring.options import ScoreOptions
+from utils.train.options import COLLECT_PRECISIONS, PRECISIONS, Recipe
 
 LEGACY_DEFAULT_SEED = 1234  # the paper code's default manual_seed
-# What the printed stage-3 command repeats of stage 1's flags when they differ from the defaults.
-_CARRIED = ("data_path", "epochs", "batch_size", "test_batch_size", "learning_rate", "momentum", "weight_decay",
-            "disable_nesterov", "schedule", "gamma", "augment", "device", "precision", "compile", "threads", "workers")
 
 
-def score(s: Settings) -> str:
-    """Run stage 2 with checked flags (``utils.cli.config.STAGE2``); returns the score file written."""
+@dataclass(frozen=True)
+class Scored:
+    """What stage 2 wrote: the score file, its record, and the stage-1 config the loss file recorded
+    (from which the command line prints the stage-3 command that trains with stage 1's recipe)."""
+    path: str
+    record: dict
+    run_config: dict
+
+
+def score(s: ScoreOptions) -> Scored:
+    """Run stage 2: score, rank and write the score file; prints a summary."""
     method = methods.get(s.method)
     if s.output_path:
         check_output_free(s.output_path, s.overwrite)  # before reading a possibly large loss file
@@ -50,17 +58,20 @@ def score(s: Settings) -> str:
     S.check_labels(losses, n_cls)
     options = _options(method, s, seed, losses.get("config") or {})
     if method.family == "trajectory":
-        indices, per_class, extra = _score_trajectories(losses, method, s, options)
+        values, extra = _score_trajectories(losses, method, s, options)
+        indices, per_class = rank_per_class(values, losses["tr_lbl"], losses["train_indices"])
     else:
-        from utils.scoring import model  # torch, only for the model methods
+        from utils.scoring import snapshot  # torch, only for the model methods
 
         _check_selection_model(s.selection_model, losses.get("config"), loss_path)
-        budgets = budgets_of(s.budgets) or (("samples_per_class", suggested_k(np.bincount(losses["tr_lbl"]))),)
+        budgets: tuple = ()
         if method.weighted:
+            budgets = budgets_of(s.budgets) or (("samples_per_class", suggested_k(np.bincount(losses["tr_lbl"]))),)
+            _check_budgets(budgets, losses["tr_lbl"])
             options["budgets"] = [value for _, value in budgets]
-        evaluation = model.Evaluation(s.snapshot_epoch, s.device, s.collect_precision, s.data_path, s.save_features,
-                                      s.threads, budgets if method.weighted else ())
-        indices, per_class, extra = model.score_classes(method, losses, loss_path, evaluation, options)
+        evaluation = snapshot.Evaluation(s.snapshot_epoch, s.device, s.collect_precision, s.data_path, s.save_features,
+                                      s.threads, budgets)
+        indices, per_class, extra = snapshot.score_classes(method, losses, loss_path, evaluation, options)
     record = {
         "method": method.name, "dataset": ds, "model_arch": arch, "manual_seed": seed, "num_classes": n_cls,
         "loss_path": os.path.abspath(loss_path), "options": options,
@@ -68,26 +79,25 @@ def score(s: Settings) -> str:
         "indices": indices, "scores": per_class, **extra,
     }
     save_scores(out, record)
-    print(_summary(record, method, out, time.perf_counter() - started, losses.get("config") or {}))
+    print(_summary(record, method, out, time.perf_counter() - started))
     if s.stability:
-        _stability(s, method, losses, options, out)
+        _stability(s, method, losses, options, out, values)
     elif s.figure:
-        from utils.scoring.figure import overview  # matplotlib, only when a figure is asked for
+        from utils.scoring.overview_figure import overview  # matplotlib, only when a figure is asked for
 
         overview(s.figure, losses, record, s.figure_class, s.data_path or losses.get("data_path") or "")
         print(f"figure        {s.figure}")
-    return out
+    return Scored(out, record, losses.get("config") or {})
 
 
-def _stability(s: Settings, method: methods.Method, losses: dict, options: dict, out: str) -> None:
-    """The ranking from the first E recorded epochs against all of them: a table, a CSV beside the
-    score file, and with --figure its curve."""
-    from utils.scoring.stability import STABILITY_COLUMNS, default_grid, stability
+def _stability(s: ScoreOptions, method: Method, losses: dict, options: dict, out: str, full: np.ndarray) -> None:
+    """The ranking from the first E recorded epochs against all of them (``full``: the scores from
+    all of them): a table, a CSV beside the score file, and with --figure its curve."""
+    from utils.core.stability import STABILITY_COLUMNS, default_grid, stability
 
     n = int(len(losses["epoch"]))
     grid = sorted(s.stability_epochs) or default_grid(n)
-    scorer = S.SCORERS[method.name]
-    rows = stability(losses, lambda used: scorer(used, **options), grid, s.stability_k)
+    rows = stability(losses, lambda used: method.score(used, **options), grid, s.stability_k, full)
     path = os.path.splitext(out)[0] + "_stability.csv"
     text = ",".join(STABILITY_COLUMNS) + "\n" + "".join(
         f"{r['epochs']},{r['k']},{r['mean_jaccard']!r},{r['min_jaccard']!r},{r['spearman']!r}\n" for r in rows)
@@ -99,15 +109,26 @@ def _stability(s: Settings, method: methods.Method, losses: dict, options: dict,
               f"{r['spearman']:>8.4f}")
     print(f"wrote         {path}")
     if s.figure:
-        from utils.scoring.figure import stability_curve
+        from utils.scoring.overview_figure import stability_curve
 
         stability_curve(s.figure, rows, method.name, n)
         print(f"figure        {s.figure}")
 
+
+def _check_budgets(budgets: tuple[tuple[str, float], ...], labels: np.ndarray) -> None:
+    """Every per-class count of ``--budgets`` fits every class: refused before the evaluation pass,
+    not after it (a fraction always fits)."""
+    sizes = np.bincount(labels)
+    smallest = int(np.argmin(np.where(sizes > 0, sizes, np.iinfo(np.int64).max)))
+    for kind, value in budgets:
+        require(kind != "samples_per_class" or value <= sizes[smallest], f"--budgets {value}: class {smallest} has "
+                f"only {sizes[smallest]} training examples; give a smaller count or a fraction")
+
+
 def suggested_k(class_sizes) -> int:
     """The budget of the stage-3 command stage 2 prints: 10% of the smallest class (at least 1)."""
     sizes = [int(n) for n in class_sizes if n > 0]
-    return max(1, int(np.floor(0.1 * min(sizes) + 0.5)))
+    return fraction_k(0.1, min(sizes))
 
 
 def _check_selection_model(selection_model: str, config, loss_path: str) -> None:
@@ -122,18 +143,18 @@ def _check_selection_model(selection_model: str, config, loss_path: str) -> None
             f"{config.get('schedule')!r} and augment {config.get('augment')!r}")
 
 
-def _options(method: methods.Method, s: Settings, seed: int, config: dict) -> dict:
+def _options(method: Method, s: ScoreOptions, seed: int, config: dict) -> dict:
     """The flags ``method`` reads (recorded in the score file), the seed first: the run's unless
     ``--seed`` is given; an unset flag the method takes from the run (``run_defaults``) gets the
     run's value."""
-    options = {"seed": seed if s.seed is None else s.seed, **{n: s[n] for n in method.options if n != "seed"}}
+    options = {"seed": seed if s.seed is None else s.seed, **{n: getattr(s, n) for n in method.options if n != "seed"}}
     for name, key in method.run_defaults:
         if options[name] is None:
-            options[name] = float(config.get(key, STAGE1[key].default))
+            options[name] = float(config.get(key, getattr(Recipe(), key)))
     return options
 
 
-def _read(path: str, s: Settings, method: methods.Method) -> dict:
+def _read(path: str, s: ScoreOptions, method: Method) -> dict:
     """The loss file (or legacy loss pickle), or a sums file, checked against what the method needs."""
     if not os.path.exists(path):
         raise UserError(f"loss file {path} not found; {_made_by(path)}")
@@ -152,19 +173,39 @@ def _read(path: str, s: Settings, method: methods.Method) -> dict:
     losses = load_losses(path, s.split_path)
     _check_config(losses.get("config"), path)
     if method.family == "trajectory":
-        S.check_signals(losses, method)
+        check_signals(losses, method)
     return losses
 
 
-def _check_config(config, path: str) -> None:
-    """Every stage-1 flag a loss file records must be a value its flag takes (stage 2 reads them:
-    the recipe of the printed command, the precision, the learning rate of GLISTER's step)."""
-    for name, value in (config or {}).items():
-        if name in STAGE1:
-            try:
-                STAGE1[name].kind.check(value, name)
-            except UserError as exc:
-                raise UserError(f"loss file {path}: its recorded config is corrupt ({exc})") from None
+# The stage-1 values stage 2 reads from a loss file's recorded config, and what each must be.
+_RECORDED = {
+    "precision": lambda v: v in PRECISIONS, "collect_precision": lambda v: v in COLLECT_PRECISIONS,
+    "learning_rate": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf"),
+    "test_batch_size": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+    "workers": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "decode": lambda v: v in ("cpu", "gpu"), "data_path": lambda v: isinstance(v, str),
+    "augment": lambda v: isinstance(v, bool),
+    "schedule": lambda v: isinstance(v, list) and all(isinstance(m, int) and not isinstance(m, bool) for m in v),
+}
+
+
+def _check_config(config: Mapping[str, Any] | None, path: str) -> None:
+    """The recorded stage-1 values that stage 2 reads must be values stage 1 takes (the precision
+    and batch of the evaluation pass, GLISTER's default step size, the selection recipe)."""
+    for name, ok in _RECORDED.items():
+        if name in (config or {}) and not ok(config[name]):
+            raise UserError(f"loss file {path}: its recorded config is corrupt ({name} = {config[name]!r})")
+
+
+def check_signals(losses: Mapping[str, Any], method: Method) -> None:
+    """Raise a user error if the loss dict lacks an array that ``method`` reads."""
+    for key in method.inputs:
+        if losses.get(key) is None:
+            legacy = " (legacy loss files of the paper's code record losses only)" if losses.get("legacy") else ""
+            usable = [m.name for m in methods.METHODS.values() if m.family == "trajectory"
+                      and all(losses.get(k) is not None for k in m.inputs)]
+            raise UserError(f"method {method.name!r} needs the signal {key!r}, which the loss file lacks{legacy}; "
+                            f"use one of {', '.join(usable)}, or record it by rerunning stage 1 of this project")
 
 
 def _made_by(path: str) -> str:
@@ -198,8 +239,8 @@ def _run_metadata(losses: dict, loss_path: str, dataset: str, model_arch: str) -
     return ds, arch, int(seed), int(n_cls)
 
 
-def _score_trajectories(losses: dict, method: methods.Method, s: Settings, options: dict) -> tuple:
-    """Rankings from the loss trajectories (or CLD's sums)."""
+def _score_trajectories(losses: dict, method: Method, s: ScoreOptions, options: dict) -> tuple[np.ndarray, dict]:
+    """Every training example's score from the loss trajectories (or CLD's sums), and the epochs used."""
     if "sums" in losses:
         sums = S.CLDSums(losses["tr_lbl"], losses["val_lbl"], int(losses["num_classes"]))
         sums.restore(losses["sums"])
@@ -208,44 +249,11 @@ def _score_trajectories(losses: dict, method: methods.Method, s: Settings, optio
         values, epochs = sums.scores(), np.asarray(losses["epoch"][:sums.epochs], dtype=np.int64)
     else:
         used = S.select_epochs(losses, s.first_epochs, s.epoch_stride)
-        values, epochs = S.SCORERS[method.name](used, **options), np.asarray(used["epoch"], dtype=np.int64)
-    indices, per_class = rank_per_class(values, losses["tr_lbl"], losses["train_indices"])
-    return indices, per_class, {"epochs_used": epochs}
+        values, epochs = method.score(used, **options), np.asarray(used["epoch"], dtype=np.int64)
+    return values, {"epochs_used": epochs}
 
 
-def next_command(record: dict, out: str, config: dict) -> tuple[str, str]:
-    """The stage-3 command for this score file, and a comment on it ('' when there is none).
-
-    It repeats stage 1's recipe where it differs from the defaults (so that copying it trains as
-    stage 1 did), except where that recipe would take fewer than :data:`MIN_STEPS` SGD steps on the
-    small coreset: then the batch size is lowered (and if need be the epochs raised), and the
-    comment says why.
-    """
-    sizes = [v.size for v in record["indices"].values()]
-    k = suggested_k(sizes)
-    values: dict[str, Any] = {"score_path": out, "dataset": record["dataset"], "model_arch": record["model_arch"],
-                              "samples_per_class": k}
-    for name in _CARRIED:
-        if name in config:
-            try:
-                values[name] = STAGE3[name].kind.check(config[name], name)
-            except UserError:
-                continue  # a value the file garbled is left out, not printed
-    examples = k * len(sizes)
-    batch, epochs = (values.get(name, STAGE3[name].default) for name in ("batch_size", "epochs"))
-    new_batch, new_epochs = recipe_for_steps(examples, batch, epochs)
-    comment = ""
-    if (new_batch, new_epochs) != (batch, epochs):
-        values.update(batch_size=new_batch, epochs=new_epochs)
-        changed = f"--batch_size {new_batch}" + (f" --epochs {new_epochs}" if new_epochs != epochs else "")
-        comment = (f"# {examples} examples at batch {batch} for {epochs} epochs would be "
-                   f"{optimizer_steps(examples, batch, epochs)} SGD steps, too few to fit a model; {changed} gives "
-                   f"{optimizer_steps(examples, new_batch, new_epochs)}")
-    keep = ("score_path", "dataset", "model_arch", "samples_per_class")
-    return STAGE3.render("train_on_coresets.py", values, keep=keep), comment
-
-
-def _summary(record: dict, method: methods.Method, out: str, seconds: float, config: dict) -> str:
+def _summary(record: dict, method: Method, out: str, seconds: float) -> str:
     sizes = np.array([v.size for v in record["indices"].values()])
     all_scores = np.concatenate(list(record["scores"].values()))
     lines = [
@@ -267,11 +275,5 @@ def _summary(record: dict, method: methods.Method, out: str, seconds: float, con
                  f"{all_scores.max():.4g}")
     if record["method"] == "cld":
         lines.append(f"positive CLD  {100.0 * np.mean(all_scores > 0):.1f}% of examples")
-    lines += [
-        f"wrote         {out}  ({seconds:.1f} s)",
-        "",
-        "next (k = 10% of the smallest class; choose your own budget; the recipe is stage 1's):",
-    ]
-    command, comment = next_command(record, out, config)
-    lines += [f"  {comment}"] * bool(comment) + [f"  {command}"]
+    lines.append(f"wrote         {out}  ({seconds:.1f} s)")
     return "\n".join(lines)

@@ -7,7 +7,7 @@ that counts it is renamed into place. The run-state checkpoint holds only the nu
 are valid (its epoch), so its size -- and the bytes a run writes per epoch -- does not grow with
 the epoch. A run killed between a row and its checkpoint rewrites that row on resume.
 
-With ``--trajectories sums`` only CLD's running sums are kept (:class:`utils.scoring.trajectory.CLDSums`): the
+With ``--trajectories sums`` only CLD's running sums are kept (:class:`utils.core.cld.CLDSums`): the
 state after epoch k is written to ``cld_sums_epoch{k}.npz`` before checkpoint k, and the older
 state is removed once checkpoint k is in place, so a resume always finds the state its checkpoint
 counts.
@@ -24,7 +24,7 @@ from utils.files.atomic import ensure_dir, write_error
 from utils.files.losses import save_losses, save_sums
 from utils.files.npz import load_npz, save_npz
 from utils.paths import RunFiles
-from utils.scoring.trajectory import CLDSums, cld
+from utils.core.cld import CLDSums, cld
 
 # Per-example signals kept beside the losses for the baselines; float16 halves their size and
 # is ample for averages over epochs.

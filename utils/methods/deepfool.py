@@ -1,11 +1,13 @@
-"""Batched DeepFool distances to the decision boundary (the DeepFool coreset baseline).
+"""DeepFool (Ducoffe and Precioso, *Adversarial Active Learning for Deep Networks: a Margin Based
+Approach*, 2018; DeepCore's DeepFool): batched DeepFool distances to the decision boundary, the
+examples with the *smallest* distance (closest to the boundary) first.
 
 DeepFool (Moosavi-Dezfooli, Fawzi, Frossard, *DeepFool: a simple and accurate method to fool deep
 neural networks*, CVPR 2016) linearises the classifier around the current point and steps onto
-the nearest linearised boundary until the prediction flips. Ducoffe & Precioso (*Adversarial
-Active Learning for Deep Networks: a Margin Based Approach*, 2018) and DeepCore (Guo, Zhao, Bai,
-DEXA 2022) use the size of the resulting perturbation as a margin: the examples with the
-*smallest* distance (closest to the boundary) rank first.
+the nearest linearised boundary until the prediction flips. Ducoffe & Precioso and DeepCore (Guo,
+Zhao, Bai, DEXA 2022) use the size of the resulting perturbation as a margin. Unlike the other
+model methods it reads the network itself: stage 2 hands :func:`score` the model and the whole
+training split, not one class's features.
 
 Differences from DeepCore's code: the boundary search is restricted to the ``candidates``
 classes with the largest original logits (DeepFool's usual shortcut; DeepCore differentiates
@@ -15,16 +17,20 @@ which ranks the same).
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
-from utils.scoring.selectors import safe_divide
+import numpy as np
+
+from utils.methods.record import model_method
+
+if TYPE_CHECKING:
+    import torch
 
 # Added to the step length so that the step lands just past the linearised boundary (DeepFool).
 STEP_PAD = 1e-4
 
 
-def deepfool_perturbations(model: nn.Module, x: torch.Tensor, max_iter: int = 50, overshoot: float = 0.02,
+def deepfool_perturbations(model: torch.nn.Module, x: torch.Tensor, max_iter: int = 50, overshoot: float = 0.02,
                            candidates: int = 10) -> torch.Tensor:
     """DeepFool's accumulated perturbation ``r_tot`` for every example of a batch.
 
@@ -51,6 +57,8 @@ def deepfool_perturbations(model: nn.Module, x: torch.Tensor, max_iter: int = 50
     Returns:
         ``r_tot`` (B, ...), detached, same dtype and device as x.
     """
+    import torch
+
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
     was_training = model.training
@@ -66,7 +74,7 @@ def deepfool_perturbations(model: nn.Module, x: torch.Tensor, max_iter: int = 50
         model.train(was_training)
 
 
-def deepfool_distances(model: nn.Module, x: torch.Tensor, max_iter: int = 50, overshoot: float = 0.02,
+def deepfool_distances(model: torch.nn.Module, x: torch.Tensor, max_iter: int = 50, overshoot: float = 0.02,
                        candidates: int = 10) -> torch.Tensor:
     """DeepFool distance ``||r_tot||`` (L2 over all input dimensions) per example.
 
@@ -83,11 +91,19 @@ def deepfool_distances(model: nn.Module, x: torch.Tensor, max_iter: int = 50, ov
     Returns:
         (B,) distances, same dtype and device as x.
     """
+    import torch
+
     r = deepfool_perturbations(model, x, max_iter, overshoot, candidates)
     return torch.linalg.vector_norm(r.flatten(1), dim=1)
 
 
-def _deepfool(model: nn.Module, x: torch.Tensor, max_iter: int, overshoot: float, candidates: int) -> torch.Tensor:
+def _deepfool(model: torch.nn.Module, x: torch.Tensor, max_iter: int, overshoot: float,
+              candidates: int) -> torch.Tensor:
+    import torch
+    from torch import nn
+
+    from utils.methods.tensors import safe_divide
+
     b = x.shape[0]
     r_tot = torch.zeros_like(x)
     if b == 0:
@@ -124,3 +140,23 @@ def _deepfool(model: nn.Module, x: torch.Tensor, max_iter: int, overshoot: float
         r_tot[idx] += step[still]
         active = idx
     return r_tot
+
+
+def score(model: torch.nn.Module, source: Any, indices: np.ndarray, batch_size: int, device: torch.device,
+          precision: str, deepfool_max_iter: int, **_: Any) -> np.ndarray:
+    """DeepFool distance of every example of ``indices`` (float32, in that order)."""
+    import torch
+
+    from utils import progress
+    from utils.train.device import precision_context
+
+    out = torch.zeros(len(indices), device=device)
+    with precision_context(precision, device):
+        for x, _, slots in progress.bar(source.eval_batches(indices, batch_size), "deepfool"):
+            out[slots] = deepfool_distances(model, x, max_iter=deepfool_max_iter).float()
+    return out.cpu().numpy()
+
+
+METHOD = model_method("deepfool", ("model",), "smallest DeepFool perturbation that changes the prediction (closest to "
+                      "the decision boundary)", "top", score, ("deepfool_max_iter",),
+                      paper="Ducoffe and Precioso 2018 (DeepCore)")

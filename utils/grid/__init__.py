@@ -1,0 +1,6 @@
+"""``reproduce_table.py``'s grid: the plan of stage-1, stage-2 and stage-3 runs of a comparison, the
+runner that executes or emits them, and the table, plot and figures of its results.
+
+The top floor: it imports the command line (each step is a script's flags) and, through it, the
+stages. Nothing imports it but the script.
+"""
