@@ -1,4 +1,5 @@
-# make test   creates .venv from requirements.txt when missing, then runs the test suite.
+# make test   creates .venv from requirements.txt and requirements-frameworks.txt (the frameworks that
+#             cld_recorder.py's callbacks plug into) when missing, then runs the test suite.
 # make demo   the whole pipeline on the embedded digits dataset (CPU, a few minutes).
 # Conda users: make test PYTHON=python (uses that interpreter, creates no .venv).
 PYTHON ?= .venv/bin/python
@@ -10,9 +11,9 @@ endif
 
 .PHONY: test demo
 
-$(VENV_STAMP): requirements.txt
+$(VENV_STAMP): requirements.txt requirements-frameworks.txt
 	test -x .venv/bin/python || python3 -m venv .venv
-	.venv/bin/python -m pip install -q -r requirements.txt
+	.venv/bin/python -m pip install -q -r requirements.txt -r requirements-frameworks.txt
 	touch $(VENV_STAMP)
 
 test: $(SETUP)

@@ -90,7 +90,7 @@ _SUMS_CHILD = """
 import sys, time
 sys.path.insert(0, {root!r})
 import numpy as np
-from utils.core.cld import CLDSums
+from cld_recorder import CLDSums
 def hwm():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
 n, epochs, classes = {n}, {epochs}, {classes}

@@ -16,6 +16,7 @@ from test_robustness import run_killed
 from utils.files.checkpoint import load_checkpoint
 from utils.files.losses import load_losses, load_sums
 from utils.files.scores import load_scores
+from cld_recorder import CLDSums
 from utils.core import cld as S
 
 RUN = "CIFAR10_resnet20_seed1234"
@@ -108,7 +109,7 @@ def test_running_sums_equal_the_batch_correlation_on_random_trajectories():
     val = rng.random((12, 9)).astype(np.float32)
     d = {"tr_loss": tr, "val_loss": val, "tr_lbl": np.arange(50) % 3, "val_lbl": np.arange(9) % 3,
          "epoch": np.arange(12), "train_indices": np.arange(50), "val_indices": np.arange(50, 59)}
-    sums = S.CLDSums(d["tr_lbl"], d["val_lbl"], 3)
+    sums = CLDSums(d["tr_lbl"], d["val_lbl"], 3)
     for t in range(12):
         sums.update(tr[t], val[t])
     np.testing.assert_allclose(sums.scores(), S.cld(d), rtol=0, atol=1e-12)

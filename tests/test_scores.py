@@ -163,8 +163,13 @@ def test_nan_in_validation_is_caught():
     val = np.ones((5, 2))
     val[1, 0] = np.nan
     d = make_losses(np.random.default_rng(0).random((5, 3)), val, [0] * 3, [0, 0])
-    with pytest.raises(UserError, match=r"val_loss holds NaN/inf at epoch 1"):
+    with pytest.raises(UserError, match=r"val_loss holds NaN/inf at epoch 1") as refused:
         S.cld(d)
+    # Row 1: no --first_epochs keeps enough epochs before it, so none is suggested
+    assert "--first_epochs" not in str(refused.value) and "Too few epochs precede it" in str(refused.value)
+    val[1, 0], val[3, 1] = 1.0, np.inf
+    with pytest.raises(UserError, match=r"Score only the epochs before it with --first_epochs 3"):
+        S.cld(make_losses(np.random.default_rng(0).random((5, 3)), val, [0] * 3, [0, 0]))
 
 
 @pytest.mark.parametrize("method,signal", [("forgetting", "tr_correct"), ("aum", "tr_margin"), ("el2n", "tr_el2n")])

@@ -172,3 +172,41 @@ def test_a_finished_grid_writes_the_overlap_it_measures(tmp_path):
         assert abs(float(r["mean_jaccard"]) - want) < 1e-9
     pairs = {(r["budget"], r["method_a"], r["method_b"]): float(r["mean_jaccard"]) for r in rows}
     assert all(pairs[(k, b, a)] == v for (k, a, b), v in pairs.items())  # symmetric
+
+
+def test_a_run_killed_after_its_stop_decision_resumes_to_the_same_end(data, tmp_path, monkeypatch):
+    """The decision is saved with the checkpoint of its epoch: killed at the loss-file write, the
+    resumed run does not train on, and writes what the uninterrupted run wrote."""
+    import utils.collect.row_store as row_store
+
+    test = dict(stop_when_stable=0.1, stability_every=1, stability_k=0.5, epochs=10)
+    with contextlib.redirect_stdout(io.StringIO()):
+        straight = load_losses(get_loss_values.main(**s1_flags(data, tmp_path / "a", **test)))
+    n = int(straight["stopped"]["epoch"])
+    assert n < 10 and len(straight["epoch"]) == n
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m, contextlib.redirect_stdout(io.StringIO()):
+        m.setattr(row_store, "save_losses", killed)
+        with pytest.raises(KeyboardInterrupt):
+            get_loss_values.main(**s1_flags(data, tmp_path / "b", **test))
+    last = str(tmp_path / "b" / "ckpt" / "CIFAR10_resnet20_seed1234_last.pth")
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        resumed = load_losses(get_loss_values.main(**s1_flags(data, tmp_path / "b", resume_path=last, **test)))
+    assert f"stopped after epoch {n} of 10" in printed.getvalue() and "decided before the interruption" in printed.getvalue()
+    assert resumed["stopped"] == straight["stopped"]
+    for key in ("epoch", "tr_loss", "val_loss", "tr_margin"):
+        np.testing.assert_array_equal(resumed[key], straight[key])
+
+
+def test_a_stability_count_as_large_as_a_class_is_refused_before_training(data, tmp_path):
+    from conftest import assert_user_error, flag_args
+    from test_robustness import cli
+
+    flags = s1_flags(data, tmp_path / "run", stop_when_stable=0.9, stability_k=3)  # 3 training images a class
+    proc = cli(get_loss_values, *flag_args(flags))
+    assert_user_error(proc, "--stability_k 3 is not smaller than class", "a fraction below 1")
+    assert not os.path.exists(tmp_path / "run" / "scores") and not os.path.exists(tmp_path / "run" / "splits")
+    assert not any(name.endswith(".pth") for _, _, names in os.walk(tmp_path) for name in names)

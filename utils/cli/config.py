@@ -145,6 +145,16 @@ STAGE1_OUTPUTS = [
          "k per class (an integer) or a fraction of each class (below 1)"),
 ]
 
+# The selection of a coreset: stage 3 trains on it, stage 2 exports it (--export_coreset).
+SAMPLES_PER_CLASS = Flag("samples_per_class", Optional(Int(1, MAX_BATCH * 64)), None, "budget: k examples of every "
+                         "class (default: the paper's 100)")
+FRACTION = Flag("fraction", Optional(Float(0, 1, lo_open=True)), None, "budget: round(fraction x pool) of every "
+                "class, instead of k")
+ORDER = Flag("order", Choice(ORDERS), "top", "top (default), zero (smallest |score|: the paper's near-zero CLD), "
+             "bottom, middle (median rank), random (uniform, seeded) or ccs")
+CCS_BETA = Flag("ccs_beta", Float(0, 1, hi_open=True), 0.0, "ccs: fraction of each class's hardest examples dropped "
+                "first")
+
 SCORING = [
     Flag("loss_path", Path(), "", "loss (or sums) file of stage 1; default "
          "Scores/{dataset}_{model_arch}_seed1234_losses.pickle"),
@@ -155,6 +165,13 @@ SCORING = [
     Flag("method", Choice(methods.names), "cld", "scoring method (see docs/methods.md)"),
     Flag("output_path", Path(), "", "score file to write; default beside the loss file, "
          "{METHOD}_{dataset}_{arch}_seed{seed}_scores.pickle"),
+    Flag("export_coreset", Path(), "", "also write the coreset to keep, its ids ascending: a .npy of int64 ids "
+         "(dataset indices, or a recorded file's integer ids) or a .csv with the header id (any ids); needs a budget"),
+    SAMPLES_PER_CLASS.with_default(None, "--export_coreset: k examples of every class (or group)"),
+    FRACTION.with_default(None, "--export_coreset: round(fraction x pool) of every class (or group), at least 1"),
+    ORDER.with_default("top", "--export_coreset: what to keep of each ranking, as stage 3's --order (random and ccs "
+                       "draw with the score's seed)"),
+    CCS_BETA.with_default(0.0, "--export_coreset --order ccs: fraction of each class's hardest examples dropped first"),
     Flag("stability", Bool(), False, "trajectory methods: also compare the ranking from the first E recorded epochs "
          "with the ranking from all of them, for E on --stability_epochs (table, <score file>_stability.csv)"),
     Flag("stability_epochs", ListOf(Int(1, MAX_EPOCHS), unique=True), [], "--stability: the E to compare (default "
@@ -197,15 +214,11 @@ SCORING = [
 SELECTION = [
     Flag("score_path", Path(), "", "a score file of stage 2 (or of the paper's code); default "
          "Scores/CLD_{dataset}_{model_arch}_seed{manual_seed}_scores.pickle"),
-    Flag("samples_per_class", Optional(Int(1, MAX_BATCH * 64)), None, "budget: k examples of every class "
-         "(default: the paper's 100)"),
+    SAMPLES_PER_CLASS,
     Flag("topk_per_class", Optional(Int(1, MAX_BATCH * 64)), None, "the same budget under the paper code's name"),
-    Flag("fraction", Optional(Float(0, 1, lo_open=True)), None, "budget: round(fraction x pool) of every class, "
-         "instead of k"),
-    Flag("order", Choice(ORDERS), "top", "top (default), zero (smallest |score|: the paper's near-zero CLD), "
-         "bottom, middle (median rank), random (uniform, seeded) or ccs"),
-    Flag("ccs_beta", Float(0, 1, hi_open=True), 0.0, "ccs: fraction of each class's hardest examples dropped "
-         "first"),
+    FRACTION,
+    ORDER,
+    CCS_BETA,
     Flag("allow_missing_classes", Bool(), False, "train on the classes the score file ranks even if it lacks "
          "some of the dataset's"),
     Flag("weighted", Bool(), True, "train a CRAIG or GradMatch coreset with its per-example weights (a weighted mean "
@@ -266,7 +279,22 @@ def _check_stage2(s: Settings) -> Settings:
         require(method.uses_model, f"--save_features exports the matrix of a model method; {method.name} reads "
                 "the loss trajectories (they are in the loss file already)")
         require(s.save_features.endswith(".npz"), f"--save_features must name a .npz file, got {s.save_features!r}")
+    _check_export(s)
     return s.replace(method=method.name)
+
+
+def _check_export(s: Settings) -> None:
+    """--export_coreset and the selection flags that size it come together (a budget alone would
+    silently do nothing)."""
+    if not s.export_coreset:
+        require(s.samples_per_class is None and s.fraction is None and s.order == "top" and s.ccs_beta == 0,
+                "--samples_per_class, --fraction, --order and --ccs_beta choose the coreset that --export_coreset "
+                "writes; give --export_coreset PATH (.npy or .csv) too")
+        return
+    require(s.export_coreset.endswith((".npy", ".csv")), "--export_coreset must name a .npy file (integer ids) or "
+            f"a .csv file (any ids), got {s.export_coreset!r}")
+    require((s.samples_per_class is None) != (s.fraction is None), "--export_coreset needs one budget: "
+            "--samples_per_class K or --fraction F")
 
 
 def _check_stage3(s: Settings) -> Settings:
@@ -361,13 +389,13 @@ GRID_FORWARDED = [
 ]
 # Stage flags the grid sets itself for each step (never forwarded from its own flags).
 GRID_SETS = {
-    # The grid leaves stage 1's stop rule and stage 2's stability table and figure at their defaults
-    # (it draws its own pictures).
+    # The grid leaves stage 1's stop rule and stage 2's stability table, figure and coreset export at
+    # their defaults (it draws its own pictures, and stage 3 selects its coresets).
     1: ("model_arch", "manual_seed", "resume_path", "evaluate_only", "overwrite", "start_epoch", "dataset",
         "stop_when_stable", "stability_every", "stability_k", *STAGE1_RECIPE),
     2: ("loss_path", "dataset", "model_arch", "split_path", "method", "output_path", "seed", "save_features",
         "budgets", "selection_model", "stability", "stability_epochs", "stability_k", "figure", "figure_class",
-        "overwrite", "data_path"),
+        "overwrite", "data_path", "export_coreset", "samples_per_class", "fraction", "order", "ccs_beta"),
     3: ("score_path", "samples_per_class", "topk_per_class", "fraction", "order", "dataset", "model_arch",
         "manual_seed", "name", "resume_path", "evaluate_only", "overwrite", "start_epoch"),
 }

@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any, Callable
 
+from cld_recorder import RecordError
 from utils.errors import UserError, one_line
 
 HELP_WORDS = ("--help", "-h", "--helpfull")
@@ -43,7 +44,7 @@ def run_cli(main: Callable[..., Any], argv: list[str] | None = None) -> int:
         result = fire.Fire(main, command=argv, name=script, serialize=lambda _: None)
         # A benchmark's main returns its exit status; a stage's main returns its output.
         return result if isinstance(result, int) and not isinstance(result, bool) else 0
-    except UserError as exc:
+    except (UserError, RecordError) as exc:  # RecordError: the trajectory rows and CLD sums (cld_recorder.py)
         print("error: " + one_line(str(exc)), file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any, Mapping, TypeVar
 
-from utils.cli.config import STAGE3
+from utils.cli.config import STAGE2, STAGE3
 from utils.errors import UserError
 from utils.train.options import optimizer_steps, recipe_for_steps
 
@@ -41,12 +41,36 @@ def run_stage2(settings: Mapping[str, Any]) -> str:
     from utils.scoring.options import ScoreOptions
 
     scored = score(options_of(ScoreOptions, settings))
+    if scored.record.get("source") == "recorder":
+        _next_for_recorded(settings, scored)
+        return scored.path
     command, comment = next_command(scored.record, scored.path, scored.run_config)
     print("\nnext (k = 10% of the smallest class; choose your own budget; the recipe is stage 1's):")
     if comment:
         print(f"  {comment}")
     print(f"  {command}")
     return scored.path
+
+
+def _next_for_recorded(settings: Mapping[str, Any], scored: Any) -> None:
+    """A recorded loss file names no dataset stage 3 could train on: the next step is the coreset's
+    ids, which the user trains on in their own loop."""
+    from utils.scoring.export import default_export_path
+
+    if settings["export_coreset"]:
+        print(f"\nnext: train on the examples of {settings['export_coreset']} in your own training loop")
+        return
+    text_ids = scored.record["train_ids"].dtype.kind == "U"
+    # The same scoring flags (so the same ranking), figures and tables left out; --overwrite
+    # because the score file now exists (it is rewritten with the same rankings).
+    unused = ("stability", "stability_epochs", "stability_k", "figure", "figure_class")
+    values = {**settings, **{name: STAGE2[name].default for name in unused}, "overwrite": True,
+              "loss_path": settings["loss_path"] or scored.record["loss_path"],
+              "export_coreset": default_export_path(scored.path, text_ids), "fraction": 0.1}
+    command = STAGE2.render("compute_cld_scores.py", values, keep=("loss_path", "method", "export_coreset", "fraction"))
+    print("\nnext: this file was recorded from your own loop, so there is no dataset here to train on: write the ids "
+          "of the coreset (10% of each group; choose your own budget) and train on them in your own loop:")
+    print(f"  {command}")
 
 
 def run_stage3(settings: Mapping[str, Any]) -> dict:

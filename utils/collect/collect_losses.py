@@ -24,7 +24,7 @@ from utils.data.splits import stratified_split
 from utils.errors import UserError
 from utils.files.checkpoint import save_checkpoint
 from utils.files.losses import load_losses, load_split, load_sums, save_split
-from utils.core.stability import StopRule, budget_words
+from utils.core.stability import StopRule, budget_words, check_budgets_below_classes
 from utils.train import distributed
 from utils.train.options import Recipe, SessionOptions, recipe_identity
 from utils.train.session import Session, evaluate_checkpoint, open_session, where
@@ -67,6 +67,7 @@ class _Run:
     config: dict
     rule: StopRule | None
     snapshots: list[int]
+    stopped: dict | None = None  # --stop_when_stable's decision, when a resumed run had made it already
 
 
 def _run(s: CollectOptions, session: Session, files: paths.RunFiles, recipe: Recipe, ratio: float, sums: bool) -> str:
@@ -97,6 +98,10 @@ def _epochs(s: CollectOptions, session: Session, r: _Run, epochs: int, sums: boo
     collection precision), the epoch's rows, its checkpoint; returns the ``stopped`` record of
     ``--stop_when_stable`` (None when the run trained every epoch)."""
     run, store, split, rule, is_main = r.state, r.store, r.split, r.rule, session.dist.is_main
+    if r.stopped is not None:  # the run stopped before it was interrupted: it ends where it ended then
+        say(f"stopped after epoch {r.stopped['epoch']} of {epochs}: {r.stopped['reason']} (--stop_when_stable, "
+            "decided before the interruption)")
+        return r.stopped
     eta = progress.Eta(epochs, run.epoch)
     for epoch in range(run.epoch, epochs):
         row = session.train_and_test(split["train_indices"], s.manual_seed, epoch)
@@ -114,32 +119,34 @@ def _epochs(s: CollectOptions, session: Session, r: _Run, epochs: int, sums: boo
                    seconds_collect=time.perf_counter() - t2)
         improved = run.end_epoch(row)
         stop = rule is not None and rule.due(run.epoch) and _settled(rule, store, split, run.epoch, is_main, say)
-        # The checkpoint counts the epoch's rows and snapshot, so they are on disk before it.
+        stopped = _stopped(s, rule, run.epoch) if stop else None
+        # The checkpoint counts the epoch's rows and snapshot, so they are on disk before it; it
+        # also holds the stop decision, so that a run killed after it ends where it would have.
         with distributed.fail_together():  # a failed write (disk full) stops every process
             if is_main:
                 store.flush(run.epoch)
                 if run.epoch in r.snapshots:
                     save_checkpoint(run.files.snapshot(run.epoch), run.weights("snapshot"))
-                run.save(improved, {"stability": rule.state()} if rule is not None else None)
+                extra = None if rule is None else {"stability": rule.state(), **({"stopped": stopped} if stop else {})}
+                run.save(improved, extra)
                 store.forget_before(run.epoch)
         eta.step()
         say(epoch_line(run.rows[-1], epochs, eta))
-        if stop:
-            return _stopped(s, rule, run.epoch, epochs, say)
+        if stopped is not None:
+            say(f"stopped after epoch {run.epoch} of {epochs}: {stopped['reason']} (--stop_when_stable)")
+            return stopped
     if rule is not None:
         say(f"note: --stop_when_stable {s.stop_when_stable:g} was never met (last mean Jaccard "
             f"{'none' if rule.last is None else f'{rule.last:.4f}'}); the run trained all {epochs} epochs")
     return None
 
 
-def _stopped(s: CollectOptions, rule: StopRule, epoch: int, epochs: int, say) -> dict:
-    """The loss file's record of an early stop, said as it happens."""
-    stopped = {"epoch": epoch, "threshold": s.stop_when_stable, "every": s.stability_every,
-               "reason": f"CLD's coreset (top {budget_words(s.stability_k)}) overlapped the one "
-                         f"{s.stability_every} epochs earlier with a mean Jaccard of at least "
-                         f"{s.stop_when_stable:g} at two checks in a row (last {rule.last:.4f})"}
-    say(f"stopped after epoch {epoch} of {epochs}: {stopped['reason']} (--stop_when_stable)")
-    return stopped
+def _stopped(s: CollectOptions, rule: StopRule, epoch: int) -> dict:
+    """The record of an early stop (in the checkpoint that counts its epoch, and in the loss file)."""
+    return {"epoch": epoch, "threshold": s.stop_when_stable, "every": s.stability_every,
+            "reason": f"CLD's coreset (top {budget_words(s.stability_k)}) overlapped the one "
+                      f"{s.stability_every} epochs earlier with a mean Jaccard of at least "
+                      f"{s.stop_when_stable:g} at two checks in a row (last {rule.last:.4f})"}
 
 
 def _prepare(s: CollectOptions, session: Session, files: paths.RunFiles, recipe: Recipe, ratio: float, sums: bool,
@@ -159,16 +166,25 @@ def _prepare(s: CollectOptions, session: Session, files: paths.RunFiles, recipe:
                 "stop_when_stable": s.stop_when_stable, "stability_every": s.stability_every,
                 "stability_k": s.stability_k}
     config = {**asdict(s), "val_split_ratio": ratio}
-    rule = StopRule(s.stop_when_stable, s.stability_every, s.stability_k) if s.stop_when_stable is not None else None
+    rule = None
+    if s.stop_when_stable is not None:
+        check_budgets_below_classes([s.stability_k], labels[train_idx], "--stability_k")
+        rule = StopRule(s.stop_when_stable, s.stability_every, s.stability_k)
     run = RunState(session.model, session.trainer, session.scheduler, files, identity, config, is_main)
     split = {"tr_lbl": labels[train_idx], "val_lbl": labels[val_idx], "train_indices": train_idx,
              "val_indices": val_idx}
     store = (SumsTrajectories(files, split["tr_lbl"], split["val_lbl"], session.data.num_classes) if sums
              else FullTrajectories(files, recipe.epochs, len(train_idx), len(val_idx)))
+    stopped = None
     if s.resume_path:  # before the split file is written: a refused resume writes nothing
         extra = run.resume(s.resume_path, recipe.epochs, s.overwrite, log=say)
         if rule is not None and "stability" in extra:  # the same test goes on
             rule.restore(extra["stability"], s.resume_path)
+        stopped = extra.get("stopped")
+        if stopped is not None and not (isinstance(stopped, dict) and stopped.get("epoch") == run.epoch
+                                        and isinstance(stopped.get("reason"), str)):
+            raise UserError(f"checkpoint {s.resume_path}: its --stop_when_stable decision is corrupt; start over with "
+                            "--overwrite")
         say(f"resumed {s.resume_path} after epoch {run.epoch}")
     with distributed.fail_together():
         if is_main:
@@ -177,7 +193,7 @@ def _prepare(s: CollectOptions, session: Session, files: paths.RunFiles, recipe:
                          info.name, s.model_arch, s.manual_seed, ratio, s.overwrite)
     snapshots = sorted(e for e in s.snapshot_epochs if e <= recipe.epochs)
     _say_plan(s, session, recipe, snapshots, len(train_idx), len(val_idx), say)
-    return _Run(run, store, split, config, rule, snapshots)
+    return _Run(run, store, split, config, rule, snapshots, stopped)
 
 
 def _say_plan(s: CollectOptions, session: Session, recipe: Recipe, snapshots: list[int], n_train: int, n_val: int,
@@ -205,7 +221,7 @@ def _settled(rule: StopRule, store: FullTrajectories | SumsTrajectories, split: 
         stop = rule.check(store.cld_scores(done, split), split["tr_lbl"], split["train_indices"])
         if rule.last is not None:
             say(f"stability after epoch {done}: CLD's coreset (top {budget_words(rule.budget)}) overlaps that of epoch "
-                f"{done - rule.every} with a mean Jaccard of {rule.last:.4f} ({rule.streak} of 2 checks in a row at or "
+                f"{done - rule.every} with a mean Jaccard of {rule.last:.4f} ({min(rule.streak, 2)} of 2 checks in a row at or "
                 f"above {rule.threshold:g})")
     return distributed.agree(stop)
 

@@ -16,7 +16,9 @@ must not pay for importing torch.
 Memory: the loss matrix (E, N) float32 is the one big array. Scorers never materialise an
 (E-1, N) float64 copy; they walk over column chunks of ~0.5 MB (ImageNet scale: 1.27M x 90 in
 about a second, peak memory ~1.2x the loss file). CLD can also be computed from running sums
-kept during training (:class:`CLDSums`, O(N) memory whatever the number of epochs).
+kept during training (:class:`cld_recorder.CLDSums`, O(N) memory whatever the number of epochs). The
+per-class means, the correlation and the sums live in ``cld_recorder.py`` (the file a user's own
+training loop records with), so that stage 1, stage 2 and the recorder share one implementation.
 """
 from __future__ import annotations
 
@@ -24,8 +26,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from cld_recorder import (RecordError, check_validation_classes, class_means, population_corr,
+                          zero_spread)
 from utils.errors import UserError, require
-from utils.files.losses import SIGNAL_KEYS, SUMS_STATE
+from utils.files.losses import SIGNAL_KEYS
 
 MIN_EPOCHS = 3                 # CLD needs >= 2 loss differences to correlate
 # A vector whose std is below this fraction of its root-mean-square is constant up to rounding
@@ -63,10 +67,12 @@ def check_finite(losses: Mapping[str, Any], key: str, rows: int | None = None) -
             col = int(np.flatnonzero(~np.isfinite(row))[0])
             which = "validation" if key == "val_loss" else "training"
             idx_key = "val_indices" if key == "val_loss" else "train_indices"
+            # --first_epochs t keeps the epochs before it, which CLD can score only from MIN_EPOCHS on
+            before = (f"Score only the epochs before it with --first_epochs {t}, or rerun" if t >= MIN_EPOCHS
+                      else "Too few epochs precede it to score; rerun")
             raise UserError(
                 f"{key} holds NaN/inf at {_epoch_name(losses, t)} (first at {which} example "
-                f"{int(losses[idx_key][col])}); the run diverged there. Score only the epochs "
-                f"before it with --first_epochs {t}, or rerun stage 1 with a lower learning rate")
+                f"{int(losses[idx_key][col])}); the run diverged there. {before} stage 1 with a lower learning rate")
 
 
 def check_labels(losses: Mapping[str, Any], num_classes: int | None = None) -> None:
@@ -106,35 +112,7 @@ def select_epochs(losses: Mapping[str, Any], first_epochs: int = 0, epoch_stride
     return out
 
 
-def _population_corr(sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray,
-                     x_zero: np.ndarray, y_zero: np.ndarray) -> np.ndarray:
-    """Pearson r from centred sums; a (numerically) constant side gives 0, as in the paper."""
-    denom = np.sqrt(sxx * syy)
-    zero = x_zero | y_zero
-    denom[zero] = 1.0
-    r = sxy / denom
-    r[zero] = 0.0
-    return r
-
-
 # ----------------------------------------------------------------------------- scorers
-
-def check_validation_classes(classes: np.ndarray, val_counts: np.ndarray) -> None:
-    """Every class with training examples needs a validation example (the paper code silently gave
-    the others an empty ranking). ``val_counts``: validation examples per class, one entry for
-    every class in ``classes`` at least."""
-    missing = classes[val_counts[classes] == 0]
-    if missing.size:
-        shown = ", ".join(str(int(c)) for c in missing[:10]) + (" ..." if missing.size > 10 else "")
-        raise UserError(f"class {shown} has training examples but no validation example, so its CLD is "
-                        "undefined; rerun stage 1 with a larger val_split_ratio")
-
-
-def class_means(values: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """(C,) float64 mean of one epoch's float32 ``values`` per class (0 for an empty class);
-    ``counts = np.bincount(labels, minlength=C)``, computed once for every epoch."""
-    return np.bincount(labels, weights=values, minlength=len(counts)) / np.maximum(counts, 1)
-
 
 def class_mean_val_loss(losses: Mapping[str, Any], classes: np.ndarray) -> np.ndarray:
     """(E, C) mean validation loss per class and epoch, C = max label + 1; every class in
@@ -142,14 +120,11 @@ def class_mean_val_loss(losses: Mapping[str, Any], classes: np.ndarray) -> np.nd
     val, val_lbl = losses["val_loss"], losses["val_lbl"]
     n_cls = int(max(classes.max(initial=-1), val_lbl.max(initial=-1))) + 1
     counts = np.bincount(val_lbl, minlength=n_cls)
-    check_validation_classes(classes, counts)
+    try:
+        check_validation_classes(classes, counts)
+    except RecordError as exc:  # stage 2 reports it as any other user error
+        raise UserError(str(exc)) from None
     return np.stack([class_means(val[t], val_lbl, counts) for t in range(val.shape[0])])
-
-
-def _zero_spread(m2: np.ndarray, n: int, mean: np.ndarray) -> np.ndarray:
-    """A vector whose spread (sum of squared deviations ``m2`` over ``n`` entries) is below
-    rounding of its mean: constant, so it correlates with nothing (the paper's zero std)."""
-    return m2 <= _ZERO_STD_RTOL ** 2 * (m2 + n * mean * mean)
 
 
 def cld(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
@@ -162,7 +137,7 @@ def cld(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
     dv = np.diff(class_mean_val_loss(losses, classes), axis=0)       # (E-1, C) float64
     dvc = dv - dv.mean(axis=0)
     syy = np.einsum("tc,tc->c", dvc, dvc)
-    y_zero = _zero_spread(syy, n_ep - 1, dv.mean(axis=0))
+    y_zero = zero_spread(syy, n_ep - 1, dv.mean(axis=0))
     dvc_t = np.ascontiguousarray(dvc.T)                              # (C, E-1): gather rows per example
 
     out = np.empty(n)
@@ -176,73 +151,6 @@ def cld(losses: Mapping[str, Any], **_: Any) -> np.ndarray:
         sxx = np.einsum("tj,tj->j", x, x)
         y = dvc_t[lbl[cols]]                                           # (c, E-1)
         sxy = np.einsum("tj,jt->j", x, y)
-        x_zero = _zero_spread(sxx, n_ep - 1, mean)
-        out[cols] = _population_corr(sxy, sxx, syy[lbl[cols]], x_zero, y_zero[lbl[cols]])
+        x_zero = zero_spread(sxx, n_ep - 1, mean)
+        out[cols] = population_corr(sxy, sxx, syy[lbl[cols]], x_zero, y_zero[lbl[cols]])
     return out
-
-
-
-# ----------------------------------------------------------------------------- CLD from running sums
-
-class CLDSums:
-    """CLD's running sums, updated once per epoch (stage 1's ``--trajectories sums``).
-
-    Per training example: its previous loss (float32, so that differences are the float64
-    differences of the recorded float32 losses, exactly as :func:`cld` takes them) and, in float64,
-    Welford's running mean and sum of squared deviations of its loss differences x_t and their
-    co-moment with its class's validation-loss differences y_t; per class: the running mean and
-    sum of squared deviations of y_t. Memory O(N) whatever the number of epochs; the correlation
-    equals :func:`cld` on the full trajectories to rounding (~1e-12).
-
-    Args:
-        tr_lbl: (N,) labels of the training columns.
-        val_lbl: (N_val,) labels of the validation columns.
-        n_cls: number of classes.
-    """
-
-    STATE = SUMS_STATE
-
-    def __init__(self, tr_lbl: np.ndarray, val_lbl: np.ndarray, n_cls: int):
-        self.tr_lbl, self.val_lbl, self.n_cls = np.asarray(tr_lbl), np.asarray(val_lbl), int(n_cls)
-        self.val_counts = np.bincount(self.val_lbl, minlength=self.n_cls)
-        n = self.tr_lbl.size
-        self.epochs = 0  # rows seen; epochs - 1 differences
-        self.prev = np.zeros(n, np.float32)
-        self.mean_x, self.m2_x, self.c_xy = np.zeros(n), np.zeros(n), np.zeros(n)
-        self.prev_v, self.mean_y, self.m2_y = np.zeros(n_cls), np.zeros(n_cls), np.zeros(n_cls)
-
-    def update(self, tr_loss: np.ndarray, val_loss: np.ndarray) -> None:
-        """Take one epoch's float32 training and validation losses."""
-        v = class_means(val_loss, self.val_lbl, self.val_counts)
-        if self.epochs:
-            d = self.epochs  # the number of differences after this one
-            x = np.subtract(tr_loss, self.prev, dtype=np.float64)
-            y = v - self.prev_v
-            dx = x - self.mean_x
-            self.mean_x += dx / d
-            dy = y - self.mean_y
-            self.mean_y += dy / d
-            self.m2_y += dy * (y - self.mean_y)
-            self.c_xy += dx * (y - self.mean_y)[self.tr_lbl]
-            self.m2_x += dx * (x - self.mean_x)
-        self.prev[:] = tr_loss
-        self.prev_v = v
-        self.epochs += 1
-
-    def scores(self) -> np.ndarray:
-        """CLD of every training column (a constant side gives 0, as :func:`cld`)."""
-        n = self.epochs - 1
-        check_validation_classes(np.unique(self.tr_lbl), self.val_counts)
-        x_zero = _zero_spread(self.m2_x, n, self.mean_x)
-        y_zero = _zero_spread(self.m2_y, n, self.mean_y)[self.tr_lbl]
-        return _population_corr(self.c_xy, self.m2_x, self.m2_y[self.tr_lbl], x_zero, y_zero)
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {key: np.asarray(getattr(self, key)) for key in self.STATE}
-
-    def restore(self, state: Mapping[str, np.ndarray]) -> None:
-        for key in self.STATE:
-            value = np.asarray(state[key])
-            if value.shape != np.shape(getattr(self, key)):
-                raise UserError(f"CLD sums: {key!r} has shape {value.shape}, expected {np.shape(getattr(self, key))}")
-            setattr(self, key, int(value) if key == "epochs" else value.astype(np.asarray(getattr(self, key)).dtype))

@@ -78,9 +78,7 @@ def stability(losses: dict, scorer: Callable[[dict], np.ndarray], grid: Sequence
     ranking from the first E recorded epochs with the ranking from all of them (``full``: those
     scores, when the caller has them already)."""
     n = int(losses["tr_loss"].shape[0])
-    bad = [e for e in grid if not MIN_EPOCHS <= e <= n]
-    if bad:
-        raise UserError(f"--stability_epochs {bad[0]} is not a number of recorded epochs between {MIN_EPOCHS} and {n}")
+    check_grid(grid, n)
     labels, indices = losses["tr_lbl"], losses["train_indices"]
     full = scorer(losses) if full is None else full
     ranked_full, _ = rank_per_class(full, labels, indices)
@@ -98,6 +96,27 @@ def stability(losses: dict, scorer: Callable[[dict], np.ndarray], grid: Sequence
             rows.append({"epochs": int(e), "k": budget_text(budget), "mean_jaccard": float(j.mean()),
                          "min_jaccard": float(j.min()), "spearman": rho})
     return rows
+
+
+def check_grid(grid: Sequence[int], n_epochs: int) -> None:
+    """Every E of the grid is a number of recorded epochs that CLD can score."""
+    bad = [e for e in grid if not MIN_EPOCHS <= e <= n_epochs]
+    if bad:
+        raise UserError(f"--stability_epochs {bad[0]} is not a number of recorded epochs between {MIN_EPOCHS} and "
+                        f"{n_epochs}")
+
+
+def check_budgets_below_classes(budgets: Sequence[float], labels: np.ndarray, flag: str) -> None:
+    """A per-class count must leave every class something outside its top k: a count as large as a
+    class makes that class's overlap 1.0 at every epoch, so the test would say "stable" from the start."""
+    sizes = np.bincount(np.asarray(labels))
+    present = np.flatnonzero(sizes)
+    smallest = int(present[np.argmin(sizes[present])])
+    for budget in budgets:
+        if budget >= 1 and budget >= sizes[smallest]:
+            raise UserError(f"{flag} {budget:g} is not smaller than class {smallest} ({sizes[smallest]} training "
+                            "examples): its coreset would be the whole class at every epoch, so its overlap is "
+                            "always 1.0; give a smaller count or a fraction below 1")
 
 
 def budget_words(budget: float) -> str:

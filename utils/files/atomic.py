@@ -21,7 +21,7 @@ from utils.errors import UserError
 from utils.files.locks import try_lock_descriptor
 
 
-def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
+def atomic_write(path: str, write: Callable[[io.BufferedWriter], None], replace: bool = True) -> None:
     """Write ``path`` through ``write(fileobj)`` so that readers see the old file or the new one.
 
     The data goes to a temporary file ``.<name>.<random>.tmp`` in the same folder (same
@@ -32,6 +32,10 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
     later writer tells a stale one from one still being written. The file gets the usual
     permissions (0666 less the umask), not ``mkstemp``'s private 0600. A full disk (or another
     failed write) is one user error naming the file and the free space, and leaves no partial file.
+
+    ``replace=False`` creates ``path`` only if it does not exist at the moment of the rename (a
+    hard link of the finished temporary file, which fails if the name is taken): of two writers
+    racing for a new output, exactly one succeeds and the other gets a user error, nothing written.
     """
     folder = os.path.dirname(os.path.abspath(path))
     ensure_dir(folder)
@@ -47,13 +51,38 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-            os.replace(tmp, path)  # still locked: a concurrent cleaner never takes it for stale
+            if replace:
+                os.replace(tmp, path)  # still locked: a concurrent cleaner never takes it for stale
+            else:
+                _create(tmp, path)
     except BaseException as exc:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(exc, OSError):
             raise write_error(path, exc) from None
         raise
+
+
+def _create(tmp: str, path: str) -> None:
+    """Give the finished ``tmp`` the name ``path`` unless that name exists (then a user error)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise UserError(f"{path} was created by another process meanwhile; nothing was written: pass --overwrite "
+                        "to replace it, or choose another output path") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+            raise
+        # No hard links here (some network and FUSE filesystems): O_EXCL claims the name, then the
+        # rename fills it; a racer that claimed it first makes this one fail above.
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            raise UserError(f"{path} was created by another process meanwhile; nothing was written: pass "
+                            "--overwrite to replace it, or choose another output path") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def write_error(path: str, exc: OSError) -> UserError:
@@ -99,9 +128,9 @@ def _umask() -> int:
     return _UMASK[0]
 
 
-def atomic_pickle(path: str, obj: Any) -> None:
-    """Pickle ``obj`` to ``path`` atomically."""
-    atomic_write(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL))
+def atomic_pickle(path: str, obj: Any, replace: bool = True) -> None:
+    """Pickle ``obj`` to ``path`` atomically (``replace=False``: only as a new file, :func:`atomic_write`)."""
+    atomic_write(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL), replace)
 
 
 def ensure_dir(folder: str) -> None:
@@ -112,6 +141,26 @@ def ensure_dir(folder: str) -> None:
         raise UserError(f"cannot create folder {folder!r} ({exc.strerror}); choose a writable location") from None
     if not os.access(folder, os.W_OK):
         raise UserError(f"folder {folder!r} is not writable; choose a writable location")
+
+
+def check_new_output(path: str, overwrite: bool, what: str) -> None:
+    """Refuse, before any work, an output that cannot be written: one that exists (unless
+    ``overwrite``), a folder in its place, a file where a folder of its path would be, or a folder
+    this process may not write in. ``what`` names it (the flag, usually)."""
+    check_output_free(path, overwrite)
+    probe = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UserError(f"{what} {path}: {probe} is a file, so no folder of that path can be made; nothing was "
+                        "written")
+    try:  # a real file, not os.access: root passes access() where the filesystem refuses (/proc)
+        fd, tmp = tempfile.mkstemp(prefix=paths.temp_prefix(path), suffix=".tmp", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise UserError(f"{what} {path}: the folder {probe} is not writable ({exc.strerror or exc}); nothing was "
+                        "written") from None
 
 
 def check_output_free(path: str, overwrite: bool, flag: str = "--overwrite") -> None:

@@ -11,18 +11,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from cld_recorder import (LOSS_FORMAT, RECORDED_KEYS, SIGNAL_KEYS, SUMS_FORMAT, SUMS_META as _SUMS_META,
+                          SUMS_SPLIT as _SUMS_SPLIT, SUMS_STATE, write_loss_file, write_sums_file)
 from utils.errors import UserError
-from utils.files.atomic import atomic_pickle
-from utils.files.npz import load_npz, save_npz
+from utils.files.atomic import atomic_pickle, write_error
+from utils.files.npz import load_npz
 from utils.files.unpickle import load_pickle
 from utils.paths import check_safe_name
 
-LOSS_FORMAT = "cld-losses/1"
 SPLIT_FORMAT = "cld-split/1"
-SUMS_FORMAT = "cld-sums/1"
-
-# Optional per-example signals recorded beside the losses (stage 1 -> baselines).
-SIGNAL_KEYS = ("tr_correct", "tr_margin", "tr_el2n")
+# The loss and sums formats, their writers and the optional per-example signals (stage 1 ->
+# baselines) are defined in cld_recorder.py, which writes these files from a user's own loop too.
 
 def _as_array(value: Any, dtype: Any, path: str, key: str, ndim: int) -> np.ndarray:
     try:
@@ -46,7 +45,10 @@ def save_losses(path: str, losses: Mapping[str, Any]) -> None:
     record = dict(losses)
     record["format"] = LOSS_FORMAT
     validate_losses(record, path)
-    atomic_pickle(path, record)
+    try:
+        write_loss_file(path, record)
+    except OSError as exc:
+        raise write_error(path, exc) from None
 
 
 def validate_losses(d: Mapping[str, Any], path: str) -> dict:
@@ -235,21 +237,17 @@ def load_split(path: str) -> dict:
     return out
 
 
-_SUMS_META = ("dataset", "model_arch", "manual_seed", "num_classes", "collect_precision", "data_path")
-_SUMS_SPLIT = ("epoch", "tr_lbl", "val_lbl", "train_indices", "val_indices")
-# CLD's running sums (utils.core.cld.CLDSums keeps these): a sums file holds each as sums_<name>.
-SUMS_STATE = ("epochs", "prev", "mean_x", "m2_x", "c_xy", "prev_v", "mean_y", "m2_y")
-SUMS_MEMBERS = ("format", "config", *_SUMS_META, *_SUMS_SPLIT, *(f"sums_{k}" for k in SUMS_STATE))
+# CLD's running sums (cld_recorder.CLDSums keeps SUMS_STATE): a sums file holds each as sums_<name>.
+SUMS_MEMBERS = ("format", "config", *_SUMS_META, *_SUMS_SPLIT, *(f"sums_{k}" for k in SUMS_STATE), *RECORDED_KEYS)
 
 
 def save_sums(path: str, record: Mapping[str, Any], state: Mapping[str, np.ndarray]) -> None:
     """Write a sums file (``--trajectories sums``): the run's metadata and split as in a loss file,
     and CLD's running sums (``sums_*``), in an ``.npz`` that loads without pickle."""
-    arrays = {"format": SUMS_FORMAT, "config": json.dumps(record["config"], sort_keys=True),
-              **{key: record[key] for key in _SUMS_META},
-              **{key: record[key] for key in _SUMS_SPLIT},
-              **{f"sums_{key}": value for key, value in state.items()}}
-    save_npz(path, arrays)
+    try:
+        write_sums_file(path, record, state, _SUMS_META, _SUMS_SPLIT)
+    except OSError as exc:
+        raise write_error(path, exc) from None
 
 
 def load_sums(path: str) -> dict:
@@ -264,6 +262,10 @@ def load_sums(path: str) -> dict:
                            ("train_indices", np.int64), ("val_indices", np.int64)):
             out[key] = _as_array(data[key], dtype, path, key, 1)
         out["sums"] = {key[5:]: value for key, value in data.items() if key.startswith("sums_")}
+        if "source" in data:  # a run recorded from a user's own loop (cld_recorder.py)
+            out["source"] = str(data["source"])
+            out["train_ids"], out["val_ids"] = data["train_ids"], data["val_ids"]
+            out["group_names"] = json.loads(str(data["group_names"]))
     except (KeyError, ValueError, TypeError) as exc:
         raise UserError(f"sums file {path} lacks or garbles {exc}; it is corrupt") from None
     check_run_metadata(out, path, "sums file")

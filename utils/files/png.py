@@ -16,9 +16,10 @@ def pyplot():
     return plt
 
 
-def save_png(fig, path: str, dpi: int = 110, tight: bool = True) -> None:
-    """Write ``fig`` to ``path`` (``tight``: the canvas grows to hold legends beside the axes) and close it."""
+def save_png(fig, path: str, dpi: int = 110, tight: bool = True, replace: bool = True) -> None:
+    """Write ``fig`` to ``path`` (``tight``: the canvas grows to hold legends beside the axes) and close it;
+    ``replace=False``: only as a new file (:func:`utils.files.atomic.atomic_write`)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
     pyplot().close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    atomic_write(path, lambda f: f.write(buf.getvalue()), replace)

@@ -16,8 +16,9 @@ from utils.files.unpickle import load_pickle
 
 SCORE_FORMAT = "cld-scores/1"
 
-def save_scores(path: str, record: Mapping[str, Any]) -> None:
-    """Write a score file (the format of docs/formats.md) atomically."""
+def save_scores(path: str, record: Mapping[str, Any], replace: bool = True) -> None:
+    """Write a score file (the format of docs/formats.md) atomically; ``replace=False``: only if no
+    file of that name exists when it is written (of two racing writers, one succeeds)."""
     out = dict(record)
     out["format"] = SCORE_FORMAT
     out["indices"] = {int(c): np.asarray(v, dtype=np.int64) for c, v in record["indices"].items()}
@@ -25,7 +26,7 @@ def save_scores(path: str, record: Mapping[str, Any]) -> None:
     for c, idx in out["indices"].items():
         if out["scores"].get(c) is None or out["scores"][c].shape != idx.shape:
             raise ValueError(f"scores of class {c} are not aligned with its indices")
-    atomic_pickle(path, out)
+    atomic_pickle(path, out, replace)
 
 
 def load_scores(path: str) -> dict:
@@ -73,7 +74,24 @@ def load_scores(path: str) -> dict:
         raise UserError(f"score file {path}: classes with indices and classes with scores differ")
     if d.get("weights") is not None:
         out["weights"] = _weights(d["weights"], out["indices"], path)
+    if d.get("train_ids") is not None:
+        out["train_ids"] = _train_ids(d["train_ids"], out["indices"], path)
+    names = d.get("group_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(x, str) for x in names)
+                                  and len(names) == d.get("num_classes")):
+        raise UserError(f"score file {path}: group_names is not a list of one name per class")
     return out
+
+
+def _train_ids(value: Any, indices: dict[int, np.ndarray], path: str) -> np.ndarray:
+    """A recorded run's ids of its examples (int64 or text): ``train_ids[i]`` names ranked index i,
+    so every ranked index must have one."""
+    arr = np.asarray(value)
+    ranked = np.concatenate([np.zeros(0, np.int64), *indices.values()])
+    if arr.ndim != 1 or arr.dtype.kind not in "iuU" or (ranked.size and (ranked.min() < 0 or ranked.max() >= arr.size)):
+        raise UserError(f"score file {path}: train_ids is not a list of integer or text ids naming every ranked "
+                        "index; the file is corrupt")
+    return arr.astype(np.int64) if arr.dtype.kind in "iu" else arr
 
 
 def _weights(value: Any, indices: dict[int, np.ndarray], path: str) -> dict[str, dict[int, np.ndarray]]:

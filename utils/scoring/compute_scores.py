@@ -3,7 +3,9 @@
 Trajectory methods (CLD and the training-dynamics baselines) read the loss file, or CLD's running
 sums, with numpy alone; model methods (:mod:`utils.scoring.snapshot`) evaluate a weight snapshot of the
 same run once. Every method writes the same score file (docs/formats.md), and the summary ends
-with the stage-3 command that trains with the recipe of stage 1.
+with the stage-3 command that trains with the recipe of stage 1. A loss file recorded from the
+user's own loop (:mod:`utils.scoring.export`) names no dataset of ours and holds no weights: it is
+scored by the trajectory methods, and its coreset is exported as ids (``--export_coreset``).
 """
 from __future__ import annotations
 
@@ -18,15 +20,17 @@ import numpy as np
 from utils import paths
 from utils.data.datasets import dataset_info
 from utils.errors import UserError, require
-from utils.files.atomic import atomic_write, check_output_free
+from utils.files.atomic import atomic_write, check_new_output, check_output_free
 from utils.files.losses import load_losses, load_sums
 from utils.files.scores import save_scores
 from utils.paths import check_safe_name
+from cld_recorder import CLDSums
 from utils.core import cld as S
 from utils.core.ranking import rank_per_class
 from utils.core.selection import budgets_of, fraction_k
 from utils.methods import registry as methods
 from utils.methods.record import Method
+from utils.scoring import export
 from utils.scoring.options import ScoreOptions
 from utils.train.options import COLLECT_PRECISIONS, PRECISIONS, Recipe
 
@@ -47,6 +51,9 @@ def score(s: ScoreOptions) -> Scored:
     method = methods.get(s.method)
     if s.output_path:
         check_output_free(s.output_path, s.overwrite)  # before reading a possibly large loss file
+    if s.export_coreset:
+        check_output_free(s.export_coreset, s.overwrite)
+        export.check_request(s, method)
     loss_path = s.loss_path or paths.loss_path(paths.SCORES_DIR, s.dataset, s.model_arch, LEGACY_DEFAULT_SEED)
     started = time.perf_counter()
     losses = _read(loss_path, s, method)
@@ -54,8 +61,14 @@ def score(s: ScoreOptions) -> Scored:
     out = s.output_path or paths.score_path(os.path.dirname(loss_path), method.name, ds, arch, seed)
     require(os.path.abspath(out) != os.path.abspath(loss_path),
             f"--output_path {out} is the loss file itself; choose another output path")
-    check_output_free(out, s.overwrite)
+    require(not s.export_coreset or os.path.abspath(s.export_coreset) not in (os.path.abspath(out),
+            os.path.abspath(loss_path)), f"--export_coreset {s.export_coreset} is the score or loss file; choose "
+            "another path")
     S.check_labels(losses, n_cls)
+    _check_outputs(s, losses, out)
+    ids = export.train_ids(losses, loss_path)
+    export.check_ids(s, ids, losses["tr_lbl"])
+    recorded = export.recorded_fields(losses, ids, n_cls, loss_path)
     options = _options(method, s, seed, losses.get("config") or {})
     if method.family == "trajectory":
         values, extra = _score_trajectories(losses, method, s, options)
@@ -76,18 +89,46 @@ def score(s: ScoreOptions) -> Scored:
         "method": method.name, "dataset": ds, "model_arch": arch, "manual_seed": seed, "num_classes": n_cls,
         "loss_path": os.path.abspath(loss_path), "options": options,
         "top_means": method.top_means, "hard_end": method.hard_end, "greedy": method.greedy,
-        "indices": indices, "scores": per_class, **extra,
+        "indices": indices, "scores": per_class, **extra, **recorded,
     }
-    save_scores(out, record)
+    save_scores(out, record, replace=s.overwrite)  # two racing runs: one writes, the other is refused
     print(_summary(record, method, out, time.perf_counter() - started))
+    if s.export_coreset:
+        print(export.export_coreset(s, record, ids))
     if s.stability:
         _stability(s, method, losses, options, out, values)
     elif s.figure:
         from utils.scoring.overview_figure import overview  # matplotlib, only when a figure is asked for
 
-        overview(s.figure, losses, record, s.figure_class, s.data_path or losses.get("data_path") or "")
+        overview(s.figure, losses, record, s.figure_class, s.data_path or losses.get("data_path") or "",
+                 replace=s.overwrite)
         print(f"figure        {s.figure}")
     return Scored(out, record, losses.get("config") or {})
+
+
+def stability_csv(out: str) -> str:
+    """The stability table's CSV, beside the score file ``out``."""
+    return os.path.splitext(out)[0] + "_stability.csv"
+
+
+def _check_outputs(s: ScoreOptions, losses: dict, out: str) -> None:
+    """Every file stage 2 will write, and every flag that shapes one, checked against the loss file
+    before the first is written: a refusal leaves nothing behind, and none replaces a file without
+    --overwrite."""
+    from utils.core.stability import check_budgets_below_classes, check_grid, default_grid
+
+    outputs = [(out, "--output_path"), (s.export_coreset, "--export_coreset"), (s.figure, "--figure"),
+               (stability_csv(out) if s.stability else "", "--stability table")]
+    for path, what in outputs:
+        if path:
+            check_new_output(path, s.overwrite, what)
+    if s.figure and s.figure_class is not None:
+        present = np.unique(losses["tr_lbl"])
+        require(s.figure_class in present, f"--figure_class {s.figure_class} is not a class of this run (its classes "
+                f"are {int(present.min())}..{int(present.max())})")
+    if s.stability:
+        check_grid(sorted(s.stability_epochs) or default_grid(len(losses["epoch"])), len(losses["epoch"]))
+        check_budgets_below_classes(s.stability_k, losses["tr_lbl"], "--stability_k")
 
 
 def _stability(s: ScoreOptions, method: Method, losses: dict, options: dict, out: str, full: np.ndarray) -> None:
@@ -98,10 +139,10 @@ def _stability(s: ScoreOptions, method: Method, losses: dict, options: dict, out
     n = int(len(losses["epoch"]))
     grid = sorted(s.stability_epochs) or default_grid(n)
     rows = stability(losses, lambda used: method.score(used, **options), grid, s.stability_k, full)
-    path = os.path.splitext(out)[0] + "_stability.csv"
+    path = stability_csv(out)
     text = ",".join(STABILITY_COLUMNS) + "\n" + "".join(
         f"{r['epochs']},{r['k']},{r['mean_jaccard']!r},{r['min_jaccard']!r},{r['spearman']!r}\n" for r in rows)
-    atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()), replace=s.overwrite)
     print(f"\nstability of {method.name}: its ranking from the first E of {n} recorded epochs against all {n}")
     print(f"  {'E':>5}  {'k':>6}  {'mean Jaccard':>12}  {'min Jaccard':>11}  {'Spearman':>8}")
     for r in rows:
@@ -111,7 +152,7 @@ def _stability(s: ScoreOptions, method: Method, losses: dict, options: dict, out
     if s.figure:
         from utils.scoring.overview_figure import stability_curve
 
-        stability_curve(s.figure, rows, method.name, n)
+        stability_curve(s.figure, rows, method.name, n, replace=s.overwrite)
         print(f"figure        {s.figure}")
 
 
@@ -171,6 +212,9 @@ def _read(path: str, s: ScoreOptions, method: Method) -> dict:
         _check_config(sums.get("config"), path)
         return sums
     losses = load_losses(path, s.split_path)
+    require(method.family == "trajectory" or not export.is_recorded(losses), f"method {method.name!r} scores from "
+            f"the model's weights, and {path} was recorded from your own loop without them; use a trajectory method "
+            f"({', '.join(m.name for m in methods.METHODS.values() if m.family == 'trajectory')})")
     _check_config(losses.get("config"), path)
     if method.family == "trajectory":
         check_signals(losses, method)
@@ -204,8 +248,10 @@ def check_signals(losses: Mapping[str, Any], method: Method) -> None:
             legacy = " (legacy loss files of the paper's code record losses only)" if losses.get("legacy") else ""
             usable = [m.name for m in methods.METHODS.values() if m.family == "trajectory"
                       and all(losses.get(k) is not None for k in m.inputs)]
+            again = ("record it in your loop (cld_recorder.py)" if export.is_recorded(losses)
+                     else "record it by rerunning stage 1 of this project")
             raise UserError(f"method {method.name!r} needs the signal {key!r}, which the loss file lacks{legacy}; "
-                            f"use one of {', '.join(usable)}, or record it by rerunning stage 1 of this project")
+                            f"use one of {', '.join(usable)}, or {again}")
 
 
 def _made_by(path: str) -> str:
@@ -227,7 +273,10 @@ def _run_metadata(losses: dict, loss_path: str, dataset: str, model_arch: str) -
     """dataset, model_arch, manual_seed, num_classes: from the file; flags only fill the gaps of
     legacy files (whose split file may carry them)."""
 
-    ds = dataset_info(losses.get("dataset") or dataset).name
+    if export.is_recorded(losses):  # the user's own data: its safe name, no dataset of ours
+        ds = check_safe_name(losses.get("dataset"), f"dataset of {loss_path}")
+    else:
+        ds = dataset_info(losses.get("dataset") or dataset).name
     arch = check_safe_name(losses.get("model_arch") or model_arch, f"model of {loss_path}")
     seed = losses.get("manual_seed")
     if seed is None:
@@ -242,7 +291,7 @@ def _run_metadata(losses: dict, loss_path: str, dataset: str, model_arch: str) -
 def _score_trajectories(losses: dict, method: Method, s: ScoreOptions, options: dict) -> tuple[np.ndarray, dict]:
     """Every training example's score from the loss trajectories (or CLD's sums), and the epochs used."""
     if "sums" in losses:
-        sums = S.CLDSums(losses["tr_lbl"], losses["val_lbl"], int(losses["num_classes"]))
+        sums = CLDSums(losses["tr_lbl"], losses["val_lbl"], int(losses["num_classes"]))
         sums.restore(losses["sums"])
         require(sums.epochs >= S.MIN_EPOCHS, f"the sums hold {sums.epochs} epochs; CLD needs at least "
                 f"{S.MIN_EPOCHS} (train longer in stage 1)")

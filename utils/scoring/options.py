@@ -18,6 +18,11 @@ class ScoreOptions:
     split_path: str = ""
     method: str = "cld"
     output_path: str = ""
+    export_coreset: str = ""
+    samples_per_class: int | None = None
+    fraction: float | None = None
+    order: str = "top"
+    ccs_beta: float = 0.0
     stability: bool = False
     stability_epochs: list[int] = field(default_factory=list)
     stability_k: list[float] = field(default_factory=lambda: [0.1])

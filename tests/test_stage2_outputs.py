@@ -1,0 +1,72 @@
+"""Stage 2 writes each output once and only when every part of the command holds: racing writers
+of one score file (exactly one succeeds), flags checked against the loss file before the first file
+is written, and no figure, table or export replaced without --overwrite."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import compute_cld_scores
+from conftest import REPO, assert_user_error
+from test_robustness import cli
+from utils.files.scores import load_scores
+
+
+def _run(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "compute_cld_scores.py"), *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_racing_writers_of_one_score_file_never_both_succeed(reference, tmp_path):
+    for trial in range(3):
+        out = str(tmp_path / f"out{trial}.pickle")
+        procs = {m: _run("--loss_path", reference["loss"], "--method", m, "--output_path", out) for m in ("cld", "loss")}
+        results = {m: (p.wait(timeout=120), p.stderr.read()) for m, p in procs.items()}
+        winners = [m for m, (code, _) in results.items() if code == 0]
+        assert len(winners) == 1, results
+        loser = next(m for m in results if m not in winners)
+        assert results[loser][0] == 2 and ("created by another process meanwhile" in results[loser][1]
+                                            or "already exists" in results[loser][1]), results[loser]
+        assert load_scores(out)["method"] == winners[0]
+        assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("case", ["class", "file_parent", "folder", "epochs", "budget", "unwritable"])
+def test_a_flag_that_fails_on_the_loss_file_is_refused_before_anything_is_written(reference, tmp_path, case):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir.png").mkdir()
+    out = str(tmp_path / "s.pickle")
+    args, message = {
+        "class": (["--figure", str(tmp_path / "f.png"), "--figure_class", "10"], "--figure_class 10 is not a class"),
+        "file_parent": (["--figure", str(tmp_path / "afile" / "f.png")], "is a file, so no folder"),
+        "folder": (["--figure", str(tmp_path / "adir.png")], "is a folder"),
+        "epochs": (["--stability", "--stability_epochs", "[1000]"], "--stability_epochs 1000"),
+        "budget": (["--stability", "--stability_k", "[5000]"], "--stability_k 5000 is not smaller than class"),
+        "unwritable": (["--figure", "/proc/f.png"], "the folder /proc is not writable"),
+    }[case]
+    before = sorted(os.listdir(tmp_path))
+    assert_user_error(cli(compute_cld_scores, "--loss_path", reference["loss"], "--output_path", out, *args), message)
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_figure_a_stability_table_or_an_export_is_not_replaced_without_overwrite(reference, tmp_path):
+    out = str(tmp_path / "s.pickle")
+    table = str(tmp_path / "s_stability.csv")
+    for existing, args in ((str(tmp_path / "f.png"), ["--figure", str(tmp_path / "f.png")]),
+                           (table, ["--stability"]),
+                           (str(tmp_path / "k.npy"), ["--export_coreset", str(tmp_path / "k.npy"), "--fraction", "0.5"])):
+        with open(existing, "w") as f:
+            f.write("mine")
+        assert_user_error(cli(compute_cld_scores, "--loss_path", reference["loss"], "--output_path", out, *args),
+                          f"{existing} already exists")
+        assert open(existing).read() == "mine" and not os.path.exists(out)
+        os.remove(existing)
+    proc = cli(compute_cld_scores, "--loss_path", reference["loss"], "--output_path", out, "--stability")
+    assert proc.returncode == 0 and os.path.exists(table)
+    shutil.copy(table, table + ".first")
+    proc = cli(compute_cld_scores, "--loss_path", reference["loss"], "--output_path", out, "--stability", "--overwrite")
+    assert proc.returncode == 0 and open(table).read() == open(table + ".first").read()
