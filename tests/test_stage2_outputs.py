@@ -70,3 +70,39 @@ def test_a_figure_a_stability_table_or_an_export_is_not_replaced_without_overwri
     shutil.copy(table, table + ".first")
     proc = cli(compute_cld_scores, "--loss_path", reference["loss"], "--output_path", out, "--stability", "--overwrite")
     assert proc.returncode == 0 and open(table).read() == open(table + ".first").read()
+
+
+def test_an_emitted_script_is_never_replaced(tmp_path):
+    import reproduce_table
+    from test_reproduce_table import grid_flags
+
+    script = tmp_path / "grid.sh"
+    script.write_text("# mine\n")
+    flags = {**grid_flags(str(tmp_path)), "emit_script": str(script)}
+    args = [item for key, value in flags.items() for item in (f"--{key}", ",".join(map(str, value))
+                                                              if isinstance(value, list) else str(value))]
+    assert_user_error(cli(reproduce_table, *args), f"--emit_script {script} already exists")
+    assert script.read_text() == "# mine\n"
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_a_symlinked_output_of_a_run_is_refused_in_one_line(reference, data, tmp_path, stage):
+    import get_loss_values
+    import train_on_coresets
+    from conftest import flag_args, s1_flags, s3_flags
+
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"")
+    if stage == 1:
+        flags = s1_flags(data, tmp_path)
+        os.makedirs(flags["scores_dir"])
+        link = os.path.join(flags["scores_dir"], "CIFAR10_resnet20_seed1234_losses.pickle")
+        module = get_loss_values
+    else:
+        flags = s3_flags(data, reference["scores"], str(tmp_path))
+        os.makedirs(os.path.join(flags["results_dir"], "runs"))
+        link = os.path.join(flags["results_dir"], "runs", "run.json")
+        module = train_on_coresets
+    os.symlink(target, link)
+    assert_user_error(cli(module, *flag_args(flags)), f"{link} is a symbolic link")
+    assert target.read_bytes() == b""

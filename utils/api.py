@@ -7,8 +7,9 @@
 * :func:`select`: a coreset from per-class rankings, at a budget and an order.
 
 Each computes exactly what the stages compute (the same functions run underneath); each checks
-its inputs first and raises ``ValueError`` naming what is wrong (NaN losses, mismatched lengths,
-an unknown method) instead of failing deep inside.
+its inputs first, in memory of the inputs' size, and raises ``ValueError`` naming what is wrong
+(NaN or overflowing values, labels or indices that are not non-negative int64, an index listed
+twice, mismatched lengths, an unknown method) instead of failing deep inside (docs/api.md).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from utils.errors import UserError
 from utils.methods import registry as methods
 from utils.core import cld as trajectory
 from utils.core.ranking import rank_per_class
-from utils.core.selection import class_budgets, select_coreset
+from utils.core.selection import SCORED_ORDERS, class_budgets, select_coreset
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,23 +38,46 @@ def _value_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _labels(labels: Any, what: str, n: int | None = None) -> np.ndarray:
-    arr = np.asarray(labels)
+_INT64_MAX = np.iinfo(np.int64).max
+# Features above this magnitude are refused: float32 arithmetic (the methods run in float32)
+# overflows to inf and then NaN near 3.4e38, after a square (1e30) summed over up to 1e8 entries
+# (dimensions times examples); real embeddings and logits are many orders of magnitude smaller.
+MAX_FEATURE = 1e15
+# Losses are taken as float32, as stage 1 records them: beyond this they would become inf.
+MAX_LOSS = float(np.finfo(np.float32).max)
+
+
+def _integers(values: Any, what: str, noun: str, nouns: str, n: int | None = None) -> np.ndarray:
+    """A 1-D array of non-negative integers as int64, refusing every dtype or value that would not
+    come through unchanged: floats (truncated), bools, objects, uint64 of 2**63 and more (they
+    would wrap to negative numbers)."""
+    arr = np.asarray(values)
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
-        raise ValueError(f"{what} must be a 1-D array of integer class labels, got {arr.dtype} of shape {arr.shape}")
+        raise ValueError(f"{what} must be a 1-D array of integer {nouns}, got {arr.dtype} of shape {arr.shape}")
+    if arr.size and arr.dtype.kind == "u" and arr.max() > _INT64_MAX:
+        raise ValueError(f"{what} holds {noun} {int(arr.max())}, beyond int64's 2**63 - 1 (it would wrap to a "
+                         "negative number)")
     if arr.size and arr.min() < 0:
-        raise ValueError(f"{what} holds a negative class label ({int(arr.min())})")
+        raise ValueError(f"{what} holds a negative {noun} ({int(arr.min())})")
     if n is not None and arr.shape[0] != n:
         raise ValueError(f"{what} has {arr.shape[0]} entries but there are {n} examples")
     return arr.astype(np.int64)
 
 
-def _matrix(values: Any, what: str, rows: int | None = None) -> np.ndarray:
+def _labels(labels: Any, what: str, n: int | None = None) -> np.ndarray:
+    """Class labels: any non-negative int64 (nothing is sized by their values, see :func:`cld`)."""
+    return _integers(labels, what, "class label", "class labels", n)
+
+
+def _matrix(values: Any, what: str, rows: int | None = None, limit: float = MAX_FEATURE) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim != 2 or arr.dtype.kind not in "iuf":
         raise ValueError(f"{what} must be a 2-D array of numbers, got {arr.dtype} of shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError(f"{what} holds NaN or infinite values")
+    if arr.size and np.abs(arr).max() > limit:
+        raise ValueError(f"{what} holds a value of magnitude {float(np.abs(arr).max()):.3g}, beyond {limit:.3g}, where "
+                         "float32 arithmetic overflows to inf and NaN; scale it down")
     if rows is not None and arr.shape[0] != rows:
         raise ValueError(f"{what} has {arr.shape[0]} rows but there are {rows} examples")
     return arr
@@ -62,10 +86,35 @@ def _matrix(values: Any, what: str, rows: int | None = None) -> np.ndarray:
 def _indices(indices: Any, n: int) -> np.ndarray:
     if indices is None:
         return np.arange(n, dtype=np.int64)
-    arr = _labels(indices, "indices", n)
-    if np.unique(arr).size != n:
-        raise ValueError("indices lists an example twice")
+    arr = _integers(indices, "indices", "dataset index", "dataset indices", n)
+    _once(arr, "indices")
     return arr
+
+
+def _once(arr: np.ndarray, what: str, owners: np.ndarray | None = None) -> None:
+    """Every index listed once (sorting: memory of the input's size, whatever the values)."""
+    order = np.argsort(arr, kind="stable")
+    twice = np.flatnonzero(arr[order][1:] == arr[order][:-1])
+    if twice.size:
+        i = order[twice[0] + 1]
+        first, second = (int(owners[order[twice[0]]]), int(owners[i])) if owners is not None else (0, 0)
+        where = "" if owners is None else f" (in class {first})" if first == second else \
+            f" (in class {first} and class {second})"
+        raise ValueError(f"{what} lists example {int(arr[i])} twice{where}")
+
+
+def _compressed(tr_lbl: np.ndarray, val_lbl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The labels renumbered 0..C-1 in their order (C distinct labels): CLD sizes per-class arrays
+    by the largest label, so a label of 2e8 among 60 examples would allocate gigabytes. The
+    scores are the same (a class's examples and validation mean are what they were)."""
+    missing = np.setdiff1d(tr_lbl, val_lbl)
+    if missing.size:
+        shown = ", ".join(str(int(c)) for c in missing[:10]) + (" ..." if missing.size > 10 else "")
+        raise ValueError(f"class {shown} has training examples but no validation example, so its CLD is undefined; "
+                         "give every class validation examples")
+    _, inverse = np.unique(np.concatenate([tr_lbl, val_lbl]), return_inverse=True)
+    inverse = inverse.reshape(-1).astype(np.int64)
+    return inverse[:tr_lbl.size], inverse[tr_lbl.size:]
 
 
 @_value_errors
@@ -84,15 +133,15 @@ def cld(train_losses: Any, train_labels: Any, val_losses: Any, val_labels: Any) 
     Returns:
         (N,) float64 CLD scores; higher is better (the paper keeps the top of each class).
     """
-    tr = _matrix(train_losses, "train_losses").astype(np.float32, copy=False)
-    val = _matrix(val_losses, "val_losses").astype(np.float32, copy=False)
+    tr = _matrix(train_losses, "train_losses", limit=MAX_LOSS).astype(np.float32, copy=False)
+    val = _matrix(val_losses, "val_losses", limit=MAX_LOSS).astype(np.float32, copy=False)
     if val.shape[0] != tr.shape[0]:
         raise ValueError(f"train_losses has {tr.shape[0]} epochs (rows) but val_losses has {val.shape[0]}")
     if tr.shape[0] < trajectory.MIN_EPOCHS:
         raise ValueError(f"CLD needs at least {trajectory.MIN_EPOCHS} epochs (rows), got {tr.shape[0]}")
-    losses = {"epoch": np.arange(tr.shape[0]), "tr_loss": tr, "val_loss": val,
-              "tr_lbl": _labels(train_labels, "train_labels", tr.shape[1]),
-              "val_lbl": _labels(val_labels, "val_labels", val.shape[1]),
+    tr_lbl, val_lbl = _compressed(_labels(train_labels, "train_labels", tr.shape[1]),
+                                  _labels(val_labels, "val_labels", val.shape[1]))
+    losses = {"epoch": np.arange(tr.shape[0]), "tr_loss": tr, "val_loss": val, "tr_lbl": tr_lbl, "val_lbl": val_lbl,
               "train_indices": np.arange(tr.shape[1]), "val_indices": np.arange(val.shape[1])}
     return trajectory.cld(losses)
 
@@ -211,12 +260,49 @@ def select(ranked: Mapping[int, Any], *, samples_per_class: int | None = None, f
     Returns:
         The coreset's indices, sorted ascending.
     """
-    ranked = {int(c): np.asarray(v, dtype=np.int64) for c, v in ranked.items()}
+    ranked = _ranked(ranked)
     budget = class_budgets({c: len(v) for c, v in ranked.items()}, samples_per_class=samples_per_class,
                            fraction=fraction)
     if scores is not None:
-        scores = {int(c): np.asarray(v, dtype=np.float64) for c, v in scores.items()}
-        for c, idx in ranked.items():
-            if c not in scores or scores[c].shape != idx.shape:
-                raise ValueError(f"the scores of class {c} are not aligned with its ranking")
+        scores = _aligned_scores(scores, ranked, finite=order in SCORED_ORDERS)
     return select_coreset(ranked, scores, budget, order, seed, ccs_beta, hard_end)
+
+
+def _class(key: Any) -> int:
+    """A class key: a non-negative integer (a float or a string would be truncated or misread)."""
+    if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer)) or not 0 <= key <= _INT64_MAX:
+        raise ValueError(f"class key {key!r} is not a class label (a non-negative integer)")
+    return int(key)
+
+
+def _ranked(ranked: Mapping[int, Any]) -> dict[int, np.ndarray]:
+    """{class: int64 indices}, each index non-negative and listed once over all classes, as the
+    stages require of a score file."""
+    if not isinstance(ranked, Mapping):
+        raise ValueError(f"ranked must be a mapping {{class: indices best first}}, got {type(ranked).__name__}")
+    out = {_class(c): _integers(v, f"the ranking of class {c}", "dataset index", "dataset indices")
+           for c, v in ranked.items()}
+    if out:
+        _once(np.concatenate(list(out.values())), "ranked",
+              np.concatenate([np.full(len(v), c, dtype=np.int64) for c, v in out.items()]))
+    return out
+
+
+def _aligned_scores(scores: Mapping[int, Any], ranked: dict[int, np.ndarray], finite: bool) -> dict[int, np.ndarray]:
+    """{class: float64 scores} aligned with ``ranked``; NaN is never a score, and an order that
+    reads the scores (zero, ccs) needs them finite (a greedy method's infinite gains are not)."""
+    if not isinstance(scores, Mapping):
+        raise ValueError(f"scores must be a mapping {{class: scores}}, got {type(scores).__name__}")
+    out = {}
+    for c, v in scores.items():
+        arr = np.asarray(v)
+        if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iuf"):
+            raise ValueError(f"the scores of class {c!r} must be a 1-D array of numbers, got {arr.dtype} of shape "
+                             f"{arr.shape}")
+        out[_class(c)] = arr.astype(np.float64)
+    for c, idx in ranked.items():
+        if c not in out or out[c].shape != idx.shape:
+            raise ValueError(f"the scores of class {c} are not aligned with its ranking")
+        if np.isnan(out[c]).any() or (finite and not np.isfinite(out[c]).all()):
+            raise ValueError(f"the scores of class {c} hold NaN{' or infinite' if finite else ''} values")
+    return out

@@ -8,6 +8,7 @@ cross-flag checks run in each set's ``check``. Nothing here imports torch.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from utils import paths
 from utils.cli.flags import Flag, FlagSet, Settings
 from utils.cli.kinds import Bool, Choice, FALSE_WORDS, Float, Int, Kind, ListOf, Name, Optional, Path, Str, TRUE_WORDS
 from utils.errors import UserError, require
+from utils.files.atomic import check_new_output
 from utils.paths import check_safe_name
 from utils.methods import registry as methods
 from utils.core.selection import ORDERS, budgets_of
@@ -404,6 +406,10 @@ GRID_SETS = {
 def _check_grid(s: Settings) -> Settings:
     for key in ("score_model_arch", "model_archs", "methods", "orders", "seeds"):
         require(len(s[key]) > 0, f"--{key} needs at least one value")
+    if s.emit_script:  # before any planning; the write itself also refuses a name taken meanwhile
+        require(not os.path.lexists(s.emit_script), f"--emit_script {s.emit_script} already exists; a script is "
+                "never replaced: remove it, or choose another name")
+        check_new_output(s.emit_script, False, "--emit_script")
     require((s.samples_per_class is None) != (s.fractions is None),
             "give the subset sizes as --samples_per_class K1,K2,... or as --fractions F1,F2,... (one of them)")
     require(bool(s.samples_per_class or s.fractions), "the budget list is empty")

@@ -124,13 +124,29 @@ class Bool(Kind):
         return "true" if value else "false"
 
 
+# C0 controls, DEL and C1 controls. A newline or carriage return in a path splits the line of an
+# emitted script or a log (and a line-based recipe such as ``grep | sed | bash`` then runs the rest
+# as a command); the others hide text on a terminal. No real file or model name needs one.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_NAMES = {"\n": "a newline", "\r": "a carriage return", "\0": "a NUL character", "\t": "a tab"}
+
+
+def check_no_controls(value: str, what: str) -> str:
+    """``value`` if it holds no control character; else a UserError naming ``what``, the first such
+    character and its position (0-based). The one check of every text, path and name flag."""
+    found = _CONTROL.search(value)
+    if found:
+        char = found.group()
+        name = _CONTROL_NAMES.get(char, f"control character U+{ord(char):04X}")
+        raise UserError(f"{what} must not contain control characters ({name} at position {found.start()})")
+    return value
+
+
 def _text(value: Any, flag: str, wanted: str) -> str:
-    """``value`` if it is text a file system and a shell can carry (no NUL)."""
+    """``value`` if it is text a file system, a shell script and a terminal carry as one line."""
     if not isinstance(value, str):
         raise _bad(flag, wanted, value)
-    if "\0" in value:
-        raise UserError(f"--{flag} holds a NUL character")
-    return value
+    return check_no_controls(value, f"--{flag}")
 
 
 @dataclass(frozen=True)
@@ -166,9 +182,9 @@ class Name(Kind):
     label = "name"
 
     def check(self, value: Any, flag: str) -> str:
-        if value == "":
-            return value
-        return check_safe_name(value, f"--{flag}")
+        if isinstance(value, str):  # the control-character message first, as for paths and text
+            check_no_controls(value, f"--{flag}")
+        return value if value == "" else check_safe_name(value, f"--{flag}")
 
 
 @dataclass(frozen=True)

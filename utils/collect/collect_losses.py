@@ -22,6 +22,7 @@ from utils.collect.row_store import FullTrajectories, SumsTrajectories, device_r
 from utils.data.datasets import dataset_info
 from utils.data.splits import stratified_split
 from utils.errors import UserError
+from utils.files.atomic import refuse_link
 from utils.files.checkpoint import save_checkpoint
 from utils.files.losses import load_losses, load_split, load_sums, save_split
 from utils.core.stability import StopRule, budget_words, check_budgets_below_classes
@@ -45,6 +46,7 @@ def collect_losses(s: CollectOptions) -> str:
     output = (paths.sums_path if sums else paths.loss_path)(s.scores_dir, info.name, s.model_arch, s.manual_seed)
     files = paths.RunFiles(s.checkpoint_path, s.logpath, paths.run_name(info.name, s.model_arch, s.manual_seed),
                            output)
+    refuse_link(output)  # before it is read as this run's output
     if not s.overwrite and os.path.isfile(output) and not distributed.launched_by_torchrun():
         done = _already_complete(s, output, ratio)
         if done:

@@ -19,6 +19,7 @@ from utils.progress import warn
 from utils.data.datasets import dataset_info
 from utils.data.images import bad_images
 from utils.errors import UserError, require
+from utils.files.atomic import refuse_link
 from utils.files.scores import load_scores
 from utils.methods import registry as methods
 from utils.coreset_training.options import PAPER_TOPK, CoresetOptions
@@ -64,10 +65,12 @@ def train_on_coreset(s: CoresetOptions) -> dict:
     name = s.name or paths.coreset_run_name(info.name, model_arch, scores["method"], score_arch, s.order, budget,
                                             s.manual_seed, selection=_selection_model(scores) or "")
     files = paths.RunFiles(s.checkpoint_path, s.logpath, name, paths.run_json(s.results_dir, name))
+    refuse_link(files.output)  # before it is read as this run's result
     if not s.overwrite and os.path.isfile(files.output) and not distributed.launched_by_torchrun():
         done = _already_complete(s, files, score_path, model_arch, budget)
         if done:
             return done
+    weight_key = _weight_key(s, scores, score_path, budget)  # refused before any file is made
     with run_claims() as claims:
         def prepare() -> None:  # main process, before any data is loaded
             claims.append(claim_run(files, [s.checkpoint_path, s.logpath, s.results_dir], s.resume_path, s.overwrite))
@@ -84,7 +87,7 @@ def train_on_coreset(s: CoresetOptions) -> dict:
                 require(not bad, f"{len(bad)} file{'s' if len(bad) > 1 else ''} of the coreset cannot be read as "
                         f"images: {'; '.join(f'{p} ({why})' for _, p, why in bad[:5])}; rerun stages 1 and 2 with "
                         "--skip_bad_images, or replace them")
-        coreset, weights = _weights(s, scores, score_path, coreset, budget)
+        coreset, weights = _weights(scores, score_path, coreset, weight_key)
         return _train(s, session, files, recipe, coreset, weights, scores, score_path, model_arch, score_arch, budget)
 
 
@@ -168,26 +171,72 @@ def _coreset(s: CoresetOptions, scores: dict, path: str, labels: np.ndarray, k: 
                           hard_end=scores.get("hard_end", "top"))
 
 
-def _weights(s: CoresetOptions, scores: dict, path: str, coreset: np.ndarray,
-             budget: tuple[str, float]) -> tuple[np.ndarray, np.ndarray | None]:
-    """The per-example weights CRAIG and GradMatch train with (DeepCore's weighted subsets), aligned
-    with the coreset; GradMatch keeps only its examples of nonzero weight. None: unweighted."""
-    stored = scores.get("weights")
-    if stored is None or not s.weighted:
-        return coreset, None
-    if s.order != "top":
-        progress.say(f"note: {scores['method']}'s weights are those of the top of its ranking; order {s.order} "
-                     "trains unweighted")
-        return coreset, None
+def _weight_key(s: CoresetOptions, scores: dict, path: str, budget: tuple[str, float]) -> str | None:
+    """Before any work: the budget key of the weights this run trains with, its weights checked
+    (:func:`_check_weights`); None: unweighted, which for a weighted method (CRAIG, GradMatch:
+    DeepCore's weighted subsets) is said in a note, and recorded as ``weighted`` false."""
+    method, stored = scores["method"], scores.get("weights")
+    record = methods.METHODS.get(method)
+    weighted_method = record is not None and record.weighted
+    if not s.weighted or s.order != "top":
+        if weighted_method or stored is not None:
+            why = "--weighted false" if not s.weighted else \
+                f"its weights are those of the top of its ranking, and order {s.order}"
+            progress.say(f"note: {method}'s coresets carry weights (DeepCore's weighted subsets), but {why} trains "
+                         "this one unweighted; recorded as weighted false")
+        return None
     key = paths.budget_token(budget)
+    value = budget[1] if budget[0] == "fraction" else int(budget[1])
+    rescore = (f"python compute_cld_scores.py --loss_path {scores.get('loss_path')} --method {method} "
+               f"--budgets {value} --overwrite")
+    if stored is None:
+        if not weighted_method:
+            return None
+        raise UserError(f"score file {path} holds no {method} weights, and {method} trains weighted (DeepCore's "
+                        f"weighted subsets); write them with: {rescore} (or pass --weighted false to train unweighted)")
     if key not in stored:
-        value = budget[1] if budget[0] == "fraction" else int(budget[1])
-        raise UserError(f"score file {path} holds {scores['method']} weights for the budgets "
-                        f"{', '.join(sorted(stored)) or 'none'}, not {key}; write them with: python compute_cld_scores.py "
-                        f"--loss_path {scores.get('loss_path')} --method {scores['method']} --budgets {value} "
-                        f"--overwrite (or pass --weighted false)")
+        raise UserError(f"score file {path} holds {method} weights for the budgets "
+                        f"{', '.join(sorted(stored)) or 'none'}, not {key}; write them with: {rescore} "
+                        "(or pass --weighted false)")
+    _check_weights(s, method, path, key, stored[key])
+    return key
+
+
+def _check_weights(s: CoresetOptions, method: str, path: str, key: str, per_class: dict) -> None:
+    """Weights the weighted loss can use: ``sum(w * loss) / sum(w)`` divides by zero when a batch's
+    weights are all zero and overflows when their float32 sum does. (The score file's loader has
+    refused NaN, infinite and negative weights.) A GradMatch class with no nonzero weight keeps no
+    example (DeepCore trains on the nonzero ones): a missing class, refused as one."""
+    total = np.float32(0)
+    for c in sorted(per_class):
+        w = per_class[c]
+        if not (w > 0).any():
+            if method == "gradmatch" and s.allow_missing_classes:
+                progress.say(f"note: gradmatch gives no example of class {c} a nonzero weight (budget {key}); "
+                             "training on the other classes (--allow_missing_classes)")
+                continue
+            if method == "gradmatch":
+                raise UserError(f"score file {path}: every gradmatch weight of class {c} (budget {key}) is zero, so "
+                                "gradmatch keeps no example of it; pass --allow_missing_classes to train on the "
+                                "classes it keeps")
+            raise UserError(f"score file {path}: every {method} weight of class {c} (budget {key}) is zero; its "
+                            "examples would weigh nothing; rescore with compute_cld_scores.py, or pass --weighted false")
+        with np.errstate(over="ignore"):
+            part = w.astype(np.float32).sum(dtype=np.float32)
+            total = np.float32(total + part)
+        if not np.isfinite(total):
+            raise UserError(f"score file {path}: the {method} weights of class {c} (budget {key}) sum beyond float32's "
+                            f"range (up to {float(w.max()):.3g} each), so the weighted loss would overflow; rescore "
+                            "with compute_cld_scores.py, or pass --weighted false")
+
+
+def _weights(scores: dict, path: str, coreset: np.ndarray, key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The per-example weights of budget ``key`` (checked by :func:`_weight_key`) aligned with the
+    coreset; GradMatch keeps only its examples of nonzero weight. None: unweighted."""
+    if key is None:
+        return coreset, None
     by_index = {}
-    for c, w in stored[key].items():
+    for c, w in scores["weights"][key].items():
         by_index.update(zip(scores["indices"][c][:len(w)].tolist(), w.tolist()))
     weights = np.array([by_index.get(int(i), np.nan) for i in coreset])
     if np.isnan(weights).any():

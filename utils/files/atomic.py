@@ -143,6 +143,14 @@ def ensure_dir(folder: str) -> None:
         raise UserError(f"folder {folder!r} is not writable; choose a writable location")
 
 
+def refuse_link(path: str) -> None:
+    """A run's own file must not be a symbolic link: written (or read as its own) through one, it would
+    change or report a file elsewhere."""
+    if path and os.path.islink(path):
+        raise UserError(f"{path} is a symbolic link; a run never writes through one: remove it, or choose other "
+                        "folders")
+
+
 def check_new_output(path: str, overwrite: bool, what: str) -> None:
     """Refuse, before any work, an output that cannot be written: one that exists (unless
     ``overwrite``), a folder in its place, a file where a folder of its path would be, or a folder

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 from utils import paths
 from utils.cli import config
 from utils.cli.flags import FlagSet, Settings
+from utils.cli.kinds import check_no_controls
+from utils.errors import UserError
 from utils.files.atomic import atomic_write
 from utils.methods import registry as methods
 from utils.methods.record import default_snapshot
@@ -143,9 +145,14 @@ def launcher_of(stage: int, launcher: str) -> str:
 
 
 def command(step: Step, flags: dict | None = None, launcher: str = "python") -> str:
-    """The shell command that runs ``step`` (with ``flags`` instead of its own, if given)."""
-    return FLAGSETS[step.stage].render(step.script, step.flags if flags is None else flags,
-                                       launcher_of(step.stage, launcher), keep=ALWAYS)
+    """The shell command that runs ``step`` (with ``flags`` instead of its own, if given): every
+    word quoted, the launcher's too (the runner runs it without a shell, so the script must mean
+    the same words, never a ``;`` or ``$(...)`` of theirs)."""
+    try:
+        words = " ".join(shlex.quote(word) for word in shlex.split(launcher_of(step.stage, launcher)))
+    except ValueError as exc:  # an unbalanced quote
+        raise UserError(f"--launcher {launcher!r} is not a command line ({exc})") from None
+    return FLAGSETS[step.stage].render(step.script, step.flags if flags is None else flags, words, keep=ALWAYS)
 
 
 def decide(step: Step) -> tuple[str, dict]:
@@ -163,14 +170,32 @@ def decide(step: Step) -> tuple[str, dict]:
     return "run", step.flags
 
 
+def tag(stage: int | str) -> str:
+    """The end of every command line of stage ``stage`` in an emitted script (``'table'`` for the
+    last). The array-job recipe selects a stage's lines by it, anchored at the line's end: every
+    value is quoted and holds no line break, so a quoted value can never end a line and the tag
+    occurs only where the script put it."""
+    return f"  # {stage if stage == 'table' else f'stage{stage}'}"
+
+
+def recipe(script: str, stage: int) -> str:
+    """The array-job recipe of one stage: task i runs the i-th command line of that stage."""
+    return f"grep '{tag(stage).strip()}$' {shlex.quote(script)} | sed -n \"${{SLURM_ARRAY_TASK_ID}}p\" | bash"
+
+
 def guarded(step: Step, launcher: str = "python") -> str:
     """One script line: skip when done, continue from ``*_last.pth`` when one exists."""
     out = shlex.quote(step.output)
     cmd = command(step, launcher=launcher)
     if step.last:  # the flag as one word, whatever the path holds (a space would split an $(echo ...))
         last = shlex.quote(step.last)
-        return f"[ -e {out} ] || {{ r=(); [ -e {last} ] && r=(--resume_path {last}); {cmd} \"${{r[@]}}\"; }}  # stage{step.stage}"
-    return f"[ -e {out} ] || {cmd}  # stage{step.stage}"
+        line = f"[ -e {out} ] || {{ r=(); [ -e {last} ] && r=(--resume_path {last}); {cmd} \"${{r[@]}}\"; }}"
+    else:
+        line = f"[ -e {out} ] || {cmd}"
+    # The flags refuse control characters; a line break here would split the line and let the
+    # recipe run its pieces as commands, so a step built around the flags is refused too.
+    check_no_controls(line, f"the stage-{step.stage} command of {step.output!r}")
+    return line + tag(step.stage)
 
 
 def stage_counts(steps: Sequence[Step]) -> dict[int, int]:
@@ -179,22 +204,29 @@ def stage_counts(steps: Sequence[Step]) -> dict[int, int]:
 
 
 def write_script(path: str, steps: Sequence[Step], table_command: str, launcher: str = "python") -> None:
-    """Write the grid as a bash script: one command per line, tagged ``# stage1/2/3`` / ``# table``."""
+    """Write the grid as a bash script: one command per line, each ending in its stage's :func:`tag`;
+    the header's counts are those the header's recipes select (checked before writing)."""
     counts = stage_counts(steps)
+    name = os.path.basename(path)
+    recipes = "\n".join(f"#     stage{s} (tasks 1..{counts[s]}):  {recipe(name, s)}" for s in (1, 2, 3))
     head = f"""#!/usr/bin/env bash
 # Grid written by reproduce_table.py; run from the repository root.
 # Stages depend on each other: every 'stage1' line must finish before any 'stage2' line starts,
 # and every 'stage2' line before any 'stage3' line. Lines of one stage are independent.
-#   all at once, in order:     bash {os.path.basename(path)}
-#   as cluster array jobs:     grep '# stage3$' {os.path.basename(path)} | sed -n "${{SLURM_ARRAY_TASK_ID}}p" | bash
-#                              (stage1: {counts[1]} lines, stage2: {counts[2]}, stage3: {counts[3]}; tasks 1..N;
-#                               chain the three arrays with --dependency=afterok)
+#   all at once, in order:     bash {shlex.quote(name)}
+#   as cluster array jobs, one array per stage, chained with --dependency=afterok:
+{recipes}
 #   then the table:            the last line (every run is found done and skipped).
 # Each line skips a finished run and continues a killed one from its *_last.pth, exactly as a rerun
 # of reproduce_table.py would.
 set -e
 """
-    lines = [guarded(s, launcher) for s in steps] + [f"{table_command}  # table"]
+    check_no_controls(table_command, "the table's command")
+    lines = [guarded(s, launcher) for s in steps] + [table_command + tag("table")]
     text = head + "\n".join(lines) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
+    for stage in (1, 2, 3):  # what each recipe selects is what its header line counts
+        selected = sum(line.endswith(tag(stage).strip()) for line in text.split("\n"))
+        if selected != counts[stage]:
+            raise AssertionError(f"stage{stage}: the recipe selects {selected} lines, the header says {counts[stage]}")
+    atomic_write(path, lambda f: f.write(text.encode()), replace=False)  # a script is never replaced
     os.chmod(path, 0o755)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import io
 import multiprocessing
 import os
 import shlex
@@ -196,7 +197,10 @@ class Runner:
                 if outcome == "busy":
                     held.append(step)
                     continue
-                self._done(step, outcome)
+                seconds, notes = outcome
+                for note in notes:
+                    self.say(note)
+                self._done(step, seconds)
         except BaseException:
             # Stopped (Ctrl-C, SIGTERM) or failed: start no queued run, and end the running ones
             # now; each keeps its last checkpoint, so a rerun continues them.
@@ -231,15 +235,19 @@ def _worker_start(counter, threads: int) -> None:
 
 
 def _worker_run(flags: dict) -> Any:
-    """One stage-3 run in a worker, its output discarded (its log and result are files)."""
+    """One stage-3 run in a worker: (seconds, its ``note:`` lines), or "busy". Its other output is
+    dropped (its log and result are files; warnings go to stderr), but a note is news the user must
+    see (a results.csv kept aside, a run trained unweighted): the parent prints it."""
     import torch
 
     if flags.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available():
         flags = {**flags, "device": f"cuda:{_WORKER['index'] % torch.cuda.device_count()}"}
     started = time.perf_counter()
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
         try:
             run_stage(3, flags)
         except RunBusy:
             return "busy"
-    return time.perf_counter() - started
+    notes = [line for line in out.getvalue().splitlines() if line.startswith("note: ")]
+    return time.perf_counter() - started, notes

@@ -70,7 +70,9 @@ class _LossStep(nn.Module):
                 total = loss.detach().double() * y.shape[0]
             else:  # DeepCore's weighted subsets: a weighted mean of the per-example losses
                 each = F.cross_entropy(logits, y, reduction="none")
-                loss = (each * w).sum() / w.sum()
+                # A batch whose examples all weigh 0 (exact duplicates' CRAIG weights) contributes no
+                # step, instead of 0/0 = NaN; any other batch divides by its own total, unchanged.
+                loss = (each * w).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
                 total = each.detach().double().sum()  # the log keeps the plain mean loss
         totals = torch.stack([total, (logits.argmax(1) == y).sum().double()])
         return loss, totals

@@ -26,7 +26,7 @@ import torch
 
 from utils import progress
 from utils.errors import UserError, first_line
-from utils.files.atomic import atomic_write, check_output_free, ensure_dir
+from utils.files.atomic import atomic_write, check_output_free, ensure_dir, refuse_link
 from utils.files.checkpoint import check_identity, load_run_state, rng_state, save_checkpoint, set_rng_state
 from utils.files.locks import RunLock
 from utils.paths import RunFiles
@@ -78,9 +78,7 @@ def claim_run(files: RunFiles, folders: list[str], resume_path: str, overwrite: 
             ensure_dir(folder)
         for path in (files.lock, files.last, files.best, files.log, files.output, files.trajectories,
                      *files.snapshots().values()):
-            if path and os.path.islink(path):  # written through, it would change a file elsewhere
-                raise UserError(f"{path} is a symbolic link; a run never writes through one: remove it, or choose "
-                                "other folders")
+            refuse_link(path)
         claim.lock = RunLock(files.lock, f"run {files.name}")
         if files.output and os.path.isdir(files.output):
             raise UserError(f"{files.output} is a folder; the run's output cannot be written there")
