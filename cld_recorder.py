@@ -55,6 +55,7 @@ RECORDED_KEYS = ("source", "train_ids", "val_ids", "group_names")
 # Differences of float32 losses vary by >= 1e-8 of their size, far above this.
 ZERO_STD_RTOL = 1e-10
 IGNORE_INDEX = -100  # the label of a token that does not count (Hugging Face's convention)
+MAX_GROUPS = 1_000_000  # integer labels are class numbers; a larger one is a mistake (loss files refuse it)
 
 
 class RecordError(ValueError):
@@ -327,7 +328,7 @@ def per_example_loss(logits: Any, targets: Any) -> Any:
     import torch.nn.functional as F
 
     logits = logits.float()
-    if logits.dim() == 2 and targets.dim() == 1 and not targets.dtype.is_floating_point:
+    if logits.dim() == 2 and logits.shape[1] > 1 and targets.dim() == 1 and not targets.dtype.is_floating_point:
         return F.cross_entropy(logits, targets.long(), reduction="none")
     if logits.dim() == 3 and targets.dim() == 2:
         shifted, labels = logits[:, :-1], targets[:, 1:].long()  # position t predicts token t + 1
@@ -336,6 +337,10 @@ def per_example_loss(logits: Any, targets: Any) -> Any:
         counted = (labels != IGNORE_INDEX).sum(dim=1)
         return token.sum(dim=1) / counted.clamp(min=1) + torch.where(counted > 0, 0.0, float("nan"))
     if logits.reshape(len(logits), -1).shape[1] == 1 and targets.numel() == len(targets):
+        if not targets.dtype.is_floating_point:
+            raise RecordError("one output per example and integer targets: is it a binary classifier? pass "
+                              "loss_fn=lambda out, y: binary_cross_entropy_with_logits(out.squeeze(1), y.float(), "
+                              "reduction='none') (the default for one output is the squared error of a regression)")
         return (logits.reshape(-1) - targets.reshape(-1).float()) ** 2
     raise RecordError(f"cannot tell a per-example loss from output {tuple(logits.shape)} and targets "
                       f"{tuple(targets.shape)}; pass loss_fn=(output, targets) -> one loss per example")
@@ -355,14 +360,17 @@ def _class_signals(logits: Any, targets: Any) -> dict[str, Any] | None:
             "el2n": (torch.softmax(logits, dim=1) - onehot).norm(dim=1)}
 
 
-def _to(obj: Any, device: Any) -> Any:
-    """``obj`` (a tensor, or lists, tuples and dicts of them) on ``device``."""
+def _to(obj: Any, device: Any, dtype: Any = None) -> Any:
+    """``obj`` (a tensor, or lists, tuples and dicts of them) on ``device``; with ``dtype``, its
+    floating-point tensors in that dtype (integer tensors such as token ids stay as they are)."""
     if hasattr(obj, "to") and callable(obj.to) and hasattr(obj, "dtype"):
+        if dtype is not None and obj.dtype.is_floating_point and obj.dtype != dtype:
+            return obj.to(device, dtype=dtype, non_blocking=True)
         return obj.to(device, non_blocking=True)
     if isinstance(obj, Mapping):
-        return {k: _to(v, device) for k, v in obj.items()}
+        return {k: _to(v, device, dtype) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(v, device) for v in obj)
+        return type(obj)(_to(v, device, dtype) for v in obj)
     return obj
 
 
@@ -384,8 +392,9 @@ def _split_batch(batch: Any) -> tuple[Any, Any, Any]:
         return inputs, batch.get("labels"), batch.get("ids")
     if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
         return batch[0], batch[1], batch[2] if len(batch) == 3 else None
+    shape = f" of {len(batch)}" if isinstance(batch, (tuple, list)) else ""
     raise RecordError("a loader must yield (inputs, targets), (inputs, targets, ids) or a dict with 'labels'; "
-                      f"got a {type(batch).__name__}")
+                      f"got a {type(batch).__name__}{shape}")
 
 
 def _distributed() -> tuple[int, int]:
@@ -397,16 +406,29 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def _sampler_order(loader: Any, n_seen: int) -> np.ndarray | None:
-    """The positions a loader without ids visits, from its sampler (a ``DistributedSampler`` gives
-    each process its share); None when the loader reads its dataset in order."""
+def _unordered(loader: Any) -> str | None:
+    """Why the examples a loader without ids yields cannot be placed (None: it reads its dataset in
+    order, or a ``DistributedSampler(shuffle=False)`` gives this process its share in order)."""
     sampler = getattr(loader, "sampler", None)
-    if sampler is None or type(sampler).__name__ == "SequentialSampler":
+    batches = getattr(loader, "batch_sampler", None)
+    if batches is not None and getattr(batches, "sampler", sampler) is not sampler:
+        return f"its batch_sampler ({type(batches).__name__}) chooses the order"
+    name = type(sampler).__name__
+    if name == "DistributedSampler":
+        return "its DistributedSampler shuffles" if getattr(sampler, "shuffle", True) else None
+    if _distributed()[1] > 1:
+        return "under torch.distributed each process needs a DistributedSampler(shuffle=False) to know its share"
+    if sampler is None or name in ("SequentialSampler", "_InfiniteConstantSampler"):
         return None
-    if type(sampler).__name__ == "RandomSampler":
-        raise RecordError("a loader that shuffles visits the examples in a new order each time; give record() "
-                          "loaders with shuffle=False, or loaders that yield (inputs, targets, ids)")
-    return np.fromiter(iter(sampler), dtype=np.int64, count=-1)[:n_seen] if n_seen else np.zeros(0, np.int64)
+    return f"its {name} visits the examples in an order of its own (a shuffling loader)"
+
+
+def _sampler_positions(loader: Any, n_seen: int) -> np.ndarray | None:
+    """The positions a ``DistributedSampler`` gave this process (None: the loader reads in order)."""
+    sampler = getattr(loader, "sampler", None)
+    if type(sampler).__name__ != "DistributedSampler":
+        return None
+    return np.fromiter(iter(sampler), dtype=np.int64, count=-1)[:n_seen]
 
 
 def evaluate(model: Any, loader: Iterable, positions_of: Callable[[Any], np.ndarray] | None = None,
@@ -418,9 +440,11 @@ def evaluate(model: Any, loader: Iterable, positions_of: Callable[[Any], np.ndar
     ``positions_of``, else the loader's order) and the values, as numpy arrays of this process."""
     import torch
 
-    device = device if device is not None else next((p.device for p in model.parameters()), torch.device("cpu"))
+    first = next(iter(model.parameters()), None)
+    device = device if device is not None else (first.device if first is not None else torch.device("cpu"))
+    dtype = first.dtype if first is not None and first.dtype.is_floating_point else torch.float32
     was_training, tf32 = model.training, (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    parts: dict[str, list] = {"positions": [], "loss": [], "correct": [], "margin": [], "el2n": []}
+    parts: dict[str, list] = {"positions": [], "loss": [], "correct": [], "margin": [], "el2n": [], "targets": []}
     model.eval()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
@@ -429,8 +453,14 @@ def evaluate(model: Any, loader: Iterable, positions_of: Callable[[Any], np.ndar
             for batch in loader:
                 inputs, targets, ids = _split_batch(batch)
                 if targets is None:
-                    raise RecordError("a batch has no targets (labels); the loss of an example needs them")
-                inputs, targets = _to(inputs, device), _to(targets, device)
+                    keys = f" (its keys: {', '.join(map(str, inputs))})" if isinstance(inputs, Mapping) else ""
+                    raise RecordError(f"a batch has no targets: a dict batch needs the key 'labels'{keys}")
+                if ids is None and seen == 0 and _unordered(loader):
+                    raise RecordError(f"the loader yields no ids and {_unordered(loader)}, so its losses cannot be "
+                                      "placed: give record() loaders that read in order (shuffle=False), or that "
+                                      "yield (inputs, targets, ids)")
+                # the model's own floating dtype for its inputs (a float64 or bfloat16 model); losses in fp32
+                inputs, targets = _to(inputs, device, dtype), _to(targets, device)
                 output = forward(model, inputs) if forward else (model(**inputs) if isinstance(inputs, Mapping)
                                                                   else model(inputs))
                 logits = _output_logits(output)
@@ -444,18 +474,26 @@ def evaluate(model: Any, loader: Iterable, positions_of: Callable[[Any], np.ndar
                 signals = _class_signals(logits, targets) if loss_fn is None else None
                 for key in ("correct", "margin", "el2n"):
                     parts[key].append(None if signals is None else signals[key].cpu().numpy())
+                class_targets = targets.dim() == 1 and not targets.dtype.is_floating_point
+                parts["targets"].append(targets.cpu().numpy() if class_targets else None)
                 seen += len(losses)
     finally:
         model.train(was_training)
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     if parts["positions"] and len(parts["positions"]) != len(parts["loss"]):
         raise RecordError("some batches carry ids and others do not; a loader yields ids in every batch or in none")
-    order = _sampler_order(loader, seen) if not parts["positions"] else np.concatenate(parts["positions"])
+    order = _sampler_positions(loader, seen) if not parts["positions"] else np.concatenate(parts["positions"])
     out = {"positions": np.arange(seen) if order is None else order,
            "loss": np.concatenate(parts["loss"]) if parts["loss"] else np.zeros(0, np.float32)}
-    if parts["correct"] and all(c is not None for c in parts["correct"]):
-        out.update({key: np.concatenate(parts[key]) for key in ("correct", "margin", "el2n")})
+    for keys in (("correct", "margin", "el2n"), ("targets",)):
+        if parts[keys[0]] and all(c is not None for c in parts[keys[0]]):
+            out.update({key: np.concatenate(parts[key]) for key in keys})
     return out
+
+
+def _first_repeat(values: np.ndarray) -> Any:
+    ordered = np.sort(values)
+    return ordered[1:][ordered[1:] == ordered[:-1]][0]
 
 
 def _gathered(part: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -473,11 +511,14 @@ def _gathered(part: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
 def _assemble(parts: list[dict[str, np.ndarray]], n: int, what: str) -> dict[str, np.ndarray]:
     """One array per signal, by position, from every process's part; every example exactly covered
     (a ``DistributedSampler`` repeats a few to even out the shares: the same values)."""
-    keys = [k for k in ("loss", "correct", "margin", "el2n") if all(k in p for p in parts)]
-    out = {k: np.zeros(n, bool if k == "correct" else np.float32) for k in keys}
+    keys = [k for k in ("loss", "correct", "margin", "el2n", "targets") if all(k in p for p in parts)]
+    out = {k: np.zeros(n, bool if k == "correct" else np.int64 if k == "targets" else np.float32) for k in keys}
     covered = np.zeros(n, bool)
     for part in parts:
         pos = part["positions"]
+        if len(parts) == 1 and len(np.unique(pos)) != len(pos):  # (a DistributedSampler pads with repeats)
+            raise RecordError(f"the {what} loader yields an example twice (position {int(_first_repeat(pos))}); it "
+                              "must yield every example once")
         if pos.size and (pos.min() < 0 or pos.max() >= n):
             raise RecordError(f"the {what} loader yields example {int(pos.max() if pos.max() >= n else pos.min())}, "
                               f"outside the {n} examples the recorder was given")
@@ -519,6 +560,9 @@ def _groups(train: Any, val: Any, n_train: int | None, n_val: int | None) -> tup
         for name, lbl in (("train_labels", train), ("val_labels", val)):
             if lbl.size and lbl.min() < 0:
                 raise RecordError(f"{name} holds the negative label {int(lbl.min())}")
+            if lbl.size and lbl.max() >= MAX_GROUPS:  # memory and files are sized by the largest label
+                raise RecordError(f"{name} holds the label {lbl.max()}; integer labels are class numbers below "
+                                  f"{MAX_GROUPS:,}: give other groups as strings (names)")
         return train.astype(np.int64), val.astype(np.int64), None
     names = np.unique(np.concatenate([train.astype(str), val.astype(str)]))
     return (np.searchsorted(names, train.astype(str)).astype(np.int64),
@@ -532,6 +576,10 @@ def _ids(ids: Any, n: int, what: str) -> np.ndarray:
     ids = np.asarray(ids.cpu() if hasattr(ids, "cpu") else ids)
     if ids.ndim != 1 or len(ids) != n:
         raise RecordError(f"{what} must give one id per example ({n}), got shape {ids.shape}")
+    if ids.dtype.kind not in "iuU" and not (ids.dtype.kind == "O" and all(isinstance(i, str) for i in ids)):
+        raise RecordError(f"{what} must be integers or strings, got {ids.dtype} values")
+    if ids.dtype.kind == "u" and ids.size and ids.max() > np.iinfo(np.int64).max:
+        raise RecordError(f"{what} holds {ids.max()}, beyond the int64 range ids are stored in; give them as strings")
     ids = ids.astype(np.int64) if ids.dtype.kind in "iub" else ids.astype(str)
     if len(np.unique(ids)) != n:
         raise RecordError(f"{what} lists an id twice; every example needs its own id")
@@ -554,7 +602,9 @@ class _Positions:
         found = np.clip(np.searchsorted(self.sorted, values), 0, len(self.sorted) - 1)
         unknown = self.sorted[found] != values
         if unknown.any():
-            raise RecordError(f"a loader yields the id {values[unknown][0]!r}, which the recorder was not given")
+            kind = "integers" if self.sorted.dtype.kind == "i" else "strings"
+            raise RecordError(f"a loader yields the id {values[unknown][0].item()!r}, which the recorder was not given "
+                              f"(its ids are {kind}, e.g. {self.sorted[0].item()!r})")
         return self.order[found]
 
 
@@ -594,6 +644,12 @@ class LossRecorder:
         self.folder, self.trajectories = os.path.abspath(folder), trajectories
         self.name = _safe_name(name or os.path.basename(self.folder.rstrip(os.sep)) or "recorded")
         self.num_groups = int(max(self.tr_lbl.max(), self.val_lbl.max())) + 1
+        lonely = np.setdiff1d(np.unique(self.tr_lbl), self.val_lbl)
+        if lonely.size:  # CLD correlates with the group's validation losses: said now, not after training
+            names = [self.group_names[g] if self.group_names else int(g) for g in lonely[:5]]
+            raise RecordError(f"group {', '.join(map(repr, names))}{' ...' if lonely.size > 5 else ''} has training "
+                              "examples but no validation example, so its CLD is undefined; give every group "
+                              "validation examples")
         self.rank = _distributed()[0]
         self.finished, self.layout = False, None
         self.epochs_recorded = 0
@@ -631,7 +687,8 @@ class LossRecorder:
         self.epochs_recorded, self.layout = int(progress["epochs_recorded"]), progress.get("layout")
         wanted = int(progress["epochs"]) if epochs is None else int(epochs)
         if wanted < self.epochs_recorded:
-            raise RecordError(f"{self.folder} holds {self.epochs_recorded} recorded epochs, more than epochs={wanted}")
+            raise RecordError(f"{self.folder} holds {self.epochs_recorded} recorded epoch"
+                              f"{'s' if self.epochs_recorded != 1 else ''}, more than epochs={wanted}")
         self.epochs = wanted
         if self.epochs_recorded:
             self._open_store(self.epochs_recorded)
@@ -665,12 +722,7 @@ class LossRecorder:
         """Record one epoch from arrays you computed: every training and every validation example's
         loss, in the order of the labels given (and, for the forgetting, AUM and EL2N baselines, each
         training example's correctness, logit margin and EL2N, all three or none)."""
-        if self.finished:
-            raise RecordError("add_epoch after finish(): the loss file is written; open a new LossRecorder on the "
-                              "folder to record more epochs")
-        if self.epochs_recorded >= self.epochs:
-            raise RecordError(f"epoch {self.epochs_recorded + 1} is more than the {self.epochs} epochs declared; pass a "
-                              "larger epochs= to LossRecorder")
+        self._check_room("add_epoch")
         rows = {"tr_loss": self._row(train_losses, len(self.tr_lbl), np.float32, "train_losses", self.train_ids),
                 "val_loss": self._row(val_losses, len(self.val_lbl), np.float32, "val_losses", self.val_ids)}
         given = {"tr_correct": correct, "tr_margin": margin, "tr_el2n": el2n}
@@ -687,6 +739,14 @@ class LossRecorder:
             self.epochs_recorded += 1
             return
         self._write(rows, layout)
+
+    def _check_room(self, call: str) -> None:
+        if self.finished:
+            raise RecordError(f"{call} after finish(): the loss file is written; open a new LossRecorder on the "
+                              "folder to record more epochs")
+        if self.epochs_recorded >= self.epochs:
+            raise RecordError(f"epoch {self.epochs_recorded + 1} is more than the {self.epochs} epochs declared; pass a "
+                              "larger epochs= to LossRecorder")
 
     def _write(self, rows: dict[str, np.ndarray], layout: list[str]) -> None:
         """The epoch's rows on disk, then the progress that counts them (so a kill in between loses
@@ -740,10 +800,17 @@ class LossRecorder:
         Under ``torch.distributed`` every process evaluates its share (a ``DistributedSampler``, or
         ids in the batches) and the main process writes the rows by example.
         """
+        self._check_room("record")  # before the evaluation pass, not after it
         train = evaluate(model, train_loader, self._positions[0], loss_fn, forward, device)
         val = evaluate(model, val_loader, self._positions[1], loss_fn, forward, device)
         train = _assemble(_gathered(train), len(self.tr_lbl), "training")
         val = _assemble(_gathered(val), len(self.val_lbl), "validation")
+        for name, values, labels in (("training", train, self.tr_lbl), ("validation", val, self.val_lbl)):
+            if self.group_names is None and "targets" in values and not np.array_equal(values["targets"], labels):
+                at = int(np.flatnonzero(values["targets"] != labels)[0])
+                raise RecordError(f"the {name} loader's targets differ from the labels given (first at position {at}: "
+                                  f"label {labels[at]}, target {values['targets'][at]}): it reads the examples in "
+                                  "another order than the labels; give loaders in that order, or that yield ids")
         signals = {k: train[k] for k in ("correct", "margin", "el2n")} if "correct" in train else {}
         self.add_epoch(train["loss"], val["loss"], **signals)
         _barrier()

@@ -5,6 +5,7 @@ torch.distributed, and the installable package."""
 from __future__ import annotations
 
 import os
+import re
 import pickle
 import subprocess
 import sys
@@ -317,3 +318,58 @@ def test_the_recorder_benchmark_runs_and_prints_its_table():
     assert lines[0].split() == [w for c in COLUMNS for w in c.split()]
     mlp = lines[1].split()
     assert mlp[0] == "mlp" and int(mlp[-1]) == 300 * (4 + 1 + 2 + 2) + 30 * 4  # the rows of one epoch, in bytes
+
+
+def test_loaders_and_inputs_the_recorder_cannot_place_are_refused_before_a_wrong_row_is_written(tmp_path):
+    model = _dropout_model()
+    (train, val), (x, y, xv, yv) = _loaders()
+    labels = _labels()
+    rec = LossRecorder(str(tmp_path / "r"), *labels, epochs=3)
+    dataset = torch.utils.data.TensorDataset(x, y)
+    cases = {
+        "SubsetRandomSampler visits the examples in an order of its own": torch.utils.data.DataLoader(
+            dataset, batch_size=7, sampler=torch.utils.data.SubsetRandomSampler(range(N_TRAIN))),
+        "batch_sampler (BatchSampler) chooses the order": torch.utils.data.DataLoader(
+            dataset, batch_sampler=torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(dataset), 7, False)),
+        "targets differ from the labels given (first at position 0": torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x.flip(0), y.flip(0)), batch_size=7),
+        "yields an example twice": torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x, y, torch.arange(N_TRAIN) // 2), batch_size=7),
+    }
+    for message, loader in cases.items():
+        with pytest.raises(RecordError, match=re.escape(message)):
+            rec.record(model, loader, val)
+    assert rec.epochs_recorded == 0 and not os.path.exists(tmp_path / "r" / "recording.json")
+
+    class Stream(torch.utils.data.IterableDataset):  # a streaming dataset read in order
+        def __iter__(self):
+            return iter(zip(x, y))
+
+    rec.record(model.double(), torch.utils.data.DataLoader(Stream(), batch_size=7), val)  # a float64 model
+    assert rec.epochs_recorded == 1
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"train_ids": np.arange(N_TRAIN) + 0.5}, "train_ids must be integers or strings"),
+    ({"train_ids": np.arange(N_TRAIN, dtype=np.uint64) + np.uint64(2**63)}, "beyond the int64 range"),
+    ({"train_labels": np.arange(N_TRAIN) * 10**6}, "integer labels are class numbers below 1,000,000"),
+    ({"val_labels": np.zeros(N_VAL, int)}, "group 1, 2 has training examples but no validation example"),
+])
+def test_ids_and_groups_the_files_cannot_hold_are_refused_at_once(tmp_path, kwargs, message):
+    train, val = _labels()
+    args = {"train_labels": train, "val_labels": val, **kwargs}
+    with pytest.raises(RecordError, match=re.escape(message)):
+        LossRecorder(str(tmp_path / "r"), args.pop("train_labels"), args.pop("val_labels"), epochs=3, **args)
+
+
+def test_a_binary_model_with_one_output_is_asked_for_its_loss_and_finish_ends_recording(tmp_path):
+    (train, val), (x, y, xv, yv) = _loaders()
+    one_output = torch.nn.Linear(5, 1)
+    rec = LossRecorder(str(tmp_path / "r"), *_labels(), epochs=3)
+    with pytest.raises(RecordError, match="pass loss_fn="):
+        rec.record(one_output, train, val)
+    for epoch in range(3):
+        rec.add_epoch(*_epoch_arrays(epoch))
+    rec.finish()
+    with pytest.raises(RecordError, match=r"record after finish\(\)"):
+        rec.record(one_output, train, val)

@@ -106,3 +106,23 @@ def test_a_symlinked_output_of_a_run_is_refused_in_one_line(reference, data, tmp
     os.symlink(target, link)
     assert_user_error(cli(module, *flag_args(flags)), f"{link} is a symbolic link")
     assert target.read_bytes() == b""
+
+
+def test_a_figure_of_a_sums_file_and_flags_for_outputs_not_asked_for_are_refused_before_writing(reference, tmp_path):
+    import numpy as np
+
+    from cld_recorder import LossRecorder
+
+    rng = np.random.default_rng(0)
+    rec = LossRecorder(str(tmp_path / "rec"), np.arange(30) % 3, np.arange(9) % 3, epochs=4, trajectories="sums")
+    for _ in range(4):
+        rec.add_epoch(rng.random(30), rng.random(9))
+    sums = rec.finish()
+    out = str(tmp_path / "s.pickle")
+    for args, message in (([sums, "--figure", str(tmp_path / "f.png"), "--export_coreset", str(tmp_path / "k.npy"),
+                            "--fraction", "0.5"], 'trajectories="full"'),
+                          ([reference["loss"], "--figure_class", "1"], "--figure_class chooses the class --figure"),
+                          ([reference["loss"], "--stability_epochs", "[3]"], "give --stability too")):
+        before = sorted(os.listdir(tmp_path))
+        assert_user_error(cli(compute_cld_scores, "--loss_path", *args[:1], "--output_path", out, *args[1:]), message)
+        assert sorted(os.listdir(tmp_path)) == before

@@ -270,6 +270,10 @@ def _check_stage2(s: Settings) -> Settings:
     require(not s.stability or (s.first_epochs == 0 and s.epoch_stride == 1), "--stability compares the first E "
             "recorded epochs with all of them; give it without --first_epochs and --epoch_stride")
     check_safe_name(s.model_arch, "--model_arch")
+    # a flag that shapes an output not asked for would be ignored without a word
+    require(s.figure or s.figure_class is None, "--figure_class chooses the class --figure draws; give --figure too")
+    require(s.stability or not s.stability_epochs, "--stability_epochs chooses the epochs of --stability; give "
+            "--stability too")
     if s.stability:
         require(method.family == "trajectory", f"--stability compares rankings from fewer recorded epochs; "
                 f"{method.name} scores from model weights, not from the trajectories")

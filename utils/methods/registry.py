@@ -2,7 +2,7 @@
 
 A method module holds its record (:class:`utils.methods.record.Method`), its math and its adapter
 to what stage 2 hands it; this registry only lists the modules. Adding a method is one new module
-and one line in :data:`MODULES` (docs/methods.md, "Add a method"). Torch-free: the method modules
+and its name in the registry's import and in :data:`MODULES` (docs/methods.md, "Add a method"). Torch-free: the method modules
 import torch inside the functions that compute.
 """
 from __future__ import annotations

@@ -5,6 +5,7 @@ coreset's ids written for the user's own loop, and the ids of a recorded loss fi
 (:mod:`~utils.scoring.export`).
 
 Takes :class:`~utils.scoring.options.ScoreOptions`; imports ``methods``, ``core``, ``train``,
-``data`` and ``files``, nothing of the other stages. Called by the command line, the grid and
+``data``, ``files``, ``models/`` and ``cld_recorder.py`` (CLD's running sums), nothing of the other
+stages. Called by the command line, the grid and
 :mod:`utils.api`.
 """

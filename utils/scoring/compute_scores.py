@@ -201,12 +201,14 @@ def _read(path: str, s: ScoreOptions, method: Method) -> dict:
         raise UserError(f"loss file {path} not found; {_made_by(path)}")
     if path.endswith(".npz"):
         sums = load_sums(path)
+        # how to get the full trajectories: stage 1's flag, or the recorder's argument
+        full = ('record it again with LossRecorder(..., trajectories="full")' if sums.get("source") == "recorder"
+                else "rerun stage 1 with --trajectories full")
         require(not s.stability, f"{path} holds CLD's running sums of all {len(sums['epoch'])} epochs only, so "
-                f"--stability has one E available ({len(sums['epoch'])}); rerun stage 1 with --trajectories full to "
-                "compare earlier epochs")
-        require(method.name == "cld", f"{path} holds CLD's running sums only (stage 1 ran with --trajectories "
-                f"sums); method {method.name!r} needs the full trajectories or a model: rerun stage 1 with "
-                "--trajectories full")
+                f"--stability has one E available ({len(sums['epoch'])}); {full} to compare earlier epochs")
+        require(not s.figure, f"{path} holds CLD's running sums only; --figure draws the loss trajectories: {full}")
+        require(method.name == "cld", f"{path} holds CLD's running sums only; method {method.name!r} needs the full "
+                f"trajectories or a model: {full}")
         require(s.first_epochs == 0 and s.epoch_stride == 1, "--first_epochs and --epoch_stride need the full "
                 "trajectories; a sums file holds only the sums over every epoch")
         _check_config(sums.get("config"), path)
