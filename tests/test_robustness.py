@@ -180,11 +180,14 @@ def test_killed_stage1_resumes_to_the_uninterrupted_files(data, reference, tmp_p
     # 1. Killed while evaluating in epoch 2 (its 5th evaluation pass: the training split's losses).
     run_killed("get_loss_values.py", flags, "from utils.train.engine import Trainer\non_call(Trainer, 'evaluate', 5)")
     assert check_loadable(tmp_path) == [] and epochs_in(last) == 1 and len(log_rows(log)) == 1
-    # What the user does next: a plain rerun is refused with the flag that continues the run.
-    assert_user_error(cli(get_loss_values, *flag_args(flags)), "already exists", f"--resume_path {last}")
+    # What the user does next: the same command continues the run; with another recipe it is
+    # refused, naming the field and how to start over, and writes nothing.
+    assert_user_error(cli(get_loss_values, *flag_args({**flags, "learning_rate": 0.05})), last, "learning_rate",
+                      "--overwrite")
+    assert epochs_in(last) == 1 and len(log_rows(log)) == 1
 
-    # 2. Resumed, then killed half-way through writing the checkpoint of epoch 2.
-    run_killed("get_loss_values.py", resume, "half_way('_last.pth')")
+    # 2. Rerun as it was (continuing), then killed half-way through writing the checkpoint of epoch 2.
+    run_killed("get_loss_values.py", flags, "half_way('_last.pth')")
     temps = check_loadable(tmp_path)
     assert epochs_in(last) == 1 and len(temps) == 1 and os.path.basename(temps[0]).startswith(f".{RUN1}_last.pth.")
 
@@ -233,10 +236,10 @@ def test_killed_stage3_resumes_to_the_uninterrupted_result(data, reference, tmp_
     # 2. Resumed, then killed after the checkpoint of epoch 3 but before that epoch's log row.
     run_killed("train_on_coresets.py", resume, "between('_last.pth', 2, 'run.csv')")
     assert len(check_loadable(tmp_path)) == 1 and epochs_in(last) == EPOCHS and len(log_rows(log)) == EPOCHS - 1
-    assert_user_error(cli(train_on_coresets, *flag_args(flags)), f"--resume_path {last}")
 
-    # 3. Resumed (nothing left to train), then killed half-way through writing the results JSON.
-    run_killed("train_on_coresets.py", resume, "half_way('run.json')")
+    # 3. Rerun as it was (continuing; nothing left to train), then killed half-way through writing
+    #    the results JSON.
+    run_killed("train_on_coresets.py", flags, "half_way('run.json')")
     assert len(check_loadable(tmp_path)) == 1 and not result_json.exists()
 
     # 4. Resumed: writes the result; the log is whole again.

@@ -4,6 +4,8 @@
 * :func:`rank`: per-class rankings from any per-example scores;
 * :func:`baseline`: a DeepCore baseline's per-class ranking from their own embeddings and
   logits (or probabilities);
+* :func:`baseline_from_trajectories`: a training-dynamics baseline's per-class ranking (forgetting,
+  EL2N, AUM, mean loss, dynamic uncertainty) from their own per-epoch arrays;
 * :func:`select`: a coreset from per-class rankings, at a budget and an order.
 
 Each computes exactly what the stages compute (the same functions run underneath); each checks
@@ -14,6 +16,7 @@ twice, mismatched lengths, an unknown method) instead of failing deep inside (do
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
@@ -27,14 +30,36 @@ from utils.core.selection import SCORED_ORDERS, class_budgets, select_coreset
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# The stages' messages speak of command-line flags and files; through the API they name the
+# function's arguments instead (the shared functions underneath keep the stages' wording).
+_API_WORDS: tuple[tuple[str, str], ...] = (
+    (r"--samples_per_class K(?: \(or --topk_per_class K\))? or --fraction F", "samples_per_class or fraction"),
+    (r"needs per-example scores, and this score file lists indices only \(a legacy file of the paper's code\); "
+     r"rescore with compute_cld_scores\.py", "needs per-example scores: pass scores= (the aligned scores that "
+     "api.rank, api.baseline and api.baseline_from_trajectories return)"),
+    (r" \(stage 1: a larger val_split_ratio\)", ""),
+    (r";? ?(?:rerun|Rerun) stage 1 with a larger val_split_ratio", ""),
+    (r"--(samples_per_class|fraction|order|seed|ccs_beta|el2n_epochs|dyn_unc_window)\b", r"\1"),
+    (r" in the score file\b", " in ranked"),
+)
+
+
+def api_message(message: str) -> str:
+    """A stage's user error in the API's terms: arguments, not command-line flags or files."""
+    for pattern, replacement in _API_WORDS:
+        message = re.sub(pattern, replacement, message)
+    return message
+
+
 def _value_errors(fn: F) -> F:
-    """Report the stages' user errors as ``ValueError`` (what a Python caller expects)."""
+    """Report the stages' user errors as ``ValueError`` (what a Python caller expects), in the
+    API's terms (:func:`api_message`)."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            raise ValueError(str(exc)) from None
+            raise ValueError(api_message(str(exc))) from None
     return wrapper  # type: ignore[return-value]
 
 
@@ -69,17 +94,22 @@ def _labels(labels: Any, what: str, n: int | None = None) -> np.ndarray:
     return _integers(labels, what, "class label", "class labels", n)
 
 
-def _matrix(values: Any, what: str, rows: int | None = None, limit: float = MAX_FEATURE) -> np.ndarray:
+def _matrix(values: Any, what: str, rows: int | None = None, limit: float = MAX_FEATURE,
+            columns: int | None = None) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim != 2 or arr.dtype.kind not in "iuf":
         raise ValueError(f"{what} must be a 2-D array of numbers, got {arr.dtype} of shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError(f"{what} holds NaN or infinite values")
-    if arr.size and np.abs(arr).max() > limit:
+    if arr.size and float(np.abs(arr).max()) > limit:
         raise ValueError(f"{what} holds a value of magnitude {float(np.abs(arr).max()):.3g}, beyond {limit:.3g}, where "
                          "float32 arithmetic overflows to inf and NaN; scale it down")
     if rows is not None and arr.shape[0] != rows:
         raise ValueError(f"{what} has {arr.shape[0]} rows but there are {rows} examples")
+    if columns is not None and arr.shape[1] != columns:
+        raise ValueError(f"{what} has {arr.shape[1]} columns (examples) but there are {columns} labels")
+    if columns is not None and arr.shape[0] < 1:
+        raise ValueError(f"{what} has no epochs (rows)")
     return arr
 
 
@@ -238,6 +268,77 @@ def baseline(method: str, labels: Any, *, embeddings: Any = None, logits: Any = 
               "val_lbl": vlabels if vfeats is not None else np.zeros(0, np.int64)}
     options = {"seed": int(seed), "cal_neighbors": int(cal_neighbors), "glister_eta": float(glister_eta)}
     return snapshot.rank_classes(record, feats, vfeats, losses, options, snapshot.full_gradients(feats))[:2]
+
+
+# The training-dynamics baselines: each argument of baseline_from_trajectories and the loss-file
+# key its method reads.
+TRAJECTORY_INPUTS = {"losses": "tr_loss", "correct": "tr_correct", "el2n": "tr_el2n", "margin": "tr_margin"}
+
+
+@_value_errors
+def baseline_from_trajectories(method: str, labels: Any, *, losses: Any = None, correct: Any = None,
+                               el2n: Any = None, margin: Any = None, indices: Any = None, el2n_epochs: int = 20,
+                               dyn_unc_window: int = 10) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """A training-dynamics baseline's per-class ranking from your own per-epoch arrays, as stage 2
+    ranks it from a loss file (the same method modules run underneath).
+
+    Args:
+        method: ``"forgetting"`` (reads ``correct``), ``"el2n"`` (``el2n``), ``"aum"`` (``margin``),
+            ``"loss"`` or ``"dyn_unc"`` (``losses``).
+        labels: (N,) integer classes.
+        losses: (E, N) loss of each training example after each epoch.
+        correct: (E, N) whether each example was classified correctly after each epoch (bool, or 0/1).
+        el2n: (E, N) ||softmax - onehot||_2 of each example after each epoch.
+        margin: (E, N) the logit of the label minus the largest other logit, after each epoch.
+        indices: (N,) dataset indices (default 0..N-1); ties go to the lower one.
+        el2n_epochs: EL2N averages over the first this-many epochs.
+        dyn_unc_window: dynamic uncertainty's window of consecutive epochs.
+
+    Returns:
+        ``(ranked, scores)``: {class: indices best first} and {class: their scores}; the top of a
+        ranking is what the method's authors keep (most forgotten, highest EL2N, highest AUM).
+    """
+    record = methods.get(method)
+    usable = [m.name for m in methods.METHODS.values() if m.family == "trajectory" and m.inputs
+              and set(m.inputs) <= set(TRAJECTORY_INPUTS.values())]
+    if record.name not in usable:
+        raise ValueError(f"method {record.name!r} is not ranked from per-epoch arrays here; choose one of "
+                         f"{', '.join(usable)} (CLD: api.cld, then api.rank)")
+    given = {"losses": losses, "correct": correct, "el2n": el2n, "margin": margin}
+    labels = _labels(labels, "labels")
+    n = labels.shape[0]
+    arrays: dict[str, np.ndarray] = {}
+    for name, key in TRAJECTORY_INPUTS.items():
+        if key in record.inputs:
+            if given[name] is None:
+                raise ValueError(f"{record.name} reads {name}: an (epochs, examples) array")
+            arrays[key] = _epoch_matrix(given[name], name, n)
+    extra = sorted(name for name, key in TRAJECTORY_INPUTS.items() if given[name] is not None and key not in arrays)
+    if extra:
+        raise ValueError(f"{record.name} does not read {', '.join(extra)}; give only what it reads")
+    for name, value in (("el2n_epochs", el2n_epochs), ("dyn_unc_window", dyn_unc_window)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    epochs = next(iter(arrays.values())).shape[0]
+    loss_dict = {"epoch": np.arange(epochs), "tr_lbl": labels, "train_indices": _indices(indices, n), **arrays}
+    values = record.score(loss_dict, el2n_epochs=int(el2n_epochs), dyn_unc_window=int(dyn_unc_window))
+    return rank_per_class(values, labels, loss_dict["train_indices"])
+
+
+def _epoch_matrix(values: Any, name: str, n: int) -> np.ndarray:
+    """An (epochs, N) array as stage 1 records it: ``correct`` as bool, the rest float32."""
+    if name != "correct":
+        return _matrix(values, name, limit=MAX_LOSS, columns=n).astype(np.float32, copy=False)
+    arr = np.asarray(values)
+    if arr.ndim != 2 or (arr.size and arr.dtype.kind not in "biu"):
+        raise ValueError(f"correct must be a 2-D array of bools (or 0/1), got {arr.dtype} of shape {arr.shape}")
+    if arr.dtype.kind != "b" and arr.size and not np.isin(arr, (0, 1)).all():
+        raise ValueError("correct holds values other than 0 and 1 (True and False)")
+    if arr.shape[1] != n:
+        raise ValueError(f"correct has {arr.shape[1]} columns (examples) but there are {n} labels")
+    if arr.shape[0] < 1:
+        raise ValueError("correct has no epochs (rows)")
+    return arr.astype(bool)
 
 
 @_value_errors

@@ -160,11 +160,13 @@ CCS_BETA = Flag("ccs_beta", Float(0, 1, hi_open=True), 0.0, "ccs: fraction of ea
 SCORING = [
     Flag("loss_path", Path(), "", "loss (or sums) file of stage 1; default "
          "Scores/{dataset}_{model_arch}_seed1234_losses.pickle"),
-    Flag("dataset", Choice(_datasets), "CIFAR100", "dataset of the default loss_path and of legacy files (files "
-         "of this project carry their own)"),
-    Flag("model_arch", Str(), "resnet18", "model of the default loss_path and of legacy files"),
+    Flag("dataset", Optional(Choice(_datasets)), None, "the loss file's dataset: fills in for legacy files that "
+         "record none, and names the file of no --loss_path (default CIFAR100 there); refused when the file records "
+         "another"),
+    Flag("model_arch", Optional(Str()), None, "the loss file's model: fills in for legacy files that record none, "
+         "and names the file of no --loss_path (default resnet18 there); refused when the file records another"),
     Flag("split_path", Path(), "", "split file of a legacy loss file of the paper's code (required for those)"),
-    Flag("method", Choice(methods.names), "cld", "scoring method (see docs/methods.md)"),
+    Flag("method", Choice(methods.names), "cld", f"scoring method: {', '.join(methods.names())} (docs/methods.md)"),
     Flag("output_path", Path(), "", "score file to write; default beside the loss file, "
          "{METHOD}_{dataset}_{arch}_seed{seed}_scores.pickle"),
     Flag("export_coreset", Path(), "", "also write the coreset to keep, its ids ascending: a .npy of int64 ids "
@@ -269,7 +271,8 @@ def _check_stage2(s: Settings) -> Settings:
     budgets_of(s.stability_k, "--stability_k")
     require(not s.stability or (s.first_epochs == 0 and s.epoch_stride == 1), "--stability compares the first E "
             "recorded epochs with all of them; give it without --first_epochs and --epoch_stride")
-    check_safe_name(s.model_arch, "--model_arch")
+    if s.model_arch is not None:
+        check_safe_name(s.model_arch, "--model_arch")
     # a flag that shapes an output not asked for would be ignored without a word
     require(s.figure or s.figure_class is None, "--figure_class chooses the class --figure draws; give --figure too")
     require(s.stability or not s.stability_epochs, "--stability_epochs chooses the epochs of --stability; give "

@@ -233,9 +233,7 @@ class FlagSet:
                  "flags (a boolean also as a bare --flag or --noflag; a list as [a,b]):"]
         for f in self:
             lines.append(f"    --{f.name}={f.kind.label.upper().replace(' ', '_')}")
-            # An empty default means 'derived', which the help itself explains.
-            default = "" if f.default == "" else f" (default: {'none' if f.default is None else f.kind.render(f.default)})"
-            lines.append(f"        {f.help}{default}")
+            lines.append(f"        {f.help}{default_note(f)}")
         return "\n".join(lines) + "\n"
 
     def render(self, script: str, values: Mapping[str, Any], launcher: str = "python",
@@ -257,6 +255,19 @@ class FlagSet:
             else:
                 words += [f"--{name}", shlex.quote(flag.kind.render(value))]
         return " ".join(words)
+
+
+def states_default(help: str) -> bool:
+    """Whether a flag's help already says what its default is (then ``--help`` adds no second one)."""
+    return re.search(r"\bdefault", help, re.I) is not None
+
+
+def default_note(flag: Flag) -> str:
+    """What ``--help`` appends to a flag's help: `` (default: ...)``, unless the help states the
+    default itself or the default is empty (derived, which the help explains)."""
+    if flag.default == "" or states_default(flag.help):
+        return ""
+    return f" (default: {'none' if flag.default is None else flag.kind.render(flag.default)})"
 
 
 def _is_flag(word: str) -> bool:

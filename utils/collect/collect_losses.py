@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -29,8 +29,8 @@ from utils.core.stability import StopRule, budget_words, check_budgets_below_cla
 from utils.train import distributed
 from utils.train.options import Recipe, SessionOptions, recipe_identity
 from utils.train.session import Session, evaluate_checkpoint, open_session, where
-from utils.train.state import (RunState, claim_run, epoch_line, only_more_epochs, recipe_differences, run_claims,
-                               schedule_note)
+from utils.train.state import (RunState, claim_run, continue_interrupted, epoch_line, only_more_epochs,
+                               recipe_differences, run_claims, schedule_note)
 
 
 def collect_losses(s: CollectOptions) -> str:
@@ -51,13 +51,18 @@ def collect_losses(s: CollectOptions) -> str:
         done = _already_complete(s, output, ratio)
         if done:
             return done
+    # The same command run again after an interruption continues the run from its *_last.pth (its
+    # recipe checked as for an explicit --resume_path); not under torchrun (see continue_interrupted).
+    resume_path = continue_interrupted(files, s.resume_path, s.overwrite)
+    continued = resume_path != s.resume_path
+    s = replace(s, resume_path=resume_path)
     with run_claims() as claims:  # the main process holds the run's lock for the run's whole life
         def prepare() -> None:
             folders = [s.checkpoint_path, s.logpath, s.scores_dir, s.splits_dir]
             claims.append(claim_run(files, folders, s.resume_path, s.overwrite))
 
         session = open_session(options, recipe, dataset=info.name, model_arch=s.model_arch, prepare=prepare)
-        return _run(s, session, files, recipe, ratio, sums)
+        return _run(s, session, files, recipe, ratio, sums, continued)
 
 
 @dataclass
@@ -72,10 +77,11 @@ class _Run:
     stopped: dict | None = None  # --stop_when_stable's decision, when a resumed run had made it already
 
 
-def _run(s: CollectOptions, session: Session, files: paths.RunFiles, recipe: Recipe, ratio: float, sums: bool) -> str:
+def _run(s: CollectOptions, session: Session, files: paths.RunFiles, recipe: Recipe, ratio: float, sums: bool,
+         continued: bool = False) -> str:
     """The run itself: split and resume, then the epoch loop, then the loss file."""
     say = progress.say if session.dist.is_main else (lambda *a, **k: None)
-    r = _prepare(s, session, files, recipe, ratio, sums, say)
+    r = _prepare(s, session, files, recipe, ratio, sums, say, continued)
     stopped = _epochs(s, session, r, recipe.epochs, sums, say)
     with distributed.fail_together():  # every process returns once the output exists
         if session.dist.is_main:
@@ -152,9 +158,9 @@ def _stopped(s: CollectOptions, rule: StopRule, epoch: int) -> dict:
 
 
 def _prepare(s: CollectOptions, session: Session, files: paths.RunFiles, recipe: Recipe, ratio: float, sums: bool,
-             say) -> _Run:
-    """The split, the run's state (resumed if asked), its row store and stop rule, and what the run
-    says before its first epoch."""
+             say, continued: bool = False) -> _Run:
+    """The split, the run's state (resumed if asked, or ``continued`` from the run's own checkpoint),
+    its row store and stop rule, and what the run says before its first epoch."""
     info, is_main = session.data.info, session.dist.is_main
     labels = session.data.train_labels
     train_idx, val_idx = stratified_split(labels, ratio, s.manual_seed, session.data.num_classes)
@@ -179,7 +185,7 @@ def _prepare(s: CollectOptions, session: Session, files: paths.RunFiles, recipe:
              else FullTrajectories(files, recipe.epochs, len(train_idx), len(val_idx)))
     stopped = None
     if s.resume_path:  # before the split file is written: a refused resume writes nothing
-        extra = run.resume(s.resume_path, recipe.epochs, s.overwrite, log=say)
+        extra = run.resume(s.resume_path, recipe.epochs, s.overwrite, log=say, continued=continued)
         if rule is not None and "stability" in extra:  # the same test goes on
             rule.restore(extra["stability"], s.resume_path)
         stopped = extra.get("stopped")

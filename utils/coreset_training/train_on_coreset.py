@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 
@@ -30,8 +30,8 @@ from utils.train import distributed
 from utils.train.options import (MIN_STEPS, Recipe, SessionOptions, check_model, optimizer_steps, recipe_for_steps,
                                  recipe_identity)
 from utils.train.session import evaluate_checkpoint, open_session, where
-from utils.train.state import (RunState, claim_run, epoch_line, only_more_epochs, recipe_differences, run_claims,
-                               schedule_note)
+from utils.train.state import (RunState, claim_run, continue_interrupted, epoch_line, only_more_epochs,
+                               recipe_differences, run_claims, schedule_note)
 
 PAPER_DATASET = "CIFAR100"  # the paper code's default, for its score files that do not say
 
@@ -71,6 +71,11 @@ def train_on_coreset(s: CoresetOptions) -> dict:
         if done:
             return done
     weight_key = _weight_key(s, scores, score_path, budget)  # refused before any file is made
+    # The same command run again after an interruption continues the run from its *_last.pth (its
+    # recipe checked as for an explicit --resume_path); not under torchrun (see continue_interrupted).
+    resume_path = continue_interrupted(files, s.resume_path, s.overwrite)
+    continued = resume_path != s.resume_path
+    s = replace(s, resume_path=resume_path)
     with run_claims() as claims:
         def prepare() -> None:  # main process, before any data is loaded
             claims.append(claim_run(files, [s.checkpoint_path, s.logpath, s.results_dir], s.resume_path, s.overwrite))
@@ -88,7 +93,8 @@ def train_on_coreset(s: CoresetOptions) -> dict:
                         f"images: {'; '.join(f'{p} ({why})' for _, p, why in bad[:5])}; rerun stages 1 and 2 with "
                         "--skip_bad_images, or replace them")
         coreset, weights = _weights(scores, score_path, coreset, weight_key)
-        return _train(s, session, files, recipe, coreset, weights, scores, score_path, model_arch, score_arch, budget)
+        return _train(s, session, files, recipe, coreset, weights, scores, score_path, model_arch, score_arch, budget,
+                      continued)
 
 
 # What a rerun must repeat of a finished run to be the same run (and then merely reported).
@@ -253,7 +259,7 @@ def _weights(scores: dict, path: str, coreset: np.ndarray, key: str | None) -> t
 
 def _train(s: CoresetOptions, session, files: paths.RunFiles, recipe: Recipe, coreset: np.ndarray,
            weights: np.ndarray | None, scores: dict, score_path: str, model_arch: str, score_arch: str,
-           budget: tuple[str, float]) -> dict:
+           budget: tuple[str, float], continued: bool = False) -> dict:
     info, is_main = session.data.info, session.dist.is_main
     say = progress.say if is_main else (lambda *a, **k: None)
     identity = {"stage": "coreset", "dataset": info.name, "model_arch": model_arch, "manual_seed": s.manual_seed,
@@ -263,7 +269,8 @@ def _train(s: CoresetOptions, session, files: paths.RunFiles, recipe: Recipe, co
     run = RunState(session.model, session.trainer, session.scheduler, files, identity, asdict(s), is_main)
     seconds_before = 0.0
     if s.resume_path:
-        seconds_before = float(run.resume(s.resume_path, recipe.epochs, s.overwrite, log=say).get("seconds", 0.0))
+        seconds_before = float(run.resume(s.resume_path, recipe.epochs, s.overwrite, log=say,
+                                          continued=continued).get("seconds", 0.0))
         say(f"resumed {s.resume_path} after epoch {run.epoch}")
     say(f"coreset of {len(coreset)} {info.name} examples ({s.order} of {scores['method']} scores by {score_arch}, "
         f"{budget[0].replace('_', ' ')} {budget[1]}); training {model_arch} on {where(session)} in {session.precision}")
@@ -286,7 +293,7 @@ def _train(s: CoresetOptions, session, files: paths.RunFiles, recipe: Recipe, co
     if is_main and not converged:
         warn(f"the model fit only {fit:.2f}% of its own coreset (below --fit_threshold {s.fit_threshold:g}): it did "
              f"not learn it, so its test accuracy says little about the coreset; train longer (--epochs) or with "
-             f"more steps per epoch (a smaller --batch_size); recorded as converged false")
+             f"more steps per epoch (a smaller --batch_size); recorded as converged false{_few_steps(session, len(coreset))}")
     result = {
         "name": files.name, "dataset": info.name, "model_arch": model_arch, "score_path": score_path,
         "method": scores["method"], "score_model_arch": score_arch, "order": s.order,
@@ -313,17 +320,27 @@ def _train(s: CoresetOptions, session, files: paths.RunFiles, recipe: Recipe, co
 
 
 def _say_training_plan(session, examples: int, say) -> None:
-    """How many SGD steps the run takes, and a warning when they are too few to fit anything."""
+    """How many SGD steps the run takes. Few steps are no warning by themselves (the demo's small
+    coresets fit in fewer than 100): :func:`_few_steps` advises more only when the model did not fit."""
     r = session.recipe
     steps = session.optimizer_steps(examples)
     per_epoch = steps // r.epochs
     say(f"training plan: {steps} optimizer steps ({r.epochs} epochs x {per_epoch} batch{'es' if per_epoch != 1 else ''} "
         f"of at most {r.batch_size})")
-    if steps < MIN_STEPS and session.dist.is_main:
-        batch, epochs = recipe_for_steps(-(-examples // session.dist.world), r.batch_size, r.epochs)
-        warn(f"only {steps} optimizer steps: too few to fit a model (at least {MIN_STEPS} are advised); raise --epochs "
-             f"or lower --batch_size (e.g. --batch_size {batch}" + (f" --epochs {epochs}" if epochs != r.epochs else "")
-             + f" gives {optimizer_steps(examples, batch, epochs, session.dist.world)})")
+
+
+def _few_steps(session, examples: int) -> str:
+    """For the warning about a model that did not fit its coreset: '; it took only N optimizer steps
+    ...' with a batch size (and, if need be, epochs) that gives enough, when it took fewer than
+    ``MIN_STEPS``; '' otherwise."""
+    r = session.recipe
+    steps = session.optimizer_steps(examples)
+    if steps >= MIN_STEPS:
+        return ""
+    batch, epochs = recipe_for_steps(-(-examples // session.dist.world), r.batch_size, r.epochs)
+    return (f"; it took only {steps} optimizer steps (at least {MIN_STEPS} are advised): e.g. --batch_size {batch}"
+            + (f" --epochs {epochs}" if epochs != r.epochs else "")
+            + f" gives {optimizer_steps(examples, batch, epochs, session.dist.world)}")
 
 
 def _selection_model(scores: dict) -> str | None:

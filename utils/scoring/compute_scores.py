@@ -22,7 +22,7 @@ from utils.data.datasets import dataset_info
 from utils.errors import UserError, require
 from utils.files.atomic import atomic_write, check_new_output, check_output_free
 from utils.files.losses import load_losses, load_sums
-from utils.files.scores import save_scores
+from utils.files.scores import load_scores, save_scores
 from utils.paths import check_safe_name
 from cld_recorder import CLDSums
 from utils.core import cld as S
@@ -35,6 +35,9 @@ from utils.scoring.options import ScoreOptions
 from utils.train.options import COLLECT_PRECISIONS, PRECISIONS, Recipe
 
 LEGACY_DEFAULT_SEED = 1234  # the paper code's default manual_seed
+# The paper's run: the dataset and model of a legacy loss file that records none (and of the
+# default --loss_path) when --dataset / --model_arch are not given.
+DEFAULT_DATASET, DEFAULT_MODEL_ARCH = "CIFAR100", "resnet18"
 
 
 @dataclass(frozen=True)
@@ -47,14 +50,17 @@ class Scored:
 
 
 def score(s: ScoreOptions) -> Scored:
-    """Run stage 2: score, rank and write the score file; prints a summary."""
+    """Run stage 2: score, rank and write the score file; prints a summary. When only --figure,
+    --stability or --export_coreset is new and the score file already holds this loss file's
+    ranking by the same method and options, that file is used as it is and only those are written."""
     method = methods.get(s.method)
-    if s.output_path:
+    if s.output_path and not _adds_outputs(s):
         check_output_free(s.output_path, s.overwrite)  # before reading a possibly large loss file
     if s.export_coreset:
         check_output_free(s.export_coreset, s.overwrite)
         export.check_request(s, method)
-    loss_path = s.loss_path or paths.loss_path(paths.SCORES_DIR, s.dataset, s.model_arch, LEGACY_DEFAULT_SEED)
+    loss_path = s.loss_path or paths.loss_path(paths.SCORES_DIR, s.dataset or DEFAULT_DATASET,
+                                               s.model_arch or DEFAULT_MODEL_ARCH, LEGACY_DEFAULT_SEED)
     started = time.perf_counter()
     losses = _read(loss_path, s, method)
     ds, arch, seed, n_cls = _run_metadata(losses, loss_path, s.dataset, s.model_arch)
@@ -65,23 +71,36 @@ def score(s: ScoreOptions) -> Scored:
             os.path.abspath(loss_path)), f"--export_coreset {s.export_coreset} is the score or loss file; choose "
             "another path")
     S.check_labels(losses, n_cls)
-    _check_outputs(s, losses, out)
+    options = _options(method, s, seed, losses.get("config") or {})
+    budgets = _model_budgets(method, s, losses, loss_path, options)
+    existing = _existing(s, method, out, loss_path, options)
+    _check_outputs(s, losses, out, score_file=existing is None)
     ids = export.train_ids(losses, loss_path)
     export.check_ids(s, ids, losses["tr_lbl"])
     recorded = export.recorded_fields(losses, ids, n_cls, loss_path)
-    options = _options(method, s, seed, losses.get("config") or {})
+    if existing is not None:
+        record, values = existing, _values_of(existing, losses) if s.stability else None
+        print(f"using the existing score file {out} (the same method and options)")
+    else:
+        record, values = _score_and_save(s, method, losses, loss_path, options, budgets, out,
+                                         (ds, arch, seed, n_cls), recorded)
+        print(_summary(record, method, out, time.perf_counter() - started))
+    _write_outputs(s, method, losses, options, out, values, record, ids)
+    return Scored(out, record, losses.get("config") or {})
+
+
+def _score_and_save(s: ScoreOptions, method: Method, losses: dict, loss_path: str, options: dict, budgets: tuple,
+                    out: str, run: tuple[str, str, int, int], recorded: dict) -> tuple[dict, np.ndarray | None]:
+    """Score and rank every class, write the score file; returns its record and, for a trajectory
+    method, every training column's score."""
+    ds, arch, seed, n_cls = run
+    values = None
     if method.family == "trajectory":
         values, extra = _score_trajectories(losses, method, s, options)
         indices, per_class = rank_per_class(values, losses["tr_lbl"], losses["train_indices"])
     else:
         from utils.scoring import snapshot  # torch, only for the model methods
 
-        _check_selection_model(s.selection_model, losses.get("config"), loss_path)
-        budgets: tuple = ()
-        if method.weighted:
-            budgets = budgets_of(s.budgets) or (("samples_per_class", suggested_k(np.bincount(losses["tr_lbl"]))),)
-            _check_budgets(budgets, losses["tr_lbl"])
-            options["budgets"] = [value for _, value in budgets]
         evaluation = snapshot.Evaluation(s.snapshot_epoch, s.device, s.collect_precision, s.data_path, s.save_features,
                                       s.threads, budgets)
         indices, per_class, extra = snapshot.score_classes(method, losses, loss_path, evaluation, options)
@@ -92,7 +111,70 @@ def score(s: ScoreOptions) -> Scored:
         "indices": indices, "scores": per_class, **extra, **recorded,
     }
     save_scores(out, record, replace=s.overwrite)  # two racing runs: one writes, the other is refused
-    print(_summary(record, method, out, time.perf_counter() - started))
+    return record, values
+
+
+def _model_budgets(method: Method, s: ScoreOptions, losses: dict, loss_path: str, options: dict) -> tuple:
+    """A model method: the selection recipe checked, and a weighted method's budgets (recorded in
+    ``options``), refused before the evaluation pass if one does not fit."""
+    if method.family == "trajectory":
+        return ()
+    _check_selection_model(s.selection_model, losses.get("config"), loss_path)
+    if not method.weighted:
+        return ()
+    budgets = budgets_of(s.budgets) or (("samples_per_class", suggested_k(np.bincount(losses["tr_lbl"]))),)
+    _check_budgets(budgets, losses["tr_lbl"])
+    options["budgets"] = [value for _, value in budgets]
+    return budgets
+
+
+def _adds_outputs(s: ScoreOptions) -> bool:
+    """Whether the command asks for outputs that an existing score file can be given without
+    rescoring (--figure, --stability, --export_coreset)."""
+    return bool(s.figure or s.stability or s.export_coreset)
+
+
+def _existing(s: ScoreOptions, method: Method, out: str, loss_path: str, options: dict) -> dict | None:
+    """The existing score file ``out`` when this command only adds outputs to it: it ranks this loss
+    file by the same method and recorded options (without --overwrite). None otherwise (a file that
+    does not match is then refused as any existing output)."""
+    if s.overwrite or not _adds_outputs(s) or not os.path.isfile(out):
+        return None
+    try:
+        record = load_scores(out)
+    except UserError:
+        return None
+    same = (record.get("method") == method.name and record.get("loss_path") == os.path.abspath(loss_path)
+            and _same_options(record.get("options"), options))
+    return record if same else None
+
+
+def _same_options(recorded: Any, options: dict) -> bool:
+    try:
+        return isinstance(recorded, dict) and bool(recorded == options)
+    except (TypeError, ValueError):  # an array in a hand-made file: not the flags' values
+        return False
+
+
+def _values_of(record: Mapping[str, Any], losses: dict) -> np.ndarray | None:
+    """Every training column's score, read back from a score file's per-class rankings (None when
+    they do not rank every column once)."""
+    train = np.asarray(losses["train_indices"])
+    idx = np.concatenate([np.asarray(v) for v in record["indices"].values()]) if record["indices"] else np.empty(0)
+    if record.get("scores") is None or idx.size != train.size:
+        return None
+    order = np.argsort(train, kind="stable")
+    pos = np.searchsorted(train[order], idx)
+    if (pos >= train.size).any() or not np.array_equal(train[order][np.minimum(pos, train.size - 1)], idx):
+        return None
+    values = np.empty(train.size, dtype=np.float64)
+    values[order[pos]] = np.concatenate([np.asarray(record["scores"][c]) for c in record["indices"]])
+    return values
+
+
+def _write_outputs(s: ScoreOptions, method: Method, losses: dict, options: dict, out: str,
+                   values: np.ndarray | None, record: dict, ids: np.ndarray) -> None:
+    """The outputs beside the score file: the coreset's ids, the stability table, the figure."""
     if s.export_coreset:
         print(export.export_coreset(s, record, ids))
     if s.stability:
@@ -103,7 +185,6 @@ def score(s: ScoreOptions) -> Scored:
         overview(s.figure, losses, record, s.figure_class, s.data_path or losses.get("data_path") or "",
                  replace=s.overwrite)
         print(f"figure        {s.figure}")
-    return Scored(out, record, losses.get("config") or {})
 
 
 def stability_csv(out: str) -> str:
@@ -111,13 +192,13 @@ def stability_csv(out: str) -> str:
     return os.path.splitext(out)[0] + "_stability.csv"
 
 
-def _check_outputs(s: ScoreOptions, losses: dict, out: str) -> None:
+def _check_outputs(s: ScoreOptions, losses: dict, out: str, score_file: bool = True) -> None:
     """Every file stage 2 will write, and every flag that shapes one, checked against the loss file
     before the first is written: a refusal leaves nothing behind, and none replaces a file without
-    --overwrite."""
+    --overwrite (``score_file=False``: the score file exists and is used as it is)."""
     from utils.core.stability import check_budgets_below_classes, check_grid, default_grid
 
-    outputs = [(out, "--output_path"), (s.export_coreset, "--export_coreset"), (s.figure, "--figure"),
+    outputs = [(out if score_file else "", "--output_path"), (s.export_coreset, "--export_coreset"), (s.figure, "--figure"),
                (stability_csv(out) if s.stability else "", "--stability table")]
     for path, what in outputs:
         if path:
@@ -131,7 +212,8 @@ def _check_outputs(s: ScoreOptions, losses: dict, out: str) -> None:
         check_budgets_below_classes(s.stability_k, losses["tr_lbl"], "--stability_k")
 
 
-def _stability(s: ScoreOptions, method: Method, losses: dict, options: dict, out: str, full: np.ndarray) -> None:
+def _stability(s: ScoreOptions, method: Method, losses: dict, options: dict, out: str,
+               full: np.ndarray | None) -> None:
     """The ranking from the first E recorded epochs against all of them (``full``: the scores from
     all of them): a table, a CSV beside the score file, and with --figure its curve."""
     from utils.core.stability import STABILITY_COLUMNS, default_grid, stability
@@ -271,15 +353,21 @@ def _made_by(path: str) -> str:
     return "make it with stage 1: " + " ".join(words) + " (with your recipe flags)"
 
 
-def _run_metadata(losses: dict, loss_path: str, dataset: str, model_arch: str) -> tuple[str, str, int, int]:
-    """dataset, model_arch, manual_seed, num_classes: from the file; flags only fill the gaps of
-    legacy files (whose split file may carry them)."""
-
+def _run_metadata(losses: dict, loss_path: str, dataset: str | None,
+                  model_arch: str | None) -> tuple[str, str, int, int]:
+    """dataset, model_arch, manual_seed, num_classes: from the file; the flags only fill the gaps
+    of legacy files (whose split file may carry them), and a flag given that differs from what the
+    file records is refused (it would be ignored)."""
+    recorded_ds, recorded_arch = losses.get("dataset"), losses.get("model_arch")
     if export.is_recorded(losses):  # the user's own data: its safe name, no dataset of ours
-        ds = check_safe_name(losses.get("dataset"), f"dataset of {loss_path}")
+        ds = check_safe_name(recorded_ds, f"dataset of {loss_path}")
+        given = dataset
     else:
-        ds = dataset_info(losses.get("dataset") or dataset).name
-    arch = check_safe_name(losses.get("model_arch") or model_arch, f"model of {loss_path}")
+        ds = dataset_info(recorded_ds or dataset or DEFAULT_DATASET).name
+        given = None if dataset is None else dataset_info(dataset).name
+    _check_given("dataset", given, ds if recorded_ds else None, loss_path)
+    _check_given("model_arch", model_arch, recorded_arch, loss_path)
+    arch = check_safe_name(recorded_arch or model_arch or DEFAULT_MODEL_ARCH, f"model of {loss_path}")
     seed = losses.get("manual_seed")
     if seed is None:
         found = re.search(r"_seed(\d+)_", os.path.basename(loss_path))
@@ -288,6 +376,13 @@ def _run_metadata(losses: dict, loss_path: str, dataset: str, model_arch: str) -
     if n_cls is None:
         n_cls = int(max(losses["tr_lbl"].max(initial=-1), losses["val_lbl"].max(initial=-1))) + 1
     return ds, arch, int(seed), int(n_cls)
+
+
+def _check_given(flag: str, given: str | None, recorded: str | None, loss_path: str) -> None:
+    """A --dataset or --model_arch given for a loss file that records another is refused."""
+    require(given is None or not recorded or given == recorded, f"--{flag} {given}: {loss_path} records {flag} "
+            f"{recorded}; leave --{flag} out (a file that records its {flag} is scored as it) or give the loss "
+            f"file of {given}")
 
 
 def _score_trajectories(losses: dict, method: Method, s: ScoreOptions, options: dict) -> tuple[np.ndarray, dict]:

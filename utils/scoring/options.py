@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 class ScoreOptions:
     """What stage 2 scores and how (docs/flags.md describes every field)."""
     loss_path: str = ""
-    dataset: str = "CIFAR100"
-    model_arch: str = "resnet18"
+    dataset: str | None = None  # None: the file's (a legacy file's: CIFAR100, as the default loss_path's)
+    model_arch: str | None = None  # None: the file's (a legacy file's: resnet18)
     split_path: str = ""
     method: str = "cld"
     output_path: str = ""

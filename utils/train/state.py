@@ -66,7 +66,8 @@ def claim_run(files: RunFiles, folders: list[str], resume_path: str, overwrite: 
     files silently; returns the claim.
 
     A fresh run (no ``resume_path``) is refused when its output, its ``*_last.pth`` (hint: resume
-    it) or its CSV log exists (a log without the checkpoint it came from: an earlier run whose
+    it; outside torchrun the stages have made that checkpoint the ``resume_path`` already, see
+    :func:`continue_interrupted`, so this is the torchrun case) or its CSV log exists (a log without the checkpoint it came from: an earlier run whose
     checkpoint was removed). What a run killed before its first checkpoint leaves (a
     ``*_best.pth``, weight snapshots, trajectory rows) is removed, and so is all of an earlier
     run's state with ``overwrite``. Folders are created only here; a refused run removes the ones
@@ -86,7 +87,11 @@ def claim_run(files: RunFiles, folders: list[str], resume_path: str, overwrite: 
             if not overwrite:
                 if files.output:
                     check_output_free(files.output, overwrite)
-                check_output_free(files.last, overwrite, flag=f"--resume_path {files.last} to continue it, or --overwrite")
+                # Reached only under torchrun (elsewhere continue_interrupted made the checkpoint the
+                # resume path): say how to continue, and why the same command did not.
+                check_output_free(files.last, overwrite,
+                                  flag=f"--resume_path {files.last} to continue it (under torchrun the same command "
+                                       "does not continue a run by itself), or --overwrite")
                 if os.path.exists(files.log):
                     raise UserError(f"log {files.log} of an earlier run exists, but not its checkpoint {files.last}, "
                                     "so that run cannot be resumed; pass --overwrite to start over (replacing the "
@@ -96,6 +101,27 @@ def claim_run(files: RunFiles, folders: list[str], resume_path: str, overwrite: 
     except BaseException:
         claim.abandon()
         raise
+
+
+def continue_interrupted(files: RunFiles, resume_path: str, overwrite: bool,
+                         log: Callable[[str], None] = progress.say) -> str:
+    """The checkpoint a run resumes from: ``resume_path`` when given; else, when the run's own
+    ``*_last.pth`` exists and ``overwrite`` is not given, that checkpoint (the same command run again
+    after an interruption continues it; :meth:`RunState.resume` then checks its recorded recipe
+    exactly as for an explicit ``--resume_path``); else '' (a fresh run).
+
+    Asked before the run is claimed, after the stage has handled an existing output (a complete
+    run is reported, not continued)."""
+    if resume_path or overwrite or not os.path.isfile(files.last):
+        return resume_path
+    if distributed.launched_by_torchrun():
+        # Every process of a torchrun job decides this by itself, before they talk, and on several
+        # nodes the others may not see this node's file: one process continuing while another
+        # starts afresh would mix two runs. So under torchrun the run is refused as before, and
+        # claim_run names the --resume_path to add.
+        return resume_path
+    log(f"continuing the interrupted run from {files.last} (same recipe; --overwrite starts over)")
+    return files.last
 
 
 @contextlib.contextmanager
@@ -176,9 +202,13 @@ class RunState:
         return {"kind": kind, "identity": self.identity, "config": self.config, "epoch": self.epoch,
                 "model": self.raw_model.state_dict(), **more}
 
-    def resume(self, path: str, epochs: int, overwrite: bool = False, log: Callable[[str], None] = progress.say) -> dict:
+    def resume(self, path: str, epochs: int, overwrite: bool = False, log: Callable[[str], None] = progress.say,
+               continued: bool = False) -> dict:
         """Restore everything from a ``*_last.pth`` of a run of ``epochs`` epochs; returns the stage's
         own saved extras.
+
+        ``continued``: the checkpoint was not named by ``--resume_path`` but is the run's own, found
+        by :func:`continue_interrupted`; a refusal then also says how to start the run over.
 
         A checkpoint that holds every epoch of this run (killed after its last epoch, while its
         output was written) resumes to writing that output, unless the output exists (the run is
@@ -186,7 +216,13 @@ class RunState:
         the optimizer state too); a failure on any process stops all of them.
         """
         with distributed.fail_together():
-            return self._resume(path, epochs, overwrite, log)
+            try:
+                return self._resume(path, epochs, overwrite, log)
+            except UserError as exc:
+                if not continued:
+                    raise
+                raise UserError(f"{exc}; this command continues the interrupted run from {path}: to start it "
+                                "over with this recipe instead, pass --overwrite") from None
 
     def _resume(self, path: str, epochs: int, overwrite: bool, log: Callable[[str], None]) -> dict:
         state = load_run_state(path, epochs)
