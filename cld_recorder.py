@@ -435,8 +435,8 @@ def evaluate(model: Any, loader: Iterable, positions_of: Callable[[Any], np.ndar
              loss_fn: Callable[[Any, Any], Any] | None = None, forward: Callable[[Any, Any], Any] | None = None,
              device: Any = None) -> dict[str, np.ndarray]:
     """Every example's loss (and, from class logits, its correctness, margin and EL2N) under ``model``
-    as it is now: eval mode, no gradients, fp32 (no autocast, no TF32); the model is given back in the
-    mode it had. Returns ``positions`` (where each value goes: the batch's ids mapped by
+    as it is now: eval mode, no gradients, no autocast and no TF32, in the model's own dtype (fp32 for
+    an fp32 model; losses always in fp32); the model is given back in the mode it had. Returns ``positions`` (where each value goes: the batch's ids mapped by
     ``positions_of``, else the loader's order) and the values, as numpy arrays of this process."""
     import torch
 
@@ -791,7 +791,8 @@ class LossRecorder:
                loss_fn: Callable[[Any, Any], Any] | None = None, forward: Callable[[Any, Any], Any] | None = None,
                device: Any = None) -> None:
         """Evaluate every training and validation example under ``model`` as it is now, and record the
-        epoch: eval mode, no gradients, fp32; the model is given back in the mode it had.
+        epoch: eval mode, no gradients, no autocast or TF32 (an fp32 model is evaluated in fp32); the
+        model is given back in the mode it had.
 
         Loaders yield ``(inputs, targets)`` in a fixed order (the order of the labels given), or
         ``(inputs, targets, ids)``, or dicts with ``labels`` (the model's keyword inputs besides).
