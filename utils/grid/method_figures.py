@@ -60,12 +60,12 @@ def write_overlap(csv_path: str, png_path: str, rows: list[dict], budgets: Seque
         image = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize="small")
         ax.set_yticks(range(len(names)), names, fontsize="small")
-        if len(names) <= 24:
+        if len(names) <= 24:  # in percent: two digits fit a cell at a font size one can read
             for i in range(len(names)):
                 for j in range(len(names)):
-                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                    ax.text(j, i, f"{100 * m[i, j]:.0f}", ha="center", va="center", fontsize=8.5,
                             color="black" if m[i, j] > 0.6 else "white")
-        ax.set_title(budget_label(budget, by_fraction), fontsize="medium")
+        ax.set_title(f"{budget_label(budget, by_fraction)} (numbers: mean Jaccard, %)", fontsize="medium")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle(title, fontsize="large")
     fig.tight_layout()
