@@ -3,7 +3,7 @@
 and every selection order's coreset (stage 3's rule). ``tests/fixtures/fingerprints.json`` holds
 them as this project computed them; ``test_same_numbers.py`` recomputes them.
 
-Rankings and index sets are hashed exactly; scores to 9 significant digits, so that the
+Rankings and index sets are hashed exactly; scores to 7 significant digits, so that the
 fingerprint does not depend on the last bits a CPU's vector kernels leave in a float64 sum.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _digest(*parts) -> str:
 
 def _rounded(x) -> np.ndarray:
     x = np.asarray(x, np.float64)
-    return np.array([float(f"{v:.9g}") for v in x])
+    return np.array([float(f"{v:.7g}") for v in x])
 
 
 def ranking_digest(indices: dict, scores: dict | None = None) -> str:
