@@ -95,15 +95,18 @@ def population_corr(sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray,
     return r
 
 
-def check_validation_classes(classes: np.ndarray, val_counts: np.ndarray) -> None:
+def check_validation_classes(classes: np.ndarray, val_counts: np.ndarray, names: Sequence[str] | None = None,
+                             unit: str = "class") -> None:
     """Every class with training examples needs a validation example (the paper code silently gave
     the others an empty ranking). ``val_counts``: validation examples per class, one entry for
-    every class in ``classes`` at least."""
+    every class in ``classes`` at least; ``names``: the classes' names, when they have any; ``unit``:
+    what the message calls them (the recorder's groups)."""
     missing = classes[val_counts[classes] == 0]
     if missing.size:
-        shown = ", ".join(str(int(c)) for c in missing[:10]) + (" ..." if missing.size > 10 else "")
-        raise RecordError(f"class {shown} has training examples but no validation example, so its CLD is "
-                          "undefined; give every class validation examples (stage 1: a larger val_split_ratio)")
+        shown = ", ".join(repr(names[c]) if names else str(int(c)) for c in missing[:10])
+        hint = " (stage 1: a larger val_split_ratio)" if unit == "class" else ""
+        raise RecordError(f"{unit} {shown}{' ...' if missing.size > 10 else ''} has training examples but no "
+                          f"validation example, so its CLD is undefined; give every {unit} validation examples{hint}")
 
 
 class CLDSums:
@@ -260,44 +263,97 @@ def _lock(fd: int) -> bool:
         return False
 
 
-def _atomic(path: str, write: Callable[[Any], None]) -> None:
-    """Write ``path`` through ``write(fileobj)``: a temporary file ``.<name>.<random>.tmp`` in the same
-    folder, fsynced, then renamed over it, so that readers see the old file or the new one, never
-    half of one. The writer locks its temporary file until the rename; a temporary file nobody
-    holds is a killed writer's, and is removed first."""
+def temp_prefix(path: str) -> str:
+    """The start of the hidden temporary files an atomic write of ``path`` creates beside it."""
+    return f".{os.path.basename(path)}."
+
+
+def remove_stale_temps(path: str) -> list[str]:
+    """Remove the temporary files that killed writers of ``path`` left; returns their paths. A
+    temporary file is stale when no process holds its lock (its writer died before renaming it);
+    where the filesystem offers no locks, nothing is removed."""
+    folder, prefix, removed = os.path.dirname(os.path.abspath(path)), temp_prefix(path), []
+    for name in os.listdir(folder) if os.path.isdir(folder) else ():
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            tmp = os.path.join(folder, name)
+            try:
+                with open(tmp, "rb") as stale:
+                    if _lock(stale.fileno()):
+                        os.unlink(tmp)
+                        removed.append(tmp)
+            except OSError:
+                continue  # gone meanwhile, or not ours to read: leave it
+    return removed
+
+
+_UMASK: list[int] = []
+
+
+def _umask() -> int:
+    """The process's umask, read once (reading it means setting it, which is not thread-safe)."""
+    if not _UMASK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        _UMASK.append(mask)
+    return _UMASK[0]
+
+
+def atomic_write(path: str, write: Callable[[Any], None], replace: bool = True) -> None:
+    """Write ``path`` through ``write(fileobj)`` so that readers see the old file or the new one, never
+    half of one: a temporary file ``.<name>.<random>.tmp`` in the same folder, flushed and fsynced,
+    then renamed over ``path``. The writer locks its temporary file until the rename, which is how a
+    later writer tells a killed writer's file (stale, removed first) from one still being written.
+    The file gets the usual permissions (0666 less the umask), not ``mkstemp``'s private 0600.
+
+    ``replace=False`` names the file only if ``path`` does not exist at that moment (a hard link of
+    the finished temporary file, which fails if the name is taken), else ``FileExistsError``: of two
+    writers racing for a new file, exactly one succeeds. Every project file is written here.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    prefix = f".{os.path.basename(path)}."
-    for name in os.listdir(folder):
-        if name.startswith(prefix) and name.endswith(".tmp"):
-            try:
-                with open(os.path.join(folder, name), "rb") as stale:
-                    if _lock(stale.fileno()):
-                        os.unlink(os.path.join(folder, name))
-            except OSError:
-                continue  # gone meanwhile, or not ours to read
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             _lock(f.fileno())
-            mask = os.umask(0o022)
-            os.umask(mask)
-            os.fchmod(f.fileno(), 0o666 & ~mask)  # the usual permissions, not mkstemp's private 0600
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             write(f)
             f.flush()
             os.fsync(f.fileno())
-            os.replace(tmp, path)  # still locked: a concurrent cleaner never takes it for stale
+            if replace:
+                os.replace(tmp, path)  # still locked: a concurrent cleaner never takes it for stale
+            else:
+                _create(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
+def _create(tmp: str, path: str) -> None:
+    """Give the finished ``tmp`` the name ``path`` unless that name exists (``FileExistsError``)."""
+    import errno
+
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+            raise
+        # No hard links here (some network and FUSE filesystems): O_EXCL claims the name, then the
+        # rename fills it; a racer that claimed it first makes this one fail here.
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
 def write_loss_file(path: str, record: Mapping[str, Any]) -> None:
     """Write a loss file (docs/formats.md: a pickled dict of arrays and the run's metadata) atomically."""
     record = dict(record)
     record["format"] = LOSS_FORMAT
-    _atomic(path, lambda f: pickle.dump(record, f, protocol=pickle.HIGHEST_PROTOCOL))
+    atomic_write(path, lambda f: pickle.dump(record, f, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def write_sums_file(path: str, record: Mapping[str, Any], state: Mapping[str, np.ndarray],
@@ -310,7 +366,7 @@ def write_sums_file(path: str, record: Mapping[str, Any], state: Mapping[str, np
     for key in RECORDED_KEYS:  # a recorded run's ids and group names (stage 1's files have none)
         if key in record:
             arrays[key] = json.dumps(record[key]) if key == "group_names" else record[key]
-    _atomic(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
+    atomic_write(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
 
 
 # ----------------------------------------------------------------------------- per-example losses
@@ -455,8 +511,9 @@ def evaluate(model: Any, loader: Iterable, positions_of: Callable[[Any], np.ndar
                 if targets is None:
                     keys = f" (its keys: {', '.join(map(str, inputs))})" if isinstance(inputs, Mapping) else ""
                     raise RecordError(f"a batch has no targets: a dict batch needs the key 'labels'{keys}")
-                if ids is None and seen == 0 and _unordered(loader):
-                    raise RecordError(f"the loader yields no ids and {_unordered(loader)}, so its losses cannot be "
+                unplaceable = _unordered(loader) if ids is None and seen == 0 else None
+                if unplaceable:
+                    raise RecordError(f"the loader yields no ids and {unplaceable}, so its losses cannot be "
                                       "placed: give record() loaders that read in order (shuffle=False), or that "
                                       "yield (inputs, targets, ids)")
                 # the model's own floating dtype for its inputs (a float64 or bfloat16 model); losses in fp32
@@ -644,12 +701,9 @@ class LossRecorder:
         self.folder, self.trajectories = os.path.abspath(folder), trajectories
         self.name = _safe_name(name or os.path.basename(self.folder.rstrip(os.sep)) or "recorded")
         self.num_groups = int(max(self.tr_lbl.max(), self.val_lbl.max())) + 1
-        lonely = np.setdiff1d(np.unique(self.tr_lbl), self.val_lbl)
-        if lonely.size:  # CLD correlates with the group's validation losses: said now, not after training
-            names = [self.group_names[g] if self.group_names else int(g) for g in lonely[:5]]
-            raise RecordError(f"group {', '.join(map(repr, names))}{' ...' if lonely.size > 5 else ''} has training "
-                              "examples but no validation example, so its CLD is undefined; give every group "
-                              "validation examples")
+        # CLD correlates with each group's validation losses: said now, not after training
+        check_validation_classes(np.unique(self.tr_lbl), np.bincount(self.val_lbl, minlength=self.num_groups),
+                                 self.group_names, "group")
         self.rank = _distributed()[0]
         self.finished, self.layout = False, None
         self.epochs_recorded = 0
@@ -713,7 +767,7 @@ class LossRecorder:
         progress = {"format": RECORDING_FORMAT, "name": self.name, "epochs": self.epochs,
                     "epochs_recorded": self.epochs_recorded, "trajectories": self.trajectories, "layout": self.layout,
                     "n_train": len(self.tr_lbl), "n_val": len(self.val_lbl)}
-        _atomic(os.path.join(self.folder, PROGRESS), lambda f: f.write(json.dumps(progress, indent=1).encode()))
+        atomic_write(os.path.join(self.folder, PROGRESS), lambda f: f.write(json.dumps(progress, indent=1).encode()))
 
     # -- recording
 
@@ -755,12 +809,12 @@ class LossRecorder:
         self.layout = self.layout or layout
         if first:
             os.makedirs(self.folder, exist_ok=True)
-            _atomic(os.path.join(self.folder, SPLIT), lambda f: np.savez(
+            atomic_write(os.path.join(self.folder, SPLIT), lambda f: np.savez(
                 f, tr_lbl=self.tr_lbl, val_lbl=self.val_lbl, train_ids=self.train_ids, val_ids=self.val_ids))
         if self._sums is not None:
             self._sums.update(rows["tr_loss"], rows["val_loss"])
             state = self._sums.state()
-            _atomic(self._sums_state(self.epochs_recorded + 1), lambda f: np.savez(f, **state))
+            atomic_write(self._sums_state(self.epochs_recorded + 1), lambda f: np.savez(f, **state))
         else:
             if self._rows is None:
                 self._open_store(self.epochs_recorded)

@@ -37,7 +37,8 @@ import train_on_coresets
 from conftest import EPOCHS, REPO, assert_user_error, cli, flag_args, s1_flags, s3_flags
 from fakedata import write_fake_cifar
 from utils.files.locks import try_lock_descriptor
-from utils.files.atomic import atomic_write, remove_stale_temps
+from cld_recorder import remove_stale_temps
+from utils.files.atomic import atomic_write
 from utils.files.checkpoint import load_checkpoint
 from utils.files.losses import load_losses, load_split
 from utils.files.scores import load_scores

@@ -133,17 +133,6 @@ def image_folder(data_path: str, part: str = "") -> str:
     return os.path.join(data_path, "imagenet", part) if part else os.path.join(data_path, "imagenet")
 
 
-def temp_prefix(path: str) -> str:
-    """The start of the hidden temporary files an atomic write of ``path`` creates beside it."""
-    return "." + os.path.basename(path) + "."
-
-
-def temp_pattern(path: str) -> str:
-    """A glob matching every temporary file of ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    return os.path.join(glob.escape(folder), glob.escape(temp_prefix(path)) + "*.tmp")
-
-
 def lock_of(path: str) -> str:
     """The lock file of an output written by one process at a time (stage 2's score file)."""
     return path + ".lock"

@@ -79,6 +79,15 @@ def budgets_of(values: list, flag: str = "--budgets") -> tuple[tuple[str, float]
     return tuple(out)
 
 
+def smallest_class(labels: np.ndarray) -> tuple[int, int]:
+    """The class with the fewest examples among those present, and its size (ties: the lower class):
+    the class a per-class count must fit."""
+    sizes = np.bincount(np.asarray(labels))
+    present = np.flatnonzero(sizes)
+    smallest = int(present[np.argmin(sizes[present])])
+    return smallest, int(sizes[smallest])
+
+
 def fraction_k(fraction: float, size: int) -> int:
     """The budget of a class of ``size`` examples at ``fraction``: rounded, halves up, at least 1.
     Stage 3's coresets, the stability test and stage 2's suggested budget all count this way."""

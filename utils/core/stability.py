@@ -16,7 +16,7 @@ import numpy as np
 from utils.errors import UserError
 from utils.core.ranking import rank_per_class
 from utils.core.cld import MIN_EPOCHS, select_epochs
-from utils.core.selection import fraction_k
+from utils.core.selection import fraction_k, smallest_class
 
 STABILITY_COLUMNS = ("epochs", "k", "mean_jaccard", "min_jaccard", "spearman")
 
@@ -109,12 +109,10 @@ def check_grid(grid: Sequence[int], n_epochs: int) -> None:
 def check_budgets_below_classes(budgets: Sequence[float], labels: np.ndarray, flag: str) -> None:
     """A per-class count must leave every class something outside its top k: a count as large as a
     class makes that class's overlap 1.0 at every epoch, so the test would say "stable" from the start."""
-    sizes = np.bincount(np.asarray(labels))
-    present = np.flatnonzero(sizes)
-    smallest = int(present[np.argmin(sizes[present])])
+    smallest, size = smallest_class(labels)
     for budget in budgets:
-        if budget >= 1 and budget >= sizes[smallest]:
-            raise UserError(f"{flag} {budget:g} is not smaller than class {smallest} ({sizes[smallest]} training "
+        if budget >= 1 and budget >= size:
+            raise UserError(f"{flag} {budget:g} is not smaller than class {smallest} ({size} training "
                             "examples): its coreset would be the whole class at every epoch, so its overlap is "
                             "always 1.0; give a smaller count or a fraction below 1")
 

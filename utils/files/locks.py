@@ -4,8 +4,9 @@
   output, and named in the message a second process gets. The kernel drops the lock when its
   process dies, so the lock of a killed run is taken over by the next process.
 * :func:`exclusive`: a short critical section (rewriting ``results.csv``).
-* :func:`try_lock_descriptor`: the lock an atomic writer holds on its temporary file until the
-  rename, so that a later writer can tell a stale temporary file from one being written.
+* :func:`try_lock_descriptor`: a lock on an open file without waiting, the same ``flock`` that
+  ``cld_recorder.atomic_write`` holds on its temporary file until the rename (so that a later
+  writer tells a stale temporary file from one being written).
 
 Lock files are opened without following symlinks: a symlink planted at a lock's place is refused,
 never written through. Nothing here imports torch, so the grid can take and test locks cheaply.

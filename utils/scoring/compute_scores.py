@@ -27,7 +27,7 @@ from utils.paths import check_safe_name
 from cld_recorder import CLDSums
 from utils.core import cld as S
 from utils.core.ranking import rank_per_class
-from utils.core.selection import budgets_of, fraction_k
+from utils.core.selection import budgets_of, fraction_k, smallest_class
 from utils.methods import registry as methods
 from utils.methods.record import Method
 from utils.scoring import export
@@ -241,11 +241,10 @@ def _stability(s: ScoreOptions, method: Method, losses: dict, options: dict, out
 def _check_budgets(budgets: tuple[tuple[str, float], ...], labels: np.ndarray) -> None:
     """Every per-class count of ``--budgets`` fits every class: refused before the evaluation pass,
     not after it (a fraction always fits)."""
-    sizes = np.bincount(labels)
-    smallest = int(np.argmin(np.where(sizes > 0, sizes, np.iinfo(np.int64).max)))
+    smallest, size = smallest_class(labels)
     for kind, value in budgets:
-        require(kind != "samples_per_class" or value <= sizes[smallest], f"--budgets {value}: class {smallest} has "
-                f"only {sizes[smallest]} training examples; give a smaller count or a fraction")
+        require(kind != "samples_per_class" or value <= size, f"--budgets {value}: class {smallest} has "
+                f"only {size} training examples; give a smaller count or a fraction")
 
 
 def suggested_k(class_sizes) -> int:
