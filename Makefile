@@ -27,7 +27,8 @@ test: $(SETUP)
 # (CLD: top, near-zero, bottom; every baseline: top; and a random draw), 5 seeds each, two runs
 # at a time; then the table, the accuracy plot, the CLD-order bars, the method overlap and CLD's
 # overview figure. `make demo` again only reprints the table; Ctrl-C and rerun continues; rm -rf demo
-# to redo it. One thread per process, so that two runs on one machine print the same table.
+# to redo it. One thread per process, with the scripts' portable CPU kernels (--cpu_kernels), so that
+# every x86-64 machine with AVX2 prints the same table.
 DEMO_THREADS ?= 1
 DEMO_METHODS := cld,el2n,forgetting,aum,least_confidence,entropy,margin,herding,kcenter,contextual_diversity,cal,moderate
 DEMO_METHODS := $(DEMO_METHODS),grand,craig,gradmatch,glister,facility_location,graph_cut,log_determinant,deepfool

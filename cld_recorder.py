@@ -263,6 +263,22 @@ def _lock(fd: int) -> bool:
         return False
 
 
+def _lock_own(fd: int) -> bool:
+    """Lock a file this process just made; False only when another process holds it. Where files
+    cannot be locked the write goes on unlocked, as it must."""
+    import errno
+
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:
+        return True
+    except OSError as exc:
+        return exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES)
+    return True
+
+
 def temp_prefix(path: str) -> str:
     """The start of the hidden temporary files an atomic write of ``path`` creates beside it."""
     return f".{os.path.basename(path)}."
@@ -312,10 +328,9 @@ def atomic_write(path: str, write: Callable[[Any], None], replace: bool = True) 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=folder)
+    f, tmp = _locked_temp(path, folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            _lock(f.fileno())
+        with f:
             os.fchmod(f.fileno(), 0o666 & ~_umask())
             write(f)
             f.flush()
@@ -328,6 +343,21 @@ def atomic_write(path: str, write: Callable[[Any], None], replace: bool = True) 
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _locked_temp(path: str, folder: str) -> tuple[Any, str]:
+    """A new temporary file for ``path``, open, locked and still under its name. Another writer's
+    cleanup may take a file made a moment ago, before its lock, for a killed writer's (it then holds
+    the lock, or has removed the file): this one takes a new file."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=folder)
+        f = os.fdopen(fd, "wb")
+        try:
+            if _lock_own(f.fileno()) and os.path.samestat(os.stat(tmp), os.fstat(f.fileno())):
+                return f, tmp
+        except FileNotFoundError:
+            pass
+        f.close()
 
 
 def _create(tmp: str, path: str) -> None:

@@ -11,6 +11,10 @@ need numpy only; the model-based baselines evaluate a weight snapshot of the sta
 """
 import sys
 
+from utils.cpu_kernels import pin_from_argv
+
+pin_from_argv(sys.argv[1:])  # first: numpy and torch choose their CPU kernels when they load
+
 from utils.cli.config import STAGE2
 from utils.cli.entry import run_cli
 from utils.cli.stages import run_stage2

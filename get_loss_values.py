@@ -6,6 +6,10 @@ prints (stage 2, ``compute_cld_scores.py``). Every flag is listed by ``--help``.
 """
 import sys
 
+from utils.cpu_kernels import pin_from_argv
+
+pin_from_argv(sys.argv[1:])  # first: numpy and torch choose their CPU kernels when they load
+
 from utils.cli.config import STAGE1
 from utils.cli.entry import run_cli
 from utils.cli.stages import run_stage1

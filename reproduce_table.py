@@ -13,6 +13,10 @@ the stages can be set here (stage 1's recipe as --score_<flag>); ``--help`` list
 """
 import sys
 
+from utils.cpu_kernels import pin_from_argv
+
+pin_from_argv(sys.argv[1:])  # first: numpy and torch choose their CPU kernels when they load
+
 from utils.cli.config import GRID
 from utils.cli.entry import run_cli
 

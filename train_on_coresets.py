@@ -7,6 +7,10 @@ the one that produced the scores (the paper's transfer experiments). Every flag 
 """
 import sys
 
+from utils.cpu_kernels import pin_from_argv
+
+pin_from_argv(sys.argv[1:])  # first: numpy and torch choose their CPU kernels when they load
+
 from utils.cli.config import STAGE3
 from utils.cli.entry import run_cli
 from utils.cli.stages import run_stage3

@@ -9,9 +9,13 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from fakedata import write_fake_cifar
+from utils.cpu_kernels import pin
+
+pin("portable")  # before torch loads, as the scripts do: the tests compute with the kernels users' runs use
+import torch  # noqa: E402
+
+from fakedata import write_fake_cifar  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -3,8 +3,9 @@
 and every selection order's coreset (stage 3's rule). ``tests/fixtures/fingerprints.json`` holds
 them as this project computed them; ``test_same_numbers.py`` recomputes them.
 
-Rankings and index sets are hashed exactly; scores to 7 significant digits, so that the
-fingerprint does not depend on the last bits a CPU's vector kernels leave in a float64 sum.
+Rankings and index sets are hashed exactly; scores to 7 significant digits. They are computed with
+the portable CPU kernels (``--cpu_kernels portable``, the default; the test process pins them in
+``conftest.py``), which give the same bits on every x86-64 CPU with AVX2.
 """
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import json
 import os
 import sys
 
-import numpy as np
+from utils.cpu_kernels import pin
+
+pin("portable")  # before numpy and torch load, as the scripts do
+import numpy as np  # noqa: E402
 
 TRAJECTORY_METHODS = ("cld", "random", "loss", "el2n", "forgetting", "aum", "dyn_unc")
 MODEL_METHODS = ("least_confidence", "entropy", "margin", "herding", "kcenter", "contextual_diversity", "cal",
@@ -144,6 +148,6 @@ def fingerprints(folder: str) -> dict[str, dict[str, str]]:
                 "stage3 orders": stage3_orders()}
 
 
-if __name__ == "__main__":  # python tests/fingerprints.py FOLDER > tests/fixtures/fingerprints.json
+if __name__ == "__main__":  # PYTHONPATH=. python tests/fingerprints.py FOLDER > tests/fixtures/fingerprints.json
     json.dump(fingerprints(sys.argv[1]), sys.stdout, indent=1, sort_keys=True)
     print()

@@ -43,7 +43,7 @@ NAME = "CIFAR10_resnet20_seed7"
 FLAGS = dict(dataset="CIFAR10", model_arch="resnet20", batch_size=8, test_batch_size=8, learning_rate=0.05,
              schedule=[1], manual_seed=7, device="cpu", precision="fp32", download=False, workers=0)
 EXPECTED_FILES = {f"Data/Checkpoint/{NAME}_last.pth", f"Data/Checkpoint/{NAME}_best.pth", f"Logs/{NAME}.csv",
-                  f"Scores/{NAME}_losses.pickle", f"Splits/{NAME}_split.pkl", f"Data/Checkpoint/{NAME}.lock",
+                  f"Scores/{NAME}_losses.pickle", f"Splits/{NAME}_split.pkl",
                   *(f"Data/Checkpoint/{NAME}_trajectories/{key}.npy"
                     for key in ("tr_loss", "val_loss", "tr_correct", "tr_margin", "tr_el2n"))}
 

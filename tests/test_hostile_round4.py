@@ -137,9 +137,11 @@ def test_a_grid_worker_hands_its_notes_to_the_grid(monkeypatch):
     def stage(number, flags):
         print("epoch 1 ...")
         print("note: results.csv held rows or values no run explains (x); kept as y")
+        runner.progress.warn("a  stray file")
     monkeypatch.setattr(runner, "run_stage", stage)
-    seconds, notes = runner._worker_run({"device": "cpu"})
+    seconds, notes, warnings = runner._worker_run({"device": "cpu"})
     assert seconds >= 0 and notes == ["note: results.csv held rows or values no run explains (x); kept as y"]
+    assert warnings == [("", "warning: a stray file")]  # the grid prints it (once)
 
 
 # ----------------------------------------------------------------------------- 2. hand edits of results.csv

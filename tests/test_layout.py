@@ -24,7 +24,7 @@ FLOORS = (
     ("data", "core"),
     ("files", "models/"),
     ("paths.py", "progress.py"),
-    ("errors.py", "cld_recorder.py"),
+    ("errors.py", "cpu_kernels.py", "cld_recorder.py"),
 )
 EXAMPLE_METHOD = "utils/methods/last_loss.py"  # docs/methods.md's example, the one file a reader creates
 MAX_FUNCTION_LINES = 80

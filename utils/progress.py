@@ -6,9 +6,10 @@ ends, with an estimate of the time left.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -83,6 +84,29 @@ def say(line: str) -> None:
         print(line, flush=True)
 
 
-def warn(message: str) -> None:
-    """A ``warning: ...`` line on stderr (flushed): the run goes on, but the user should know."""
-    print("warning: " + " ".join(message.split()), file=sys.stderr, flush=True)
+# Where warn() sends its lines instead of stderr, inside routed() (None: stderr).
+_route: Callable[[str, str], None] | None = None
+
+
+def warn(message: str, kind: str = "") -> None:
+    """A ``warning: ...`` line on stderr (flushed): the run goes on, but the user should know.
+    Inside :func:`routed` the line goes to the router instead, with its ``kind`` ('' for a warning
+    that is its own kind; ``"did not fit"`` for a stage-3 model that did not fit its coreset)."""
+    line = "warning: " + " ".join(message.split())
+    if _route is not None:
+        _route(kind, line)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def routed(to: Callable[[str, str], None]) -> Iterator[None]:
+    """Within the block, :func:`warn` calls ``to(kind, line)`` instead of printing: a grid, whose runs
+    would each repeat a warning, prints each warning once and sums up the rest (utils.grid.runner)."""
+    global _route
+    outer, _route = _route, to
+    try:
+        yield
+    finally:
+        _route = outer
+

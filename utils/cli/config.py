@@ -9,61 +9,21 @@ cross-flag checks run in each set's ``check``. Nothing here imports torch.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any
 
-from utils import paths
+from utils import cpu_kernels, paths
 from utils.cli.flags import Flag, FlagSet, Settings
-from utils.cli.kinds import Bool, Choice, FALSE_WORDS, Float, Int, Kind, ListOf, Name, Optional, Path, Str, TRUE_WORDS
-from utils.errors import UserError, require
+from utils.cli.kinds import Bool, Choice, CompileKind, DeviceKind, Float, Int, ListOf, Name, Optional, Path, Str
+from utils.errors import require
 from utils.files.atomic import check_new_output
 from utils.paths import check_safe_name
 from utils.methods import registry as methods
 from utils.core.selection import ORDERS, budgets_of
-from utils.train.options import COLLECT_PRECISIONS, COMPILE_BACKENDS, COMPILE_MODES, PRECISIONS, check_model
+from utils.train.options import COLLECT_PRECISIONS, PRECISIONS, check_model
 
 MAX_EPOCHS = 100_000
 MAX_BATCH = 1 << 20
 MAX_WORKERS = 512
 MAX_SEED = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class CompileKind(Kind):
-    """``--compile``: a boolean (False: eager; True: the right mode for the device), a mode, or
-    a debug backend."""
-    label = "bool or mode"
-    python_type = bool | str
-
-    def parse(self, text: str, flag: str) -> Any:
-        word = text.strip().lower()
-        if word in TRUE_WORDS or word in FALSE_WORDS:
-            return word in TRUE_WORDS
-        return self.check(word, flag)
-
-    def check(self, value: Any, flag: str) -> Any:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in COMPILE_MODES + COMPILE_BACKENDS + ("inductor", "auto"):
-            return value.lower()
-        raise UserError(f"unknown --{flag} {value!r}; use true or false, a mode ({', '.join(COMPILE_MODES)}), "
-                        f"or a debug backend ({', '.join(COMPILE_BACKENDS)})")
-
-    def render(self, value: Any) -> str:
-        return ("true" if value else "false") if isinstance(value, bool) else str(value)
-
-
-@dataclass(frozen=True)
-class DeviceKind(Kind):
-    """``--device``: auto, cpu, cuda or cuda:N."""
-    label = "device"
-
-    def check(self, value: Any, flag: str) -> str:
-        import re
-
-        if isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", value.strip().lower()):
-            return value.strip().lower()
-        raise UserError(f"unknown --{flag} {value!r}; use auto, cpu, cuda or cuda:N")
 
 
 def _datasets() -> tuple[str, ...]:
@@ -129,6 +89,8 @@ COLLECT_PRECISION = Flag("collect_precision", Choice(COLLECT_PRECISIONS), "fp32"
 OVERWRITE = Flag("overwrite", Bool(), False, "replace this run's existing outputs")
 THREADS = Flag("threads", Int(0, 4096), 0, "CPU threads of torch (0: one for a model under a million parameters, "
                "where more threads only contend, else torch's default; OMP_NUM_THREADS is respected)")
+CPU_KERNELS = Flag("cpu_kernels", Choice(cpu_kernels.MODES), cpu_kernels.DEFAULT_MODE, "portable (the same numbers "
+                   "on any x86-64 CPU with AVX2, Intel or AMD) or native (the fastest kernels of this CPU)")
 FIT_THRESHOLD = Flag("fit_threshold", Float(0, 100), 90.0, "accuracy (%) on its own coreset below which a trained "
                      "model is flagged as not fit (converged false)")
 
@@ -211,6 +173,7 @@ SCORING = [
     Flag("data_path", Path(), "", "model methods and --figure: the data folder; default the one stage 1 recorded"),
     Flag("device", DeviceKind(), "auto", "model methods: auto, cpu, cuda or cuda:N"),
     THREADS,
+    CPU_KERNELS,
     COLLECT_PRECISION,
     OVERWRITE.with_default(False, "replace an existing score file"),
 ]
@@ -233,7 +196,6 @@ STAGE3_OUTPUTS = [
     Flag("name", Name(), "", "the run's name; default "
          "{dataset}_{model_arch}_coreset_{method}_{order}_k{k}_seed{seed}"),
 ]
-
 
 
 # ----------------------------------------------------------------------------- checks
@@ -319,7 +281,7 @@ def _check_stage3(s: Settings) -> Settings:
 
 
 STAGE1 = FlagSet([*DATA[:2], MODEL_ARCH, DATA[2], *RECIPE[:3], RECIPE[3], VAL_SPLIT, *RECIPE[4:], *RUN,
-                  *DEVICE, THREADS, COLLECT_PRECISION, *STAGE1_OUTPUTS, DATA[3], DECODE, SKIP_BAD_IMAGES,
+                  *DEVICE, THREADS, CPU_KERNELS, COLLECT_PRECISION, *STAGE1_OUTPUTS, DATA[3], DECODE, SKIP_BAD_IMAGES,
                   OVERWRITE.with_default(False, "replace an existing loss file, or start an existing run over")],
                  check=_check_stage1)
 
@@ -329,7 +291,7 @@ STAGE3 = FlagSet([*SELECTION, DATA[0], DATA[1].with_default(None, "dataset to tr
                                                              "file's (the paper's CIFAR100 for its files)"),
                   MODEL_ARCH.with_default(None, "model to train; default the model that produced the scores "
                                                 "(another one: the paper's transfer experiment)"),
-                  DATA[2], *RECIPE, *RUN, *DEVICE, THREADS, *STAGE3_OUTPUTS, FIT_THRESHOLD, DATA[3], DECODE,
+                  DATA[2], *RECIPE, *RUN, *DEVICE, THREADS, CPU_KERNELS, *STAGE3_OUTPUTS, FIT_THRESHOLD, DATA[3], DECODE,
                   SKIP_BAD_IMAGES,
                   OVERWRITE.with_default(False, "replace the results and checkpoints of an earlier run of this "
                                                 "name")],
@@ -390,7 +352,7 @@ _ALL = _by_name(STAGE1, STAGE2, STAGE3)
 GRID_FORWARDED = [
     *STAGE1_RECIPE_FLAGS,
     *(_ALL[n] for n in ("data_path", "workers", "download", "decode", "skip_bad_images", "val_split_ratio", "device", "precision",
-                        "compile", "threads", "fit_threshold", "collect_precision", "snapshot_epochs", "trajectories", "first_epochs",
+                        "compile", "threads", "cpu_kernels", "fit_threshold", "collect_precision", "snapshot_epochs", "trajectories", "first_epochs",
                         "epoch_stride", "el2n_epochs", "dyn_unc_window", "snapshot_epoch", "cal_neighbors",
                         "deepfool_max_iter", "glister_eta", "gradient_target", "ccs_beta", "weighted",
                         "allow_missing_classes", "scores_dir",

@@ -13,6 +13,7 @@ from typing import Any
 
 from utils.errors import UserError
 from utils.paths import check_safe_name
+from utils.train.options import COMPILE_BACKENDS, COMPILE_MODES
 
 
 class Kind:
@@ -261,3 +262,39 @@ class ListOf(Kind):
 
     def render(self, value: Any) -> str:
         return "[" + ",".join(self.kind.render(v) for v in value) + "]"
+
+
+@dataclass(frozen=True)
+class CompileKind(Kind):
+    """``--compile``: a boolean (False: eager; True: the right mode for the device), a mode, or
+    a debug backend."""
+    label = "bool or mode"
+    python_type = bool | str
+
+    def parse(self, text: str, flag: str) -> Any:
+        word = text.strip().lower()
+        if word in TRUE_WORDS or word in FALSE_WORDS:
+            return word in TRUE_WORDS
+        return self.check(word, flag)
+
+    def check(self, value: Any, flag: str) -> Any:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in COMPILE_MODES + COMPILE_BACKENDS + ("inductor", "auto"):
+            return value.lower()
+        raise UserError(f"unknown --{flag} {value!r}; use true or false, a mode ({', '.join(COMPILE_MODES)}), "
+                        f"or a debug backend ({', '.join(COMPILE_BACKENDS)})")
+
+    def render(self, value: Any) -> str:
+        return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+@dataclass(frozen=True)
+class DeviceKind(Kind):
+    """``--device``: auto, cpu, cuda or cuda:N."""
+    label = "device"
+
+    def check(self, value: Any, flag: str) -> str:
+        if isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", value.strip().lower()):
+            return value.strip().lower()
+        raise UserError(f"unknown --{flag} {value!r}; use auto, cpu, cuda or cuda:N")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any, Mapping, TypeVar
 
+from utils import cpu_kernels
 from utils.cli.config import STAGE2, STAGE3
 from utils.errors import UserError
 from utils.train.options import optimizer_steps, recipe_for_steps
@@ -18,7 +19,7 @@ from utils.train.options import optimizer_steps, recipe_for_steps
 T = TypeVar("T")
 # What the printed stage-3 command repeats of stage 1's flags when they differ from the defaults.
 _CARRIED = ("data_path", "epochs", "batch_size", "test_batch_size", "learning_rate", "momentum", "weight_decay",
-            "disable_nesterov", "schedule", "gamma", "augment", "device", "precision", "compile", "threads", "workers")
+            "disable_nesterov", "schedule", "gamma", "augment", "device", "precision", "compile", "threads", "cpu_kernels", "workers")
 
 
 def options_of(cls: type[T], settings: Mapping[str, Any]) -> T:
@@ -29,6 +30,7 @@ def options_of(cls: type[T], settings: Mapping[str, Any]) -> T:
 
 def run_stage1(settings: Mapping[str, Any]) -> str:
     """Stage 1; returns the loss (or sums) file ('' with --evaluate_only)."""
+    cpu_kernels.pin(settings["cpu_kernels"])  # before torch loads, where the script did not already
     from utils.collect.collect_losses import collect_losses
     from utils.collect.options import CollectOptions
 
@@ -37,6 +39,7 @@ def run_stage1(settings: Mapping[str, Any]) -> str:
 
 def run_stage2(settings: Mapping[str, Any]) -> str:
     """Stage 2, then the stage-3 command to run next; returns the score file."""
+    cpu_kernels.pin(settings["cpu_kernels"])  # before torch loads, where the script did not already
     from utils.scoring.compute_scores import score
     from utils.scoring.options import ScoreOptions
 
@@ -75,6 +78,7 @@ def _next_for_recorded(settings: Mapping[str, Any], scored: Any) -> None:
 
 def run_stage3(settings: Mapping[str, Any]) -> dict:
     """Stage 3; returns the run's result."""
+    cpu_kernels.pin(settings["cpu_kernels"])  # before torch loads, where the script did not already
     from utils.coreset_training.options import CoresetOptions
     from utils.coreset_training.train_on_coreset import train_on_coreset
 

@@ -170,10 +170,10 @@ def _prepare(s: CollectOptions, session: Session, files: paths.RunFiles, recipe:
     identity = {"stage": "losses", "dataset": info.name, "model_arch": s.model_arch, "manual_seed": s.manual_seed,
                 "val_split_ratio": ratio, "num_train": int(len(train_idx)), "num_val": int(len(val_idx)),
                 "world_size": session.dist.world, "trajectories": s.trajectories,
-                "collect_precision": session.collect_precision, **recipe_identity(recipe, session.precision),
+                "collect_precision": session.collect_precision, **recipe_identity(recipe, session.precision, s.cpu_kernels),
                 "stop_when_stable": s.stop_when_stable, "stability_every": s.stability_every,
                 "stability_k": s.stability_k}
-    config = {**asdict(s), "val_split_ratio": ratio}
+    config = {**asdict(s), "val_split_ratio": ratio, "machine": session.machine}
     rule = None
     if s.stop_when_stable is not None:
         check_budgets_below_classes([s.stability_k], labels[train_idx], "--stability_k")
@@ -237,7 +237,7 @@ def _settled(rule: StopRule, store: FullTrajectories | SumsTrajectories, split: 
 # What a rerun must repeat of a finished run to be the same run (and then merely reported).
 SAME_RUN = ("dataset", "model_arch", "manual_seed", "epochs", "batch_size", "learning_rate", "momentum", "weight_decay",
             "disable_nesterov", "schedule", "gamma", "augment", "val_split_ratio", "precision", "collect_precision",
-            "trajectories", "snapshot_epochs", "stop_when_stable", "stability_every", "stability_k")
+            "trajectories", "snapshot_epochs", "stop_when_stable", "stability_every", "stability_k", "cpu_kernels")
 
 
 def _already_complete(s: CollectOptions, output: str, ratio: float) -> str:

@@ -39,6 +39,7 @@ class CollectOptions:
     precision: str = "auto"
     compile: bool | str = False
     threads: int = 0
+    cpu_kernels: str = "portable"
     collect_precision: str = "fp32"
     scores_dir: str = paths.SCORES_DIR
     splits_dir: str = paths.SPLITS_DIR

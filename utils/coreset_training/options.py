@@ -48,6 +48,7 @@ class CoresetOptions:
     precision: str = "auto"
     compile: bool | str = False
     threads: int = 0
+    cpu_kernels: str = "portable"
     results_dir: str = paths.RESULTS_DIR
     name: str = ""
     fit_threshold: float = 90.0

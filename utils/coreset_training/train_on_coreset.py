@@ -34,6 +34,9 @@ from utils.train.state import (RunState, claim_run, continue_interrupted, epoch_
                                recipe_differences, run_claims, schedule_note)
 
 PAPER_DATASET = "CIFAR100"  # the paper code's default, for its score files that do not say
+# The kind of the warning about a model that did not fit its coreset (progress.warn): a grid sums
+# these up in one note instead of printing one per run (its table marks them).
+UNFIT = "did not fit"
 
 
 def train_on_coreset(s: CoresetOptions) -> dict:
@@ -79,8 +82,7 @@ def train_on_coreset(s: CoresetOptions) -> dict:
     with run_claims() as claims:
         def prepare() -> None:  # main process, before any data is loaded
             claims.append(claim_run(files, [s.checkpoint_path, s.logpath, s.results_dir], s.resume_path, s.overwrite))
-            for problem in foreign_results(s.results_dir).values():  # said now, not after training
-                warn(f"{problem}; results.csv leaves it out")
+            _warn_foreign(s.results_dir)  # said now, not after training
 
         session = open_session(options, recipe, dataset=info.name, model_arch=model_arch,
                                num_classes=scores.get("num_classes"), num_classes_of=f"score file {score_path}",
@@ -265,7 +267,7 @@ def _train(s: CoresetOptions, session, files: paths.RunFiles, recipe: Recipe, co
     identity = {"stage": "coreset", "dataset": info.name, "model_arch": model_arch, "manual_seed": s.manual_seed,
                 "coreset_size": int(len(coreset)), "coreset_hash": _digest(coreset, weights),
                 "world_size": session.dist.world,
-                **recipe_identity(recipe, session.precision)}
+                **recipe_identity(recipe, session.precision, s.cpu_kernels)}
     run = RunState(session.model, session.trainer, session.scheduler, files, identity, asdict(s), is_main)
     seconds_before = 0.0
     if s.resume_path:
@@ -293,7 +295,8 @@ def _train(s: CoresetOptions, session, files: paths.RunFiles, recipe: Recipe, co
     if is_main and not converged:
         warn(f"the model fit only {fit:.2f}% of its own coreset (below --fit_threshold {s.fit_threshold:g}): it did "
              f"not learn it, so its test accuracy says little about the coreset; train longer (--epochs) or with "
-             f"more steps per epoch (a smaller --batch_size); recorded as converged false{_few_steps(session, len(coreset))}")
+             f"more steps per epoch (a smaller --batch_size); recorded as converged false{_few_steps(session, len(coreset))}",
+             kind=UNFIT)
     result = {
         "name": files.name, "dataset": info.name, "model_arch": model_arch, "score_path": score_path,
         "method": scores["method"], "score_model_arch": score_arch, "order": s.order,
@@ -301,6 +304,7 @@ def _train(s: CoresetOptions, session, files: paths.RunFiles, recipe: Recipe, co
         "fraction": budget[1] if budget[0] == "fraction" else None, "coreset_size": int(len(coreset)),
         "manual_seed": s.manual_seed, **recipe.as_dict(),
         "precision": session.precision, "compile": str(s.compile), "world_size": session.dist.world,
+        "cpu_kernels": s.cpu_kernels, "machine": session.machine,
         "commit": project_commit(), "best_test_acc": round(run.best_acc, 4),
         "final_test_acc": round(float(run.rows[-1]["test_acc"]), 4),
         "final_train_acc": round(fit, 4), "converged": converged, "fit_threshold": s.fit_threshold,
@@ -317,6 +321,16 @@ def _train(s: CoresetOptions, session, files: paths.RunFiles, recipe: Recipe, co
         f"the coreset {result['final_train_acc']:.2f}%; result in {files.output}")
     distributed.teardown()
     return result
+
+
+def _warn_foreign(results_dir: str) -> None:
+    """One warning for the JSONs of ``runs/`` that are not results of stage 3, however many."""
+    problems = list(foreign_results(results_dir).values())
+    if len(problems) == 1:
+        warn(f"{problems[0]}; results.csv leaves it out")
+    elif problems:
+        warn(f"{len(problems)} files of {paths.runs_dir(results_dir)} are not results of stage 3; results.csv leaves "
+             f"them out: {'; '.join(problems[:3])}" + (f"; and {len(problems) - 3} more" if len(problems) > 3 else ""))
 
 
 def _say_training_plan(session, examples: int, say) -> None:

@@ -1,6 +1,8 @@
 """The words of a grid's table and plot: row labels and the recipe caption."""
 from __future__ import annotations
 
+from collections import Counter
+
 from utils.cli.flags import Settings
 
 
@@ -31,3 +33,26 @@ def recipe_text(g: Settings) -> str:
     schedule = ",".join(map(str, g.schedule)) or "none"
     return (f"SGD lr {g.learning_rate:g} (x{g.gamma:g} after epochs {schedule}), batch {g.batch_size}, "
             f"{g.epochs} epochs, weight decay {g.weight_decay:g}")
+
+
+def _machine_words(m: dict) -> str:
+    if not m:
+        return "an earlier version that recorded no machine"
+    if m.get("cpu_kernels") == "portable" and m.get("aten") == "DEFAULT" and not m.get("onednn"):
+        kernels = "portable CPU kernels (ATen default, oneDNN off, MKL_CBWR=COMPATIBLE)"
+    else:
+        kernels = (f"{m.get('cpu_kernels')} CPU kernels (ATen {m.get('aten')}, oneDNN {'on' if m.get('onednn') else 'off'}, "
+                   f"MKL_CBWR={m.get('mkl_cbwr') or 'unset'})")
+    threads = int(m.get("threads", 0))
+    where = f"{m.get('gpu')} (CUDA) beside {m.get('cpu')}" if m.get("device") == "cuda" else m.get("cpu")
+    return (f"{kernels}, {threads} thread{'s' * (threads != 1)} per run, on {where}; torch {m.get('torch')}, "
+            f"numpy {m.get('numpy')}")
+
+
+def machine_note(runs) -> str:
+    """Where a table's runs computed, for its header: CPU kernels, threads, CPU (or GPU) and library
+    versions; runs on several machines or settings are each counted."""
+    seen = Counter(_machine_words(r.get("machine") or {}) for r in runs)
+    if len(seen) == 1:
+        return f"Computed with {next(iter(seen))}."
+    return "Computed with " + "; ".join(f"{words} ({n} run{'s' * (n != 1)})" for words, n in seen.items()) + "."

@@ -6,6 +6,11 @@ A step whose output exists is skipped; a step whose ``*_last.pth`` exists contin
 (stage 3). Steps launched with ``python`` run inside this process (the same call their printed
 command makes); others run as the printed command (e.g. under torchrun). ``--jobs N`` runs stage-3
 steps in N worker processes.
+
+A warning the grid's runs give is printed once, when first given, and counted: a grid of 460 runs
+would otherwise repeat one about the same foreign file 460 times. That a stage-3 model did not fit
+its coreset is no warning in a grid (the table marks its cell with †): one note at the end names
+how many runs did not fit, and which.
 """
 from __future__ import annotations
 
@@ -17,11 +22,13 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
 
 from utils import progress
+from utils.coreset_training.results import read_result
 from utils.errors import UserError
 from utils.files.atomic import ensure_dir
 from utils.files.locks import RunBusy, RunLock, busy, wait_for
@@ -96,6 +103,7 @@ class Runner:
                  say: Callable[[str], None] = progress.say):
         self.steps, self.launcher, self.jobs, self.say = list(steps), launcher, jobs, say
         self.counts = {"skipped": {1: 0, 2: 0, 3: 0}, "ran": {1: 0, 2: 0, 3: 0}}
+        self.warned: dict[str, list] = {}  # kind (or line) -> [its first line, how many runs gave it]
         todo = {stage: sum(1 for s in self.steps if s.stage == stage and not os.path.exists(s.output))
                 for stage in (1, 2, 3)}
         self.clock = GridClock(todo, jobs)
@@ -121,6 +129,7 @@ class Runner:
                     later.append(step)  # another process runs it now
             if later:
                 self._later(later)
+            self._sum_up()
         finally:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
@@ -146,13 +155,38 @@ class Runner:
             # Stages 1 and 3 lock their run themselves; stage 2 is locked here, for the grid.
             with _held(step) if step.stage == 2 else contextlib.nullcontext():
                 if launcher_of(step.stage, self.launcher) == "python":
-                    run_stage(step.stage, flags)
+                    with progress.routed(self._warned):
+                        run_stage(step.stage, flags)
                 else:
                     run_subprocess(step, cmd)
         except RunBusy:
             return self._one(step) if step.stage != 3 else False
         self._done(step, time.perf_counter() - started)
         return True
+
+    def _warned(self, kind: str, line: str) -> None:
+        """A run's warning: printed the first time, counted after; a model that did not fit its
+        coreset is left to the note of :meth:`_sum_up`."""
+        from utils.coreset_training.train_on_coreset import UNFIT
+
+        if kind == UNFIT:
+            return
+        seen = self.warned.setdefault(kind or line, [line, 0])
+        seen[1] += 1
+        if seen[1] == 1:
+            print(line, file=sys.stderr, flush=True)
+
+    def _sum_up(self) -> None:
+        """After the grid: how many runs gave each warning printed once, and the note on the stage-3
+        runs that did not fit their coreset."""
+        for line, n in self.warned.values():
+            if n > 1:
+                text = line[len("warning: "):]
+                progress.warn(f"{n} runs of the grid gave the warning printed once above "
+                              f"({text[:60] + '...' if len(text) > 60 else text})")
+        note = unfit_note(self.steps)
+        if note:
+            self.say(note)
 
     def _done(self, step: Step, seconds: float) -> None:
         if not os.path.exists(step.output):
@@ -183,7 +217,10 @@ class Runner:
         if not todo:
             return []
         held = []
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        # Threads change a run's numbers (the order of each sum): OMP_NUM_THREADS, as make demo sets it,
+        # holds on any machine; else the workers share the cores.
+        omp = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(omp) if omp.isdigit() and int(omp) > 0 else max(1, (os.cpu_count() or 1) // self.jobs)
         context = multiprocessing.get_context("spawn")
         counter = context.Value("i", 0)
         pool = concurrent.futures.ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_worker_start,
@@ -197,9 +234,11 @@ class Runner:
                 if outcome == "busy":
                     held.append(step)
                     continue
-                seconds, notes = outcome
+                seconds, notes, warnings = outcome
                 for note in notes:
                     self.say(note)
+                for kind, line in warnings:
+                    self._warned(kind, line)
                 self._done(step, seconds)
         except BaseException:
             # Stopped (Ctrl-C, SIGTERM) or failed: start no queued run, and end the running ones
@@ -213,6 +252,36 @@ class Runner:
             raise
         pool.shutdown()
         return held
+
+
+def unfit_note(steps: Sequence[Step], shown: int = 6) -> str:
+    """``note: N of M runs did not fit their coreset (marked † in the table): craig top k=5 (2 runs),
+    ...`` over the results of the grid's stage-3 runs; '' when every one fit."""
+    runs = []
+    for step in steps:
+        if step.stage == 3 and os.path.isfile(step.output):
+            try:
+                runs.append(read_result(step.output))
+            except UserError:
+                continue  # the table names it
+    unfit = [r for r in runs if r.get("converged") is False]
+    if not unfit:
+        return ""
+    models = {(r.get("score_model_arch"), r.get("model_arch")) for r in runs}
+    groups: dict[str, list[dict]] = {}
+    for r in unfit:
+        label = f"{r.get('method')} {r.get('order')}"
+        if len(models) > 1:
+            label += f" {r.get('score_model_arch')}->{r.get('model_arch')}"
+        groups.setdefault(label, []).append(r)
+    parts = []
+    for label, members in groups.items():
+        ks = sorted({r["samples_per_class"] for r in members if r.get("samples_per_class") is not None})
+        fractions = sorted({r["fraction"] for r in members if r.get("samples_per_class") is None and r.get("fraction")})
+        sizes = ([f"k={','.join(str(k) for k in ks)}"] if ks else []) + [f"{100 * f:g}%" for f in fractions]
+        parts.append(f"{label} {' '.join(sizes)} ({len(members)} run{'s' if len(members) > 1 else ''})")
+    listed = ", ".join(parts[:shown]) + (f", and {len(parts) - shown} more" if len(parts) > shown else "")
+    return f"note: {len(unfit)} of {len(runs)} runs did not fit their coreset (marked † in the table): {listed}"
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -235,19 +304,20 @@ def _worker_start(counter, threads: int) -> None:
 
 
 def _worker_run(flags: dict) -> Any:
-    """One stage-3 run in a worker: (seconds, its ``note:`` lines), or "busy". Its other output is
-    dropped (its log and result are files; warnings go to stderr), but a note is news the user must
-    see (a results.csv kept aside, a run trained unweighted): the parent prints it."""
+    """One stage-3 run in a worker: (seconds, its ``note:`` lines, its warnings as (kind, line)), or
+    "busy". Its other output is dropped (its log and result are files), but a note is news the user
+    must see (a results.csv kept aside, a run trained unweighted), and a warning too: the parent
+    prints them (each warning once over the grid)."""
     import torch
 
     if flags.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available():
         flags = {**flags, "device": f"cuda:{_WORKER['index'] % torch.cuda.device_count()}"}
     started = time.perf_counter()
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    out, warnings = io.StringIO(), []
+    with contextlib.redirect_stdout(out), progress.routed(lambda kind, line: warnings.append((kind, line))):
         try:
             run_stage(3, flags)
         except RunBusy:
             return "busy"
     notes = [line for line in out.getvalue().splitlines() if line.startswith("note: ")]
-    return time.perf_counter() - started, notes
+    return time.perf_counter() - started, notes, warnings

@@ -20,7 +20,7 @@ from utils.cli.flags import Settings
 from utils.errors import UserError
 from utils.files.atomic import atomic_write, ensure_dir
 from utils.coreset_training import results
-from utils.grid.labels import recipe_text, row_label, weights_note
+from utils.grid.labels import machine_note, recipe_text, row_label, weights_note
 from utils.grid.accuracy_plot import plot
 from utils.core.selection import ORDERS
 
@@ -33,7 +33,7 @@ ACCURACY_KEY = "final_test_acc"
 # What the runs of one row must agree on (a differing one is named): the recorded recipe, less how
 # the code was compiled and which commit ran it.
 RECIPE_KEYS = ("epochs", *(c for c in results.RECIPE_COLUMNS if c not in ("compile", "commit")), "snapshot_epoch",
-               "weighted")
+               "weighted", "cpu_kernels")
 
 
 def load_runs(steps: Iterable) -> list[dict]:
@@ -110,9 +110,10 @@ def _cell(r: dict) -> str:
     return f"{r['mean_test_acc']:.2f}" + ("" if r["std_test_acc"] is None else f" ± {r['std_test_acc']:.2f}")
 
 
-def table_markdown(rows: Sequence[dict], g: Settings) -> str:
-    """Paper-style tables: one per (scoring model, training model); method (order) rows, size columns."""
-    parts = []
+def table_markdown(rows: Sequence[dict], g: Settings, machines: str = "") -> str:
+    """Paper-style tables: one per (scoring model, training model); method (order) rows, size columns;
+    ``machines`` (:func:`utils.grid.labels.machine_note`) heads them."""
+    parts = [machines + "\n"] if machines else []
     for score_arch in g.score_model_arch:
         for model_arch in g.model_archs:
             sub = [r for r in rows if r["score_model_arch"] == score_arch and r["model_arch"] == model_arch]
@@ -171,7 +172,7 @@ def write_outputs(g: Settings, steps: Sequence, say: Callable[[str], None] = pro
     ensure_dir(g.results_dir)
     files = paths.table_files(g.results_dir)
     write_table_csv(files["csv"], rows)
-    md = table_markdown(rows, g)
+    md = table_markdown(rows, g, machine_note(runs))
     atomic_write(files["md"], lambda f: f.write(md.encode()))
     plot(files["png"], rows, g)
     written = [files["csv"], files["md"], files["png"], *_pictures(g, steps, rows, files)]

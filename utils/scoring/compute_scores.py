@@ -102,7 +102,7 @@ def _score_and_save(s: ScoreOptions, method: Method, losses: dict, loss_path: st
         from utils.scoring import snapshot  # torch, only for the model methods
 
         evaluation = snapshot.Evaluation(s.snapshot_epoch, s.device, s.collect_precision, s.data_path, s.save_features,
-                                      s.threads, budgets)
+                                      s.threads, budgets, s.cpu_kernels)
         indices, per_class, extra = snapshot.score_classes(method, losses, loss_path, evaluation, options)
     record = {
         "method": method.name, "dataset": ds, "model_arch": arch, "manual_seed": seed, "num_classes": n_cls,

@@ -44,5 +44,6 @@ class ScoreOptions:
     data_path: str = ""
     device: str = "auto"
     threads: int = 0
+    cpu_kernels: str = "portable"
     collect_precision: str = "fp32"
     overwrite: bool = False

@@ -33,7 +33,8 @@ from utils.files.checkpoint import check_identity, load_model_weights
 from utils.files.npz import save_npz
 from utils.methods.features import MAX_FULL_GRADS, ClassFeatures, Features, factors, residual
 from utils.methods.record import Method, default_snapshot
-from utils.train.device import cpu_threads, precision_context, resolve_collect_precision, resolve_device, resolve_precision
+from utils.train.device import (cpu_threads, precision_context, resolve_collect_precision, resolve_device,
+                                resolve_precision, use_cpu_kernels)
 from utils.train.session import build_model
 
 
@@ -51,6 +52,7 @@ class Evaluation:
         save_features: also write the matrix the method ranks from to this ``.npz`` ('' for none).
         threads: CPU threads (0: :func:`utils.train.device.cpu_threads` chooses).
         budgets: the budgets whose per-example weights CRAIG and GradMatch record.
+        cpu_kernels: portable or native (:mod:`utils.cpu_kernels`).
     """
     snapshot_epoch: int | None = None
     device: str = "auto"
@@ -59,6 +61,7 @@ class Evaluation:
     save_features: str = ""
     threads: int = 0
     budgets: tuple[tuple[str, float], ...] = ()
+    cpu_kernels: str = "portable"
 
 
 def score_classes(method: Method, losses: dict, loss_path: str, e: Evaluation, options: dict) -> tuple:
@@ -71,13 +74,14 @@ def score_classes(method: Method, losses: dict, loss_path: str, e: Evaluation, o
     """
     state, epoch, path = _snapshot(losses, loss_path, e.snapshot_epoch)
     config = losses.get("config") or {}
+    use_cpu_kernels(e.cpu_kernels)
     device = resolve_device(e.device)
     training = resolve_precision(config.get("precision", "auto"), device)
     precision = resolve_collect_precision(e.collect_precision, training, device)
     model, source = _model_and_data(losses, state, path, e.data_path, device, config, e.threads)
     batch = int(config.get("test_batch_size", 256))
     train, val = losses["train_indices"], losses["val_indices"]
-    options.update({"snapshot_epoch": epoch, "collect_precision": precision})
+    options.update({"snapshot_epoch": epoch, "collect_precision": precision, "cpu_kernels": e.cpu_kernels})
     extra = {"snapshot": path, "snapshot_epoch": epoch}
     if "model" in method.inputs:
         distances = method.score(model, source, train, batch, device, precision, **options)

@@ -9,8 +9,10 @@ import contextlib
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from utils import cpu_kernels, progress
 from utils.errors import UserError
 from utils.train.options import COMPILE_BACKENDS, COMPILE_MODES, PRECISIONS
 
@@ -132,3 +134,22 @@ def cpu_threads(requested: int, parameters: int, device: torch.device) -> int:
     elif device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ and parameters < SMALL_MODEL_PARAMETERS:
         torch.set_num_threads(1)
     return torch.get_num_threads()
+
+
+def use_cpu_kernels(mode: str) -> None:
+    """Compute with the CPU kernels of ``mode`` (:mod:`utils.cpu_kernels`) in this process. The
+    scripts set the libraries' environment before loading them; this sets what torch decides at run
+    time (oneDNN's convolutions), and the environment of the libraries not loaded yet."""
+    cpu_kernels.pin(mode)
+    torch.backends.mkldnn.enabled = mode == "native"
+    aten = torch.backends.cpu.get_cpu_capability()
+    if mode == "portable" and aten != "DEFAULT":
+        progress.say(f"note: --cpu_kernels portable, but torch was loaded before its kernels could be chosen "
+                     f"(ATen uses {aten}): the numbers may differ on another CPU; run the script itself")
+
+
+def kernels_in_effect(mode: str) -> dict:
+    """The CPU kernels a run computes with, and the machine, as its outputs record them."""
+    return {"cpu_kernels": mode, "cpu": cpu_kernels.cpu_model(), "aten": torch.backends.cpu.get_cpu_capability(),
+            "onednn": bool(torch.backends.mkldnn.enabled), "mkl_cbwr": os.environ.get("MKL_CBWR", ""),
+            "threads": torch.get_num_threads(), "torch": str(torch.__version__), "numpy": str(np.__version__)}

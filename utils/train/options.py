@@ -45,12 +45,13 @@ class Recipe:
         return d
 
 
-def recipe_identity(recipe: Recipe, precision: str) -> dict:
+def recipe_identity(recipe: Recipe, precision: str, cpu_kernels: str) -> dict:
     """What a resumed run must keep of its recipe: everything but the number of epochs (which may
-    grow) and the evaluation batch size (which does not change training)."""
+    grow) and the evaluation batch size (which does not change training); its CPU kernels too (a run
+    continued on others would not equal the uninterrupted one)."""
     fields = recipe.as_dict()
     del fields["epochs"], fields["test_batch_size"]
-    return {**fields, "precision": precision}
+    return {**fields, "precision": precision, "cpu_kernels": cpu_kernels}
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class SessionOptions:
     compile: bool | str = False
     manual_seed: int = 1234
     threads: int = 0
+    cpu_kernels: str = "portable"
     skip_bad_images: bool = False
 
     @classmethod
@@ -78,7 +80,8 @@ class SessionOptions:
         """From a training stage's options (stage 3 has no ``collect_precision``)."""
         return cls(data_path=s.data_path, download=s.download, workers=s.workers, decode=s.decode, device=s.device,
                    precision=s.precision, collect_precision=getattr(s, "collect_precision", "same"), compile=s.compile,
-                   manual_seed=s.manual_seed, threads=s.threads, skip_bad_images=s.skip_bad_images)
+                   manual_seed=s.manual_seed, threads=s.threads, cpu_kernels=s.cpu_kernels,
+                   skip_bad_images=s.skip_bad_images)
 
 
 def check_model(model_arch: str, dataset: str) -> str:

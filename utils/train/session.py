@@ -20,7 +20,8 @@ from utils.data.datasets import LoadedDataset, dataset_info, load_dataset
 from utils.errors import UserError, first_line
 from utils.files.checkpoint import check_identity, load_model_weights
 from utils.train import distributed
-from utils.train.device import cpu_threads, resolve_collect_precision, resolve_compile, resolve_device, resolve_precision
+from utils.train.device import (cpu_threads, kernels_in_effect, resolve_collect_precision, resolve_compile,
+                                resolve_device, resolve_precision, use_cpu_kernels)
 from utils.train.distributed import DistInfo
 from utils.train.engine import Trainer, build_optimizer, build_scheduler
 from utils.train.options import Recipe, SessionOptions, optimizer_steps
@@ -41,6 +42,7 @@ class Session:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     recipe: Recipe
     threads: int = 0  # torch's CPU threads
+    machine: dict = field(default_factory=dict)  # the CPU kernels in effect, and the CPU (kernels_in_effect)
     excluded_train: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # --skip_bad_images
     test_indices: np.ndarray | None = None  # the test examples evaluated (all but unreadable files)
 
@@ -144,6 +146,7 @@ def open_session(o: SessionOptions, recipe: Recipe, *, dataset: str, model_arch:
     with other disks) neither create folders nor look at files the main process writes. An error
     there stops every process alike.
     """
+    use_cpu_kernels(o.cpu_kernels)
     torch_device = resolve_device(o.device)
     precision = resolve_precision(o.precision, torch_device)
     collect = resolve_collect_precision(o.collect_precision, precision, torch_device)
@@ -183,8 +186,15 @@ def open_session(o: SessionOptions, recipe: Recipe, *, dataset: str, model_arch:
     return Session(dist_info, torch_device, precision, collect, data,
                    make_batches(data.train, data.info, torch_device, o.workers, o.decode),
                    make_batches(data.test, data.info, torch_device, o.workers, o.decode),
-                   model, trainer, build_scheduler(optimizer, recipe), recipe, threads, excluded["train"],
+                   model, trainer, build_scheduler(optimizer, recipe), recipe, threads,
+                   _machine(o.cpu_kernels, torch_device), excluded["train"],
                    None if data.info.in_memory else np.setdiff1d(np.arange(len(data.test)), excluded["test"]))
+
+
+def _machine(cpu_kernels: str, device: torch.device) -> dict:
+    """What a run records of where it computed: the CPU kernels and the CPU, and the device."""
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    return {**kernels_in_effect(cpu_kernels), "device": device.type, "gpu": gpu}
 
 
 def evaluate_checkpoint(o: SessionOptions, recipe: Recipe, checkpoint: str, *, dataset: str, model_arch: str) -> dict:

@@ -43,7 +43,6 @@ class RunClaim:
 
     def __init__(self, lock_path: str, created: list[str]):
         self.lock_path, self.created = lock_path, created
-        self.new_lock = not os.path.exists(lock_path)
         self.lock: RunLock | None = None
 
     def release(self) -> None:
@@ -51,10 +50,9 @@ class RunClaim:
             self.lock.release()
 
     def abandon(self) -> None:
-        """The run stopped before its first checkpoint: leave no trace of the attempt."""
+        """The run stopped before its first checkpoint: leave no trace of the attempt (releasing the
+        lock removes its file)."""
         self.release()
-        if self.lock is not None and self.new_lock and os.path.exists(self.lock_path):
-            os.remove(self.lock_path)
         for folder in self.created:  # deepest first; only what this attempt made, only if still empty
             if os.path.isdir(folder) and not os.listdir(folder):
                 os.rmdir(folder)
