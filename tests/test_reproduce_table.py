@@ -196,8 +196,12 @@ def test_the_grid_sets_every_flag_of_every_stage_and_agrees_on_defaults():
     odd = {"momentum": 0.5, "weight_decay": 0.001, "gamma": 0.5, "disable_nesterov": True, "val_split_ratio": 0.2,
            "download": False, "collect_precision": "same", "snapshot_epochs": [2], "el2n_epochs": 3,
            "score_learning_rate": 0.07, "allow_missing_classes": True}
-    g = GRID.settings({**grid_flags("/tmp/x"), **odd})
-    by_stage = {s.stage: s.flags for s in grid.plan(g)}
+    g = GRID.settings({**grid_flags("/tmp/x"), **odd, "methods": ["cld", "el2n"]})
+    steps = grid.plan(g)
+    by_stage = {s.stage: s.flags for s in steps}  # stage 2: el2n's step, the last
+    # A method's option reaches that method alone (stage 2 refuses another method's option).
+    (cld,) = [s.flags for s in steps if s.stage == 2 and s.flags["method"] == "cld"]
+    assert "el2n_epochs" not in cld and by_stage[2]["method"] == "el2n" and by_stage[2]["el2n_epochs"] == 3
     assert by_stage[1]["learning_rate"] == 0.07 and by_stage[3]["learning_rate"] == 0.1
     for name, value in odd.items():
         if name.startswith("score_"):

@@ -126,3 +126,17 @@ def test_a_figure_of_a_sums_file_and_flags_for_outputs_not_asked_for_are_refused
         before = sorted(os.listdir(tmp_path))
         assert_user_error(cli(compute_cld_scores, "--loss_path", *args[:1], "--output_path", out, *args[1:]), message)
         assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--el2n_epochs", "3"], "--el2n_epochs is an option of el2n; cld does not read it"),
+    (["--snapshot_epoch", "2"], "--snapshot_epoch is an option of the model methods; cld does not read it"),
+    (["--method", "herding", "--first_epochs", "2"],
+     "--first_epochs is an option of the trajectory methods; herding does not read it"),
+    (["--method", "el2n", "--cal_neighbors", "3"], "--cal_neighbors is an option of cal; el2n does not read it"),
+    (["--method", "loss", "--seed", "3"], "--seed is an option of random, kcenter, contextual_diversity; loss"),
+])
+def test_an_option_of_another_method_is_refused_not_ignored(reference, tmp_path, args, message):
+    out = str(tmp_path / "s.pickle")
+    assert_user_error(cli(compute_cld_scores, "--loss_path", reference["loss"], "--output_path", out, *args), message)
+    assert not os.path.exists(out)

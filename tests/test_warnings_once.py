@@ -53,10 +53,14 @@ def test_a_grid_notes_its_unfit_runs_once_and_prints_a_repeated_warning_once(dat
     assert notes == ["note: 2 of 3 runs did not fit their coreset (marked † in the table): cld top k=2 (2 runs)"]
 
 
-def test_a_grid_in_worker_processes_prints_no_warning_for_unfit_runs(data, reference, tmp_path, capfd):
-    """--jobs 2: the workers' warnings come back to the grid, which keeps the unfit ones for its note."""
+def test_a_grid_in_worker_processes_prints_no_warning_for_unfit_runs(data, reference, tmp_path, capfd, monkeypatch):
+    """--jobs 2: the workers' warnings come back to the grid, which keeps the unfit ones for its note;
+    the workers keep OMP_NUM_THREADS (threads change the numbers), not their share of the cores."""
+    threads = max(1, (os.cpu_count() or 1) // 2) + 2
+    monkeypatch.setenv("OMP_NUM_THREADS", str(threads))
     steps = _steps(data, reference["scores"], tmp_path, [0, 1], learning_rate=1e-9, epochs=1)
     runner.Runner(steps, jobs=2).run()
+    assert [json.load(open(step.output))["machine"]["threads"] for step in steps] == [threads, threads]
     out, err = capfd.readouterr()
     assert "warning" not in (out + err).lower(), err
     notes = [line for line in _lines(out, "note: ") if "did not fit" in line]

@@ -250,6 +250,9 @@ def _check_stage2(s: Settings) -> Settings:
         require(method.uses_model, f"--save_features exports the matrix of a model method; {method.name} reads "
                 "the loss trajectories (they are in the loss file already)")
         require(s.save_features.endswith(".npz"), f"--save_features must name a .npz file, got {s.save_features!r}")
+    for name in (f.name for f in STAGE2 if methods.readers(f.name) and f.name not in method.options):
+        require(s[name] == STAGE2[name].default, f"--{name} is an option of {methods.readers_words(name)}; "
+                f"{method.name} does not read it")
     _check_export(s)
     return s.replace(method=method.name)
 

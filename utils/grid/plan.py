@@ -110,7 +110,9 @@ def plan(g: Settings) -> list[Step]:
             source = selection if deepcore and record.uses_model else trajectories
             scores_dir = os.path.dirname(source.output)
             score = paths.score_path(scores_dir, method, g.dataset, score_arch, g.score_seed)
-            scoring = {**_forwarded(g, 2), "loss_path": source.output, "method": method}
+            # A method's options go to it alone (stage 2 refuses another method's option).
+            scoring = {**{k: v for k, v in _forwarded(g, 2).items() if not methods.readers(k) or k in record.options},
+                       "loss_path": source.output, "method": method}
             if record.uses_model:  # the weights a model method scores from, named in its command
                 scoring["snapshot_epoch"] = g.selection_epochs if deepcore else snapshot_epoch(g, recipe1["epochs"])
                 scoring["selection_model"] = g.selection_model

@@ -43,6 +43,20 @@ def names() -> tuple[str, ...]:
     return tuple(METHODS) + tuple(ALIASES)
 
 
+def readers(option: str) -> tuple[str, ...]:
+    """The methods that read the stage-2 flag ``option`` (none: it is no method's option)."""
+    return tuple(name for name, method in METHODS.items() if option in method.options)
+
+
+def readers_words(option: str) -> str:
+    """:func:`readers` in words: a whole family by its name, else the methods' names."""
+    found = set(readers(option))
+    for family in ("model", "trajectory"):
+        if found == {name for name, method in METHODS.items() if method.family == family}:
+            return f"the {family} methods"
+    return ", ".join(readers(option))
+
+
 def get(name: str) -> Method:
     """A method by name (case-insensitive; aliases resolved), or a user error listing the names."""
     key = ALIASES.get(str(name).lower(), str(name).lower())
