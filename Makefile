@@ -1,6 +1,6 @@
 # make test   creates .venv from requirements.txt and requirements-frameworks.txt (the frameworks that
 #             cld_recorder.py's callbacks plug into) when missing, then runs the test suite.
-# make demo   the whole pipeline on the embedded digits dataset (CPU, a few minutes).
+# make demo   the whole pipeline on the embedded digits dataset (CPU, about 7 minutes on 2 cores).
 # Conda users: make test PYTHON=python (uses that interpreter, creates no .venv).
 PYTHON ?= .venv/bin/python
 VENV_STAMP := .venv/.installed

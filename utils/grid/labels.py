@@ -38,11 +38,9 @@ def recipe_text(g: Settings) -> str:
 def _machine_words(m: dict) -> str:
     if not m:
         return "an earlier version that recorded no machine"
-    if m.get("cpu_kernels") == "portable" and m.get("aten") == "DEFAULT" and not m.get("onednn"):
-        kernels = "portable CPU kernels (ATen default, oneDNN off, MKL_CBWR=COMPATIBLE)"
-    else:
-        kernels = (f"{m.get('cpu_kernels')} CPU kernels (ATen {m.get('aten')}, oneDNN {'on' if m.get('onednn') else 'off'}, "
-                   f"MKL_CBWR={m.get('mkl_cbwr') or 'unset'})")
+    aten = "default" if m.get("aten") == "DEFAULT" else m.get("aten")
+    kernels = (f"{m.get('cpu_kernels')} CPU kernels (ATen {aten}, oneDNN {'on' if m.get('onednn') else 'off'}, "
+               f"MKL_CBWR={m.get('mkl_cbwr') or 'unset'})")
     threads = int(m.get("threads", 0))
     where = f"{m.get('gpu')} (CUDA) beside {m.get('cpu')}" if m.get("device") == "cuda" else m.get("cpu")
     return (f"{kernels}, {threads} thread{'s' * (threads != 1)} per run, on {where}; torch {m.get('torch')}, "
