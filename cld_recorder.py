@@ -252,31 +252,20 @@ def _reserved(mm: np.memmap) -> np.memmap:
     return mm
 
 
-def _lock(fd: int) -> bool:
-    """Lock an open file without waiting (False: another process holds it, or no locks here)."""
-    try:
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except (ImportError, OSError):
-        return False
-
-
-def _lock_own(fd: int) -> bool:
-    """Lock a file this process just made; False only when another process holds it. Where files
-    cannot be locked the write goes on unlocked, as it must."""
+def _try_lock(fd: int) -> bool | None:
+    """Lock an open file without waiting: True; False when another process holds it; None where
+    files cannot be locked."""
     import errno
 
     try:
         import fcntl
 
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:
         return True
+    except ImportError:
+        return None
     except OSError as exc:
-        return exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES)
-    return True
+        return False if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES) else None
 
 
 def temp_prefix(path: str) -> str:
@@ -294,7 +283,7 @@ def remove_stale_temps(path: str) -> list[str]:
             tmp = os.path.join(folder, name)
             try:
                 with open(tmp, "rb") as stale:
-                    if _lock(stale.fileno()):
+                    if _try_lock(stale.fileno()):  # None: no locks here, nothing is known stale
                         os.unlink(tmp)
                         removed.append(tmp)
             except OSError:
@@ -348,12 +337,13 @@ def atomic_write(path: str, write: Callable[[Any], None], replace: bool = True) 
 def _locked_temp(path: str, folder: str) -> tuple[Any, str]:
     """A new temporary file for ``path``, open, locked and still under its name. Another writer's
     cleanup may take a file made a moment ago, before its lock, for a killed writer's (it then holds
-    the lock, or has removed the file): this one takes a new file."""
+    the lock, or has removed the file): this one takes a new file. Where files cannot be locked the
+    write goes on unlocked, as it must."""
     while True:
         fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=folder)
         f = os.fdopen(fd, "wb")
         try:
-            if _lock_own(f.fileno()) and os.path.samestat(os.stat(tmp), os.fstat(f.fileno())):
+            if _try_lock(f.fileno()) is not False and os.path.samestat(os.stat(tmp), os.fstat(f.fileno())):
                 return f, tmp
         except FileNotFoundError:
             pass

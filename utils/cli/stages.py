@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any, Mapping, TypeVar
 
-from utils import cpu_kernels
 from utils.cli.config import STAGE2, STAGE3
 from utils.errors import UserError
 from utils.train.options import optimizer_steps, recipe_for_steps
@@ -30,7 +29,6 @@ def options_of(cls: type[T], settings: Mapping[str, Any]) -> T:
 
 def run_stage1(settings: Mapping[str, Any]) -> str:
     """Stage 1; returns the loss (or sums) file ('' with --evaluate_only)."""
-    cpu_kernels.pin(settings["cpu_kernels"])  # before torch loads, where the script did not already
     from utils.collect.collect_losses import collect_losses
     from utils.collect.options import CollectOptions
 
@@ -39,7 +37,6 @@ def run_stage1(settings: Mapping[str, Any]) -> str:
 
 def run_stage2(settings: Mapping[str, Any]) -> str:
     """Stage 2, then the stage-3 command to run next; returns the score file."""
-    cpu_kernels.pin(settings["cpu_kernels"])  # before torch loads, where the script did not already
     from utils.scoring.compute_scores import score
     from utils.scoring.options import ScoreOptions
 
@@ -78,7 +75,6 @@ def _next_for_recorded(settings: Mapping[str, Any], scored: Any) -> None:
 
 def run_stage3(settings: Mapping[str, Any]) -> dict:
     """Stage 3; returns the run's result."""
-    cpu_kernels.pin(settings["cpu_kernels"])  # before torch loads, where the script did not already
     from utils.coreset_training.options import CoresetOptions
     from utils.coreset_training.train_on_coreset import train_on_coreset
 
